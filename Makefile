@@ -1,0 +1,47 @@
+# storyline: two commands on a fresh machine.
+#   make demo   set up .venv, build the models, ingest seeds/ and run the main job
+#   make test   the whole test suite (sets up first if needed)
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+MODELS  := data/models/manifest.json
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo setup models test test-fast lint typecheck bench eval-all serve clean
+
+demo: $(MODELS)
+	$(BIN)/storyline demo seeds
+
+setup: $(STAMP)
+
+# torch goes in first, pinned to the local CPU wheel: anything that depends on torch
+# would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[build,eval,dev]'
+	touch $@
+
+models: $(MODELS)
+
+$(MODELS): $(STAMP)
+	$(BIN)/storyline models build
+
+test: $(MODELS)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(MODELS)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check models index service tests bench
+	$(BIN)/mypy models index service
+
+serve: $(MODELS)
+	$(BIN)/storyline serve
+
+clean:
+	rm -rf $(VENV) data build dist *.egg-info

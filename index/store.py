@@ -1,0 +1,591 @@
+"""The Store protocol and its embedded SQLite implementation.
+
+SQLite in WAL mode with ``synchronous=FULL``: an acknowledged write survives a crash.
+Every public write method is one transaction: a batch goes in whole or not at all.
+Vectors are stored beside the articles (float32 BLOBs) so the FAISS index can always be
+rebuilt from the database, which is the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from storyline.index.types import Change, IngestResult, Story, StoryHistory
+from storyline.models.errors import InvalidArticle, NotFound, StoreError
+from storyline.models.types import Article
+
+__all__ = ["IngestItem", "SQLiteStore", "Store"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS articles (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL,
+    source TEXT,
+    url TEXT,
+    published_at TEXT,
+    published_ts REAL,
+    lang TEXT,
+    lean TEXT,
+    gold_story_id TEXT,
+    content_hash TEXT NOT NULL,
+    entities TEXT NOT NULL DEFAULT '[]',
+    ingested_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS articles_hash ON articles(content_hash);
+CREATE INDEX IF NOT EXISTS articles_published ON articles(published_ts);
+CREATE TABLE IF NOT EXISTS duplicates (
+    id TEXT PRIMARY KEY,
+    canonical_id TEXT NOT NULL REFERENCES articles(id) ON DELETE CASCADE,
+    source TEXT,
+    url TEXT,
+    published_at TEXT,
+    recorded_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS duplicates_canonical ON duplicates(canonical_id);
+CREATE TABLE IF NOT EXISTS embeddings (
+    article_id TEXT PRIMARY KEY REFERENCES articles(id) ON DELETE CASCADE,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    article_id TEXT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stories (
+    id TEXT PRIMARY KEY,
+    label TEXT NOT NULL DEFAULT '',
+    first_at TEXT,
+    last_at TEXT,
+    first_ts REAL,
+    last_ts REAL,
+    outlets TEXT NOT NULL DEFAULT '{}',
+    centroid BLOB,
+    content_hash TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'active',
+    extra TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stories_last ON stories(last_ts);
+CREATE TABLE IF NOT EXISTS story_members (
+    article_id TEXT PRIMARY KEY REFERENCES articles(id) ON DELETE CASCADE,
+    story_id TEXT NOT NULL REFERENCES stories(id)
+);
+CREATE INDEX IF NOT EXISTS story_members_story ON story_members(story_id);
+CREATE TABLE IF NOT EXISTS story_history (
+    old_id TEXT NOT NULL,
+    new_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (old_id, new_id)
+);
+CREATE TABLE IF NOT EXISTS story_outputs (
+    story_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (story_id, kind)
+);
+CREATE TABLE IF NOT EXISTS digests (
+    date TEXT NOT NULL,
+    format TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (date, format)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat() if dt else None
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return dt.timestamp() if dt else None
+
+
+def _parse(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+def _vec(blob: bytes | None) -> npt.NDArray[np.float32] | None:
+    return None if blob is None else np.frombuffer(blob, dtype=np.float32).copy()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestItem:
+    """An article ready to store: its vector and named entities already computed."""
+
+    article: Article
+    vector: npt.NDArray[np.float32]
+    entities: tuple[str, ...] = ()
+
+
+class Store(Protocol):
+    """What the rest of the product needs from storage (SQLite today, others later)."""
+
+    def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]: ...
+    def ids_for_hashes(self, hashes: Sequence[str]) -> dict[str, str]: ...
+    def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]: ...
+    def get_article(self, article_id: str) -> Article: ...
+    def get_articles(self, ids: Sequence[str]) -> list[Article]: ...
+    def delete_article(self, article_id: str) -> None: ...
+    def count_articles(self) -> int: ...
+    def article_ids(self) -> list[str]: ...
+    def duplicates_of(self, article_id: str) -> list[str]: ...
+    def embeddings(self, ids: Sequence[str] | None = None) -> tuple[list[str], npt.NDArray[np.float32]]: ...
+    def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]: ...
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]: ...
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """Embedded store: one SQLite database file in WAL mode."""
+
+    def __init__(self, path: Path, *, timeout_s: float = 30.0) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                str(path), timeout=timeout_s, check_same_thread=False, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        # One connection shared by threads: sqlite3 objects are not safe to use
+        # concurrently, so every call holds this lock.
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    # -- plumbing ---------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database unavailable: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._db.execute("ROLLBACK")
+                    raise StoreError(f"commit failed: {exc}") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"query failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- articles ---------------------------------------------------------------
+    def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(ids)):
+            rows = self._query(
+                f"SELECT id, content_hash FROM articles WHERE id IN ({_qs(chunk)})", chunk
+            )
+            out.update({r["id"]: r["content_hash"] for r in rows})
+        return out
+
+    def ids_for_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(set(hashes))):
+            rows = self._query(
+                f"SELECT content_hash, MIN(id) AS id FROM articles "
+                f"WHERE content_hash IN ({_qs(chunk)}) GROUP BY content_hash",
+                chunk,
+            )
+            out.update({r["content_hash"]: r["id"] for r in rows})
+        return out
+
+    def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]:
+        """Insert or update a batch in one transaction.
+
+        Same id and same content: ``unchanged``. Same id, new content: ``updated``.
+        New id whose content hash matches another stored article: ``duplicate``
+        (recorded in ``duplicates``, not stored twice).
+        """
+        results: list[IngestResult] = []
+        now = _now()
+        with self.transaction() as db:
+            for item in items:
+                a = item.article
+                h = a.content_hash
+                row = db.execute("SELECT content_hash FROM articles WHERE id=?", (a.id,)).fetchone()
+                if row is not None and row["content_hash"] == h:
+                    results.append(IngestResult(a.id, "unchanged"))
+                    continue
+                if row is None:
+                    dup = db.execute(
+                        "SELECT id FROM articles WHERE content_hash=? ORDER BY id LIMIT 1", (h,)
+                    ).fetchone()
+                    if dup is not None:
+                        db.execute(
+                            "INSERT OR REPLACE INTO duplicates(id, canonical_id, source, url,"
+                            " published_at, recorded_at) VALUES (?,?,?,?,?,?)",
+                            (a.id, dup["id"], a.source, a.url, _iso(a.published_at), now),
+                        )
+                        results.append(IngestResult(a.id, "duplicate", duplicate_of=dup["id"]))
+                        continue
+                vec = np.ascontiguousarray(item.vector, dtype=np.float32)
+                if vec.ndim != 1 or not np.all(np.isfinite(vec)):
+                    raise InvalidArticle("embedding is not a finite 1-d vector", field="vector")
+                values = (
+                    a.title, a.text, a.source, a.url, _iso(a.published_at), _ts(a.published_at),
+                    a.lang, a.lean, a.story_id, h, json.dumps(list(item.entities)), now,
+                )
+                if row is None:
+                    db.execute(
+                        "INSERT INTO articles(title, text, source, url, published_at, published_ts,"
+                        " lang, lean, gold_story_id, content_hash, entities, updated_at,"
+                        " ingested_at, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (*values, now, a.id),
+                    )
+                    outcome: str = "inserted"
+                else:
+                    db.execute(
+                        "UPDATE articles SET title=?, text=?, source=?, url=?, published_at=?,"
+                        " published_ts=?, lang=?, lean=?, gold_story_id=?, content_hash=?,"
+                        " entities=?, updated_at=? WHERE id=?",
+                        (*values, a.id),
+                    )
+                    outcome = "updated"
+                db.execute(
+                    "INSERT OR REPLACE INTO embeddings(article_id, model, vector) VALUES (?,?,?)",
+                    (a.id, model, vec.tobytes()),
+                )
+                db.execute(
+                    "INSERT INTO changes(article_id, op, at) VALUES (?, 'upsert', ?)", (a.id, now)
+                )
+                results.append(IngestResult(a.id, outcome))  # type: ignore[arg-type]
+        return results
+
+    def get_article(self, article_id: str) -> Article:
+        arts = self.get_articles([article_id])
+        if not arts:
+            raise NotFound(f"article '{article_id}' not found")
+        return arts[0]
+
+    def get_articles(self, ids: Sequence[str]) -> list[Article]:
+        """Articles in the order of ``ids``; unknown ids are skipped."""
+        found: dict[str, Article] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._query(f"SELECT * FROM articles WHERE id IN ({_qs(chunk)})", chunk):
+                found[r["id"]] = _article(r)
+        return [found[i] for i in ids if i in found]
+
+    def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
+        last = ""
+        while True:
+            rows = self._query("SELECT * FROM articles WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            if not rows:
+                return
+            yield from (_article(r) for r in rows)
+            last = rows[-1]["id"]
+
+    def articles_between(self, since: datetime | None, until: datetime | None) -> list[str]:
+        lo = since.timestamp() if since else float("-inf")
+        hi = until.timestamp() if until else float("inf")
+        rows = self._query(
+            "SELECT id FROM articles WHERE published_ts >= ? AND published_ts < ? ORDER BY published_ts",
+            (lo, hi),
+        )
+        return [r["id"] for r in rows]
+
+    def delete_article(self, article_id: str) -> None:
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM articles WHERE id=?", (article_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"article '{article_id}' not found")
+            db.execute(
+                "INSERT INTO changes(article_id, op, at) VALUES (?, 'delete', ?)",
+                (article_id, _now()),
+            )
+
+    def count_articles(self) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM articles")[0]["n"])
+
+    def count_duplicates(self) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM duplicates")[0]["n"])
+
+    def article_ids(self) -> list[str]:
+        return [r["id"] for r in self._query("SELECT id FROM articles ORDER BY id")]
+
+    def duplicates_of(self, article_id: str) -> list[str]:
+        rows = self._query(
+            "SELECT id FROM duplicates WHERE canonical_id=? ORDER BY id", (article_id,)
+        )
+        return [r["id"] for r in rows]
+
+    def canonical_id(self, article_id: str) -> str | None:
+        """The stored article id for ``article_id``, following duplicate records."""
+        if self._query("SELECT 1 FROM articles WHERE id=?", (article_id,)):
+            return article_id
+        rows = self._query("SELECT canonical_id FROM duplicates WHERE id=?", (article_id,))
+        return rows[0]["canonical_id"] if rows else None
+
+    def embeddings(
+        self, ids: Sequence[str] | None = None
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        if ids is None:
+            rows = self._query("SELECT article_id, vector FROM embeddings ORDER BY article_id")
+        else:
+            rows = []
+            for chunk in _chunks(list(ids)):
+                rows += self._query(
+                    f"SELECT article_id, vector FROM embeddings WHERE article_id IN ({_qs(chunk)})",
+                    chunk,
+                )
+            order = {i: k for k, i in enumerate(ids)}
+            rows.sort(key=lambda r: order[r["article_id"]])
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        mat = np.stack([np.frombuffer(r["vector"], dtype=np.float32) for r in rows])
+        return [r["article_id"] for r in rows], mat
+
+    def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._query(
+                f"SELECT id, entities FROM articles WHERE id IN ({_qs(chunk)})", chunk
+            ):
+                out[r["id"]] = tuple(json.loads(r["entities"]))
+        return out
+
+    def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._query(
+                f"SELECT id, published_ts FROM articles WHERE id IN ({_qs(chunk)})", chunk
+            ):
+                out[r["id"]] = r["published_ts"]
+        return out
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        rows = self._query(
+            "SELECT seq, article_id, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [Change(r["seq"], r["article_id"], r["op"]) for r in rows]
+
+    def last_seq(self) -> int:
+        rows = self._query("SELECT MAX(seq) AS s FROM changes")
+        return int(rows[0]["s"] or 0)
+
+    # -- stories ----------------------------------------------------------------
+    def save_story(self, story: Story, db: sqlite3.Connection | None = None) -> None:
+        """Upsert a story record and its membership (inside ``db``'s transaction if given)."""
+        if db is None:
+            with self.transaction() as tx:
+                self._save_story(tx, story)
+        else:
+            self._save_story(db, story)
+
+    def _save_story(self, db: sqlite3.Connection, s: Story) -> None:
+        now = _now()
+        centroid = None if s.centroid is None else np.asarray(s.centroid, np.float32).tobytes()
+        db.execute(
+            "INSERT INTO stories(id, label, first_at, last_at, first_ts, last_ts, outlets, centroid,"
+            " content_hash, status, extra, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET label=excluded.label,"
+            " first_at=excluded.first_at, last_at=excluded.last_at, first_ts=excluded.first_ts,"
+            " last_ts=excluded.last_ts, outlets=excluded.outlets, centroid=excluded.centroid,"
+            " content_hash=excluded.content_hash, status=excluded.status, extra=excluded.extra,"
+            " updated_at=excluded.updated_at",
+            (
+                s.id, s.label, _iso(s.first_at), _iso(s.last_at), _ts(s.first_at), _ts(s.last_at),
+                json.dumps(s.outlets, sort_keys=True), centroid, s.content_hash, s.status,
+                json.dumps(s.extra, sort_keys=True, default=str), now, now,
+            ),
+        )
+        if s.status == "active":
+            for aid in s.article_ids:
+                db.execute(
+                    "INSERT INTO story_members(article_id, story_id) VALUES (?, ?)"
+                    " ON CONFLICT(article_id) DO UPDATE SET story_id=excluded.story_id",
+                    (aid, s.id),
+                )
+
+    def get_story(self, story_id: str) -> Story:
+        rows = self._query("SELECT * FROM stories WHERE id=?", (story_id,))
+        if not rows:
+            raise NotFound(f"story '{story_id}' not found")
+        return self._story(rows[0])
+
+    def _story(self, r: sqlite3.Row) -> Story:
+        members = [
+            m["article_id"]
+            for m in self._query(
+                "SELECT m.article_id FROM story_members m JOIN articles a ON a.id = m.article_id"
+                " WHERE m.story_id=? ORDER BY a.published_ts, a.id",
+                (r["id"],),
+            )
+        ]
+        return Story(
+            id=r["id"], label=r["label"], article_ids=members, first_at=_parse(r["first_at"]),
+            last_at=_parse(r["last_at"]), outlets=json.loads(r["outlets"]),
+            centroid=_vec(r["centroid"]), updated_at=_parse(r["updated_at"]), status=r["status"],
+            content_hash=r["content_hash"], extra=json.loads(r["extra"]),
+        )
+
+    def list_stories(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        min_size: int = 1,
+        limit: int = 1000,
+        offset: int = 0,
+        status: str = "active",
+    ) -> list[Story]:
+        lo = since.timestamp() if since else float("-inf")
+        hi = until.timestamp() if until else float("inf")
+        rows = self._query(
+            "SELECT s.* FROM stories s WHERE s.status=? AND COALESCE(s.last_ts, 0) >= ?"
+            " AND COALESCE(s.first_ts, 0) < ? AND (SELECT COUNT(*) FROM story_members m"
+            " WHERE m.story_id = s.id) >= ? ORDER BY s.last_ts DESC, s.id LIMIT ? OFFSET ?",
+            (status, lo, hi, min_size, limit, offset),
+        )
+        return [self._story(r) for r in rows]
+
+    def count_stories(self, status: str = "active") -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM stories WHERE status=?", (status,))[0]["n"])
+
+    def story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(article_ids)):
+            for r in self._query(
+                f"SELECT article_id, story_id FROM story_members WHERE article_id IN ({_qs(chunk)})",
+                chunk,
+            ):
+                out[r["article_id"]] = r["story_id"]
+        return out
+
+    def record_history(
+        self, old_id: str, new_id: str, kind: str, db: sqlite3.Connection | None = None
+    ) -> None:
+        sql = "INSERT OR IGNORE INTO story_history(old_id, new_id, kind, at) VALUES (?,?,?,?)"
+        if db is None:
+            with self.transaction() as tx:
+                tx.execute(sql, (old_id, new_id, kind, _now()))
+        else:
+            db.execute(sql, (old_id, new_id, kind, _now()))
+
+    def story_history(self, story_id: str) -> list[StoryHistory]:
+        rows = self._query(
+            "SELECT * FROM story_history WHERE old_id=? OR new_id=? ORDER BY at", (story_id, story_id)
+        )
+        return [StoryHistory(r["old_id"], r["new_id"], r["kind"], _parse(r["at"]) or datetime.now(UTC)) for r in rows]
+
+    def resolve_story(self, story_id: str) -> list[str]:
+        """Active ids that ``story_id`` became, following merges and splits."""
+        seen: set[str] = set()
+        frontier = [story_id]
+        out: list[str] = []
+        while frontier:
+            sid = frontier.pop()
+            if sid in seen:
+                continue
+            seen.add(sid)
+            rows = self._query("SELECT status FROM stories WHERE id=?", (sid,))
+            if rows and rows[0]["status"] == "active":
+                out.append(sid)
+                continue
+            frontier += [r["new_id"] for r in self._query(
+                "SELECT new_id FROM story_history WHERE old_id=?", (sid,)
+            )]
+        if not out and not self._query("SELECT 1 FROM stories WHERE id=?", (story_id,)):
+            raise NotFound(f"story '{story_id}' not found")
+        return sorted(out)
+
+    # -- per-story outputs (summaries, stances) and digests ---------------------------
+    def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO story_outputs(story_id, kind, content_hash, payload,"
+                " created_at) VALUES (?,?,?,?,?)",
+                (story_id, kind, content_hash, payload, _now()),
+            )
+
+    def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
+        """``(content_hash, payload)`` of a stored output, or None."""
+        rows = self._query(
+            "SELECT content_hash, payload FROM story_outputs WHERE story_id=? AND kind=?",
+            (story_id, kind),
+        )
+        return (rows[0]["content_hash"], rows[0]["payload"]) if rows else None
+
+    def put_digest(self, date: str, fmt: str, body: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO digests(date, format, body, created_at) VALUES (?,?,?,?)",
+                (date, fmt, body, _now()),
+            )
+
+    def get_digest(self, date: str, fmt: str) -> str:
+        rows = self._query("SELECT body FROM digests WHERE date=? AND format=?", (date, fmt))
+        if not rows:
+            raise NotFound(f"no {fmt} digest for {date}")
+        return str(rows[0]["body"])
+
+    def digest_dates(self) -> list[str]:
+        return [r["date"] for r in self._query("SELECT DISTINCT date FROM digests ORDER BY date")]
+
+
+def _article(r: sqlite3.Row) -> Article:
+    return Article(
+        id=r["id"], text=r["text"], title=r["title"], source=r["source"], url=r["url"],
+        published_at=_parse(r["published_at"]), lang=r["lang"], story_id=r["gold_story_id"],
+        lean=r["lean"],
+    )
+
+
+def _qs(items: Sequence[Any]) -> str:
+    return ",".join("?" * len(items))
+
+
+def _chunks(items: list[str], n: int = 500) -> Iterator[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]

@@ -1,0 +1,59 @@
+"""Index-layer records: what the store hands back about stories and ingests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Change", "IngestOutcome", "IngestResult", "Story", "StoryHistory"]
+
+IngestOutcome = Literal["inserted", "updated", "unchanged", "duplicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    id: str
+    outcome: IngestOutcome
+    #: for ``duplicate``: the stored article whose content this one repeats
+    duplicate_of: str | None = None
+    story_id: str | None = None
+
+
+@dataclass(slots=True)
+class Story:
+    id: str
+    label: str
+    article_ids: list[str]
+    first_at: datetime | None
+    last_at: datetime | None
+    outlets: dict[str, int]
+    centroid: npt.NDArray[np.float32] | None = None
+    updated_at: datetime | None = None
+    status: str = "active"  # active | merged | split
+    content_hash: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.article_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class StoryHistory:
+    old_id: str
+    new_id: str
+    kind: str  # merge | split
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the store's change feed (monotonic ``seq``)."""
+
+    seq: int
+    article_id: str
+    op: Literal["upsert", "delete"]

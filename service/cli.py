@@ -1,0 +1,284 @@
+"""The ``storyline`` command line. Errors map to exit codes in one place: :func:`main`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from storyline.models.errors import StorylineError
+from storyline.service.settings import Settings
+
+app = typer.Typer(
+    name="storyline",
+    help="Multi-document news summarisation, story clustering and actor stance.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Build and train model artefacts.", no_args_is_help=True)
+index_app = typer.Typer(help="The FAISS vector index.", no_args_is_help=True)
+eval_app = typer.Typer(help="Quality evaluation on JSONL in the documented formats.",
+                       no_args_is_help=True)
+cluster_app = typer.Typer(help="Story clustering maintenance.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
+app.add_typer(cluster_app, name="cluster")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as the last line")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="overrides STORYLINE_DATA_DIR")
+]
+
+
+def settings(data_dir: Path | None = None) -> Settings:
+    s = Settings()
+    if data_dir is not None:
+        s = s.model_copy(update={"data_dir": data_dir})
+    return s
+
+
+def emit(obj: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj, default=str, sort_keys=True))
+
+
+def _dt(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    from storyline.service.ingest import parse_datetime
+
+    return parse_datetime(value)
+
+
+def open_pipeline(data_dir: Path | None = None) -> Any:
+    from storyline.service.pipeline import Pipeline
+
+    return Pipeline(settings(data_dir))
+
+
+# -- models -----------------------------------------------------------------------------
+def check_texts(limit: int | None = None) -> list[str]:
+    """Texts for the embedder self-check: the AllSides articles if present, else seeds/."""
+    from storyline.service.ingest import read_source
+    from storyline.service.pipeline import article_text
+
+    for cand in (_shared_data() / "allsides" / "articles.jsonl", Path("seeds")):
+        if cand.exists():
+            arts = [p.article for p in read_source(cand) if p.article is not None]
+            return [article_text(a) for a in arts][:limit]
+    return []
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("STORYLINE_SHARED_DATA")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), *Path.cwd().parents):
+        if (base / "shared" / "data").is_dir():
+            return base / "shared" / "data"
+        if (base.parent / "shared" / "data").is_dir():
+            return base.parent / "shared" / "data"
+    return Path("../shared/data")
+
+
+@models_app.command("build")
+def models_build(
+    force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Build every model artefact from the pip-installed weight packages (cached)."""
+    from storyline.models.embedder_build import build_embedder
+
+    s = settings(data_dir)
+    build_embedder(s.models_dir, check_texts=check_texts(), force=force, log=typer.echo)
+
+
+@models_app.command("info")
+def models_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the built artefacts and their sha256."""
+    from storyline.models.registry import Manifest
+
+    recs = Manifest(settings(data_dir).models_dir).load()
+    out = {k: {"files": v.files, "check": v.meta.get("check")} for k, v in recs.items()}
+    if not as_json:
+        for name, r in out.items():
+            typer.echo(f"{name}: {', '.join(f'{f} {h[:12]}' for f, h in r['files'].items())}")
+    emit(out, as_json)
+
+
+# -- ingest / read ----------------------------------------------------------------------
+@app.command()
+def ingest(
+    sources: Annotated[list[str], typer.Argument(help="JSONL / .txt / RSS-Atom files, folders or feed URLs")],
+    data_dir: DataDirOpt = None,
+    batch: Annotated[int, typer.Option(help="articles per transaction")] = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest articles. Bad lines are reported and skipped; exit 2 if any line failed."""
+    from storyline.service.ingest import read_source
+
+    pipe = open_pipeline(data_dir)
+    errors: list[str] = []
+    totals = {"inserted": 0, "updated": 0, "unchanged": 0, "duplicate": 0, "failed": 0}
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if pending:
+            rep = pipe.ingest(pending)
+            for key, val in rep.as_dict().items():
+                if key in totals:
+                    totals[key] += val
+            pending.clear()
+
+    for src in sources:
+        for parsed in read_source(src, max_chars=pipe.settings.max_article_chars):
+            if parsed.error is not None:
+                errors.append(f"{src}: {parsed.error.detail}")
+                totals["failed"] += 1
+                continue
+            pending.append(parsed.article)
+            if len(pending) >= batch:
+                flush()
+    flush()
+    pipe.close()
+    for e in errors:
+        typer.echo(f"error: {e}", err=True)
+    if not as_json:
+        typer.echo(", ".join(f"{k} {v}" for k, v in totals.items()))
+    emit({**totals, "errors": errors}, as_json)
+    if errors:
+        raise typer.Exit(2)
+
+
+def _print_hits(hits: list[Any]) -> None:
+    for h in hits:
+        when = h.published_at.date().isoformat() if h.published_at else "-"
+        typer.echo(f"  {h.score:6.3f}  {h.id:<24} {when}  {(h.source or '-')[:18]:<18} {h.title[:70]}")
+
+
+def _hits_json(hits: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"id": h.id, "score": h.score, "similarity": h.similarity, "title": h.title,
+         "source": h.source, "published_at": h.published_at, "story_id": h.story_id}
+        for h in hits
+    ]
+
+
+@app.command()
+def related(
+    article_id: str,
+    k: Annotated[int, typer.Option("-k", "--k", help="how many results")] = 10,
+    since: str | None = None,
+    until: str | None = None,
+    source: str | None = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Related coverage for a stored article (itself and its exact duplicates excluded)."""
+    pipe = open_pipeline(data_dir)
+    hits = pipe.related(article_id, k=k, since=_dt(since), until=_dt(until), source=source)
+    if not as_json:
+        _print_hits(hits)
+    emit({"id": article_id, "related": _hits_json(hits)}, as_json)
+
+
+@app.command()
+def search(
+    text: str,
+    k: Annotated[int, typer.Option("-k", "--k", help="how many results")] = 10,
+    since: str | None = None,
+    until: str | None = None,
+    source: str | None = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Free-text search over stored articles."""
+    pipe = open_pipeline(data_dir)
+    hits = pipe.search(text, k=k, since=_dt(since), until=_dt(until), source=source)
+    if not as_json:
+        _print_hits(hits)
+    emit({"query": text, "results": _hits_json(hits)}, as_json)
+
+
+@app.command()
+def stats(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Counts of stored articles, duplicates, index entries and stories."""
+    st = open_pipeline(data_dir).stats()
+    if not as_json:
+        for key, val in st.items():
+            typer.echo(f"{key:>12}: {val}")
+    emit(st, as_json)
+
+
+@index_app.command("rebuild")
+def index_rebuild(data_dir: DataDirOpt = None) -> None:
+    """Rebuild the FAISS index from the embeddings stored in the database."""
+    pipe = open_pipeline(data_dir)
+    idx = pipe.rebuild_index(save=True)
+    typer.echo(f"rebuilt {idx.kind} index with {len(idx)} vectors at {pipe.settings.index_path}")
+
+
+# -- the main job -------------------------------------------------------------------------
+@app.command()
+def demo(
+    source: Annotated[Path, typer.Argument(help="what to ingest")] = Path("seeds"),
+    data_dir: DataDirOpt = None,
+    k: int = 5,
+) -> None:
+    """The main job: ingest SOURCE, then print related coverage and index statistics."""
+    from storyline.service.ingest import read_source
+
+    pipe = open_pipeline(data_dir)
+    arts = [p.article for p in read_source(source) if p.article is not None]
+    rep = pipe.ingest(arts)
+    typer.echo(f"ingested {source}: {rep.as_dict()}")
+    for a in arts:
+        typer.echo(f"\n[{a.id}] {a.title[:90]}")
+        hits = pipe.related(a.id, k=k)
+        if hits:
+            _print_hits(hits)
+        else:
+            typer.echo("  (no related coverage stored yet)")
+    typer.echo("\nindex: " + json.dumps(pipe.stats(), default=str))
+    pipe.close()
+
+
+# -- evaluation ---------------------------------------------------------------------------
+@eval_app.command("retrieval")
+def eval_retrieval(
+    articles: Annotated[Path, typer.Option(help="JSONL in the article format, with story_id")],
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Related-coverage recall@k / MRR against gold story ids, ours vs the plain baseline."""
+    from storyline.service.evaluation.retrieval import evaluate_retrieval, format_table
+
+    res = evaluate_retrieval(articles, models_dir=settings(data_dir).models_dir)
+    if not as_json:
+        typer.echo(format_table(res))
+    emit(res, as_json)
+
+
+def main() -> None:
+    """Entry point: run the app, mapping storyline errors to exit codes in one place."""
+    logging.basicConfig(
+        level=os.environ.get("STORYLINE_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        # Standalone mode lets click report usage errors itself; our errors reach here.
+        app()
+    except StorylineError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

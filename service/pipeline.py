@@ -1,0 +1,350 @@
+"""Orchestration: ingest -> embed -> store -> index -> stories, and the read paths.
+
+The pipeline owns no model or index logic; it wires the stages (each behind its
+Protocol) to the store and keeps the FAISS index in step with the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from storyline.index.store import IngestItem, SQLiteStore
+from storyline.index.types import IngestResult
+from storyline.index.vectors import VectorIndex
+from storyline.models.errors import InvalidInput, NotFound
+from storyline.models.protocols import Embedder
+from storyline.models.types import Article
+from storyline.service.settings import Settings
+
+__all__ = ["IngestReport", "Pipeline", "RelatedHit", "article_text"]
+
+log = logging.getLogger(__name__)
+
+EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
+
+
+def article_text(a: Article) -> str:
+    """What we embed for an article: title and lead, truncated to the token window."""
+    return f"{a.title}\n\n{a.text}" if a.title else a.text
+
+
+@dataclass(slots=True)
+class IngestReport:
+    results: list[IngestResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inserted": self.count("inserted"),
+            "updated": self.count("updated"),
+            "unchanged": self.count("unchanged"),
+            "duplicate": self.count("duplicate"),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RelatedHit:
+    id: str
+    score: float
+    similarity: float
+    title: str
+    source: str | None
+    published_at: datetime | None
+    story_id: str | None = None
+
+
+class Pipeline:
+    """The product's core, used by the CLI, the HTTP app and the digest job."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: SQLiteStore | None = None,
+        embedder: Embedder | None = None,
+        entities: EntityFn | None = None,
+        clusterer: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or SQLiteStore(settings.db_path)
+        self._embedder = embedder
+        self._entities = entities
+        self._clusterer = clusterer
+        self._write_lock = threading.Lock()
+        self.index = self._open_index()
+
+    # -- lazily loaded stages --------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from storyline.models.embedder import OnnxEmbedder
+
+            self._embedder = OnnxEmbedder(
+                self.settings.models_dir,
+                threads=self.settings.threads,
+                batch_size=self.settings.embed_batch_size,
+            )
+        return self._embedder
+
+    def entity_keys(self, texts: list[str]) -> list[tuple[str, ...]]:
+        if self._entities is None:
+            from storyline.models.nlp import entity_keys
+
+            self._entities = entity_keys
+        return self._entities(texts)
+
+    @property
+    def clusterer(self) -> Any | None:
+        return self._clusterer
+
+    # -- index <-> store -------------------------------------------------------------
+    def _open_index(self) -> VectorIndex:
+        path = self.settings.index_path
+        index: VectorIndex | None = None
+        if path.exists():
+            try:
+                index = VectorIndex.load(path)
+            except (ValueError, RuntimeError, OSError) as exc:
+                log.warning("vector index %s unreadable (%s); rebuilding from the store", path, exc)
+        if index is not None and index.kind != self.settings.index_kind:
+            index = None
+        if index is None:
+            return self.rebuild_index(save=True)
+        self._sync_index(index)
+        return index
+
+    def _sync_index(self, index: VectorIndex) -> None:
+        """Make the index hold exactly the stored ids (repairs after a crash)."""
+        stored = set(self.store.article_ids())
+        have = index.ids
+        missing = sorted(stored - have)
+        extra = sorted(have - stored)
+        if extra:
+            index.remove(extra)
+        if missing:
+            ids, vecs = self.store.embeddings(missing)
+            index.add(ids, vecs)
+        if missing or extra:
+            log.info("index synced with store: +%d -%d", len(missing), len(extra))
+            index.save(self.settings.index_path)
+
+    def rebuild_index(self, *, save: bool = True) -> VectorIndex:
+        ids, vecs = self.store.embeddings()
+        dim = vecs.shape[1] if len(ids) else 384
+        index = VectorIndex.build(ids, vecs, dim, self.settings.index_kind)
+        if save:
+            index.save(self.settings.index_path)
+        self.index = index
+        return index
+
+    def save_index(self) -> None:
+        self.index.save(self.settings.index_path)
+
+    # -- ingest ----------------------------------------------------------------------
+    def ingest(self, articles: Sequence[Article], *, assign_stories: bool = True) -> IngestReport:
+        """Store a batch (idempotent by id), index it, and assign stories.
+
+        Returns after the batch is durably committed to the database.
+        """
+        t0 = time.perf_counter()
+        latest: dict[str, Article] = {}
+        for a in articles:  # the same id twice in one batch: the later one wins
+            latest[a.id] = a
+        batch = list(latest.values())
+        with self._write_lock:
+            known = self.store.existing_hashes([a.id for a in batch])
+            todo = [a for a in batch if known.get(a.id) != a.content_hash]
+            # Content already stored under another id is recorded, not embedded again.
+            by_hash = self.store.ids_for_hashes([a.content_hash for a in todo if a.id not in known])
+            first_of_hash: dict[str, str] = {}
+            need: list[Article] = []
+            for a in todo:
+                h = a.content_hash
+                if a.id not in known and (h in by_hash or h in first_of_hash):
+                    continue
+                first_of_hash.setdefault(h, a.id)
+                need.append(a)
+            vectors = self._embed_articles(need)
+            ents = self.entity_keys([article_text(a) for a in need]) if need else []
+            vec_of = {a.id: (vectors[i], ents[i]) for i, a in enumerate(need)}
+            dim = self.embedder.dim
+            items = [
+                IngestItem(a, *vec_of.get(a.id, (np.zeros(dim, np.float32), ())))
+                for a in batch
+            ]
+            results = self.store.ingest(items, self.embedder.model_id)
+            changed = [r.id for r in results if r.outcome in ("inserted", "updated")]
+            if changed:
+                ids, vecs = self.store.embeddings(changed)
+                self.index.add(ids, vecs)
+                self.save_index()
+            if assign_stories and self._clusterer is not None and changed:
+                assigned = self._clusterer.assign(changed)
+                results = [
+                    IngestResult(r.id, r.outcome, r.duplicate_of, assigned.get(r.id))
+                    for r in results
+                ]
+        if self._clusterer is not None:
+            story_of = self.store.story_of([r.duplicate_of or r.id for r in results])
+            results = [
+                IngestResult(r.id, r.outcome, r.duplicate_of, story_of.get(r.duplicate_of or r.id))
+                for r in results
+            ]
+        return IngestReport(results, time.perf_counter() - t0)
+
+    def _embed_articles(self, arts: Sequence[Article]) -> npt.NDArray[np.float32]:
+        if not arts:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        return self.embedder.embed([article_text(a) for a in arts])
+
+    def delete(self, article_id: str) -> None:
+        with self._write_lock:
+            self.store.delete_article(article_id)
+            self.index.remove([article_id])
+            self.save_index()
+            if self._clusterer is not None and hasattr(self._clusterer, "remove"):
+                self._clusterer.remove([article_id])
+
+    # -- related coverage ------------------------------------------------------------
+    def related(
+        self,
+        article_id: str,
+        *,
+        k: int = 10,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        source: str | None = None,
+        exclude_same_story: bool = False,
+    ) -> list[RelatedHit]:
+        cid = self.store.canonical_id(article_id)
+        if cid is None:
+            raise NotFound(f"article '{article_id}' not found")
+        query = self.store.get_article(cid)
+        ids, vecs = self.store.embeddings([cid])
+        exclude = {cid, article_id, *self.store.duplicates_of(cid)}
+        if exclude_same_story:
+            sid = self.store.story_of([cid]).get(cid)
+            if sid is not None:
+                exclude |= set(self.store.get_story(sid).article_ids)
+        ents = self.store.entities([cid]).get(cid, ())
+        return self._rank(vecs[0], query.published_at, set(ents), k=k, exclude=exclude,
+                          since=since, until=until, source=source)
+
+    def search(
+        self,
+        text: str,
+        *,
+        k: int = 10,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        source: str | None = None,
+    ) -> list[RelatedHit]:
+        if not text.strip():
+            raise InvalidInput("search text must not be empty")
+        vec = self.embedder.embed([text])[0]
+        ents = set(self.entity_keys([text])[0])
+        return self._rank(vec, None, ents, k=k, exclude=set(), since=since, until=until,
+                          source=source)
+
+    def _rank(
+        self,
+        vec: npt.NDArray[np.float32],
+        when: datetime | None,
+        ents: set[str],
+        *,
+        k: int,
+        exclude: set[str],
+        since: datetime | None,
+        until: datetime | None,
+        source: str | None,
+    ) -> list[RelatedHit]:
+        if k < 1 or k > self.settings.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
+        filtered = since is not None or until is not None or source is not None
+        # Re-ranking and filters need a candidate pool wider than k.
+        pool = min(len(self.index), max(50, 5 * k) * (4 if filtered else 1) + len(exclude))
+        hits = self.index.search(vec[None, :], pool)[0]
+        cand = [(i, s) for i, s in hits if i not in exclude]
+        if not cand:
+            return []
+        arts = {a.id: a for a in self.store.get_articles([i for i, _ in cand])}
+        cand_ents = self.store.entities([i for i, _ in cand]) if ents else {}
+        scored = []
+        s = self.settings
+        for i, sim in cand:
+            a = arts.get(i)
+            if a is None:
+                continue
+            if source is not None and (a.source or "").casefold() != source.casefold():
+                continue
+            if since is not None and (a.published_at is None or a.published_at < since):
+                continue
+            if until is not None and (a.published_at is None or a.published_at >= until):
+                continue
+            score = relatedness(
+                sim, when, a.published_at, ents, set(cand_ents.get(i, ())),
+                window_h=s.related_window_hours, w_time=s.related_time_weight,
+                w_ent=s.related_entity_weight,
+            )
+            scored.append((score, sim, a))
+        scored.sort(key=lambda t: (-t[0], t[2].id))
+        top = scored[:k]
+        story_of = self.store.story_of([a.id for _, _, a in top])
+        return [
+            RelatedHit(a.id, round(sc, 6), round(sim, 6), a.title, a.source, a.published_at,
+                       story_of.get(a.id))
+            for sc, sim, a in top
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "articles": self.store.count_articles(),
+            "duplicates": self.store.count_duplicates(),
+            "indexed": len(self.index),
+            "index_kind": self.index.kind,
+            "stories": self.store.count_stories(),
+            "data_dir": str(self.settings.data_dir),
+        }
+
+    def close(self) -> None:
+        self.save_index()
+        self.store.close()
+
+
+def relatedness(
+    sim: float,
+    t_query: datetime | None,
+    t_cand: datetime | None,
+    ents_query: set[str],
+    ents_cand: set[str],
+    *,
+    window_h: float,
+    w_time: float,
+    w_ent: float,
+) -> float:
+    """Cosine similarity plus bonuses for closeness in time and shared named entities.
+
+    Time: ``w_time * exp(-|dt| / window)``: same-story coverage clusters within days.
+    Entities: ``w_ent *`` overlap coefficient of the two entity sets.
+    """
+    score = sim
+    if w_time and window_h > 0 and t_query is not None and t_cand is not None:
+        dt_h = abs((t_query - t_cand).total_seconds()) / 3600.0
+        score += w_time * math.exp(-dt_h / window_h)
+    if w_ent and ents_query and ents_cand:
+        score += w_ent * len(ents_query & ents_cand) / min(len(ents_query), len(ents_cand))
+    return score

@@ -1,0 +1,67 @@
+"""The one settings object. Read from ``STORYLINE_*`` environment variables (and ``.env``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STORYLINE_", env_file=".env", extra="ignore")
+
+    # -- storage -------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="SQLite db, FAISS files and built models")
+    index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or approximate search")
+
+    # -- inference -----------------------------------------------------------------
+    threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads")
+    embed_batch_size: int = Field(32, ge=1, le=512)
+    inference_workers: int = Field(1, ge=1, le=16, description="threads running model calls")
+    inference_queue: int = Field(32, ge=1, description="waiting requests before 503")
+
+    # -- related coverage ranking (tuned on the AllSides train split) ----------------
+    related_window_hours: float = Field(
+        72.0, ge=0, description="candidates within this many hours rank higher (0 = off)"
+    )
+    related_time_weight: float = Field(0.6, ge=0)
+    #: shared named entities measured no gain on the train split (see docs/quality.md)
+    related_entity_weight: float = Field(0.0, ge=0)
+
+    # -- summaries -----------------------------------------------------------------
+    summary_words: int = Field(80, ge=10, le=1000)
+
+    # -- limits --------------------------------------------------------------------
+    max_article_chars: int = Field(200_000, ge=100, description="longer texts are refused")
+    max_articles_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_k: int = Field(100, ge=1)
+    max_page_size: int = Field(100, ge=1)
+
+    # -- HTTP ----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys_sha256: list[str] = Field(
+        default_factory=list, description="sha256 hex digests of accepted API keys"
+    )
+    read_requires_key: bool = False
+    rate_limit_per_minute: int = Field(600, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    log_level: str = "INFO"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "storyline.db"
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "vectors.faiss"

@@ -1,0 +1,83 @@
+"""The pipeline end to end with the real int8 embedder: ingest, index sync, related, search."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from storyline.models.errors import InvalidInput, NotFound
+from storyline.models.types import Article
+from storyline.service.pipeline import Pipeline
+from storyline.service.settings import Settings
+
+T = datetime(2021, 10, 18, 12, tzinfo=UTC)
+
+ARTS = [
+    Article("court-1", "The Supreme Court ruled on Monday that police officers were entitled "
+            "to qualified immunity in two excessive force cases.", "Court sides with police",
+            "Outlet A", published_at=T),
+    Article("court-2", "Justices overturned two lower court rulings, granting officers qualified "
+            "immunity from lawsuits over the use of force.", "Justices back officers",
+            "Outlet B", published_at=T),
+    Article("storm-1", "A powerful hurricane made landfall in Louisiana, cutting power to "
+            "hundreds of thousands of homes.", "Hurricane hits Louisiana", "Outlet A",
+            published_at=T),
+    Article("storm-2", "Hurricane Ida knocked out electricity across New Orleans as the storm "
+            "moved inland on Sunday.", "Ida leaves New Orleans dark", "Outlet C", published_at=T),
+]
+
+
+def test_ingest_is_idempotent_and_related_finds_the_same_story(pipeline: Pipeline) -> None:
+    rep = pipeline.ingest(ARTS)
+    assert rep.count("inserted") == 4
+    assert pipeline.ingest(ARTS).count("unchanged") == 4
+    assert len(pipeline.index) == 4
+    hits = pipeline.related("court-1", k=3)
+    assert hits[0].id == "court-2"
+    assert "court-1" not in [h.id for h in hits]
+    assert pipeline.search("hurricane power outage", k=2)[0].id.startswith("storm")
+    assert [h.id for h in pipeline.related("court-1", k=3, source="outlet c")] == ["storm-2"]
+    with pytest.raises(NotFound):
+        pipeline.related("missing")
+    with pytest.raises(InvalidInput):
+        pipeline.related("court-1", k=0)
+
+
+def test_duplicates_are_excluded_and_resolved(pipeline: Pipeline) -> None:
+    pipeline.ingest(ARTS)
+    dup = Article("court-1-syndicated", ARTS[0].text, ARTS[0].title, "Wire")
+    rep = pipeline.ingest([dup])
+    assert rep.results[0].outcome == "duplicate"
+    assert rep.results[0].duplicate_of == "court-1"
+    assert len(pipeline.index) == 4
+    # related for the duplicate id answers for its canonical article, excluding both
+    ids = [h.id for h in pipeline.related("court-1-syndicated", k=3)]
+    assert "court-1" not in ids and "court-1-syndicated" not in ids
+
+
+def test_update_reembeds_and_delete_removes(pipeline: Pipeline) -> None:
+    pipeline.ingest(ARTS)
+    changed = Article("storm-2", "The Supreme Court heard arguments about police immunity.",
+                      "Court hears case", "Outlet C", published_at=T)
+    assert pipeline.ingest([changed]).results[0].outcome == "updated"
+    assert pipeline.related("court-1", k=2)[1].id == "storm-2"
+    pipeline.delete("storm-2")
+    assert len(pipeline.index) == 3
+    assert "storm-2" not in [h.id for h in pipeline.related("court-1", k=3)]
+
+
+def test_index_is_repaired_from_the_store_after_a_crash(pipeline: Pipeline) -> None:
+    pipeline.ingest(ARTS[:2])
+    pipeline.save_index()
+    stale = pipeline.settings.index_path.read_bytes()
+    pipeline.ingest(ARTS[2:])
+    # simulate a crash after the DB commit but before the index file was written
+    pipeline.settings.index_path.write_bytes(stale)
+    again = Pipeline(Settings(data_dir=pipeline.settings.data_dir), embedder=pipeline.embedder)
+    assert again.index.ids == {a.id for a in ARTS}
+    # an unreadable index file is rebuilt from stored embeddings
+    pipeline.settings.index_path.write_bytes(b"junk")
+    again = Pipeline(Settings(data_dir=pipeline.settings.data_dir), embedder=pipeline.embedder)
+    assert len(again.index) == 4
+    assert again.related("storm-1", k=1)[0].id == "storm-2"
