@@ -91,13 +91,36 @@ def _shared_data() -> Path:
 @models_app.command("build")
 def models_build(
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="embedder | summariser | stance (repeatable)")
+    ] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Build every model artefact from the pip-installed weight packages (cached)."""
+    """Build every model artefact from the pip-installed weight packages (cached).
+
+    Each step is skipped when its artefact is current (same inputs, intact files).
+    """
     from storyline.models.embedder_build import build_embedder
 
     s = settings(data_dir)
-    build_embedder(s.models_dir, check_texts=check_texts(), force=force, log=typer.echo)
+    steps = set(only or ("embedder", "summariser", "stance"))
+    unknown = steps - {"embedder", "summariser", "stance"}
+    if unknown:
+        raise typer.BadParameter(f"unknown model(s): {', '.join(sorted(unknown))}")
+    data = _shared_data()
+    if "embedder" in steps:
+        build_embedder(s.models_dir, check_texts=check_texts(), force=force, log=typer.echo)
+    if "summariser" in steps:
+        from storyline.models.summariser_train import train_summariser
+
+        train_summariser(
+            s.models_dir, articles_file=data / "allsides" / "articles.jsonl",
+            stories_file=data / "allsides" / "stories.jsonl", force=force, log=typer.echo,
+        )
+    if "stance" in steps:
+        from storyline.models.stance_train import build_stance
+
+        build_stance(s.models_dir, data_dir=data / "newsmtsc", force=force, log=typer.echo)
 
 
 @models_app.command("info")

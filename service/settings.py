@@ -12,10 +12,16 @@ __all__ = ["Settings"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STORYLINE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="STORYLINE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     # -- storage -------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="SQLite db, FAISS files and built models")
+    models_path: Path | None = Field(
+        None, alias="STORYLINE_MODELS_DIR",
+        description="built models (default <data_dir>/models); read-only at serve time",
+    )
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or approximate search")
 
     # -- inference -----------------------------------------------------------------
@@ -56,7 +62,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.models_path or self.data_dir / "models"
 
     @property
     def db_path(self) -> Path:
