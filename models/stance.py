@@ -1,0 +1,505 @@
+"""Actor stance: how the coverage portrays each actor, and where each actor stands.
+
+:class:`ActorStanceTagger` implements the ``StanceTagger`` protocol. It is decoupled from the
+sentiment model: it takes any *target scorer*, an object with
+``predict(items: Sequence[(sentence, char_start, char_end)]) -> float32 [n, 3]`` returning
+probabilities in the order (negative, neutral, positive). In production that is
+``storyline.models.sentiment.TargetSentimentModel`` (int8 ONNX MiniLM fine-tuned on
+NewsMTSC); :class:`VaderTargetScorer` is the documented low-resource mode (no model files,
+lexicon sentiment in a window around the target; NewsMTSC macro-F1 about 0.53 against about
+0.80 for the learned model). :func:`load_target_scorer` picks the learned model when it is
+built and intact, else VADER.
+
+**Portrayal** (``ActorStance.portrayal``): every mention of the actor is scored with the
+target scorer on its sentence (the mention is the target). Mentions in a headline weigh
+``title_weight`` (2), others 1. The items are aggregated (rule below) over all mentions
+(``overall``), per outlet (``Article.source``) and per lean (``Article.lean``); articles
+without a source / lean are left out of those breakdowns.
+
+**Position** (``ActorStance.position``), from the actor's own statements (who-said-what
+comes from a *speech attributor*, by default :class:`storyline.models.actors.
+SpacyActorExtractor`):
+
+* ``toward``: for each other actor mentioned in what the actor says, the target scorer on the
+  statement's sentence with that mention as the target, blended with the speech verb's
+  polarity: critical verbs (:data:`CRITICAL_VERBS`: accuse, condemn, attack, criticise,
+  warn, blame, denounce, slam, reject, ...) push toward negative, supportive verbs
+  (:data:`SUPPORTIVE_VERBS`: praise, welcome, support, commend, hail, thank, endorse, ...)
+  toward positive. The verb's one-hot distribution is mixed in with weight
+  ``direct_cue_weight`` (0.5) when the target is what the verb acts on ("attacked *the
+  West*", "accused *Ukraine* of"), ``indirect_cue_weight`` (0.25) when the target only
+  appears in the content, and not at all under negation ("did not criticise"); a direct
+  target's item also weighs ``direct_weight`` (2) in the aggregate, since the verb states
+  the stance explicitly. Targets on
+  the speaker's own side are skipped (same actor, or one stands for the other: "the
+  Kremlin" about "Russia").
+* ``issue``: the stance toward the story's issue, approximated as the target scorer on the
+  statement content as a whole (the content span is the target) blended with the verb cue
+  at ``indirect_cue_weight``. It is coarse: the model was trained on entity targets, and a
+  story's "issue" is not named. ``None`` when the actor says nothing.
+
+**Aggregation rule** (:func:`aggregate`, one rule for portrayal, edges and issue): each item
+has probabilities (neg, neu, pos) and a weight; ``score`` = weighted mean of
+``P(pos) - P(neg)`` in [-1, 1]. An item is *confidently* positive (negative) when positive
+(negative) is its top class with probability >= ``confident`` (0.5).
+
+* ``mixed`` when the confidently positive items and the confidently negative items each
+  hold >= ``mixed_share`` (30%) of the weight: the coverage (or speaker) goes both ways;
+* else ``supportive`` when ``score >= polar_threshold`` (0.15), ``critical`` when
+  ``score <= -polar_threshold``, else ``neutral``.
+
+``confidence`` = ``n / (n + 1)`` (more items, more trust: one item gives at most 0.5) times
+the consistency of the items with the label: the weighted mean probability of the label's
+class (positive for supportive, negative for critical, neutral for neutral), or for mixed the
+share of confidently polar items. ``evidence``: up to ``max_evidence`` distinct sentences that
+most support the label (for mixed alternately the most positive and the most negative).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from storyline.models.errors import InvalidInput, ModelUnavailable
+from storyline.models.types import (
+    Actor,
+    ActorStance,
+    Article,
+    Evidence,
+    Portrayal,
+    Position,
+    Stance,
+    StanceLabel,
+    Statement,
+    TowardStance,
+)
+
+if TYPE_CHECKING:
+    from storyline.models.actors import AttributedStatement
+
+__all__ = [
+    "CRITICAL_VERBS",
+    "SUPPORTIVE_VERBS",
+    "ActorStanceTagger",
+    "AggregationRule",
+    "SpeechAttributor",
+    "TargetScorer",
+    "VaderTargetScorer",
+    "aggregate",
+    "load_target_scorer",
+]
+
+
+def _words(text: str) -> frozenset[str]:
+    """A word table written as running text (easier to read and diff than a list)."""
+    return frozenset(text.split())
+
+
+log = logging.getLogger(__name__)
+
+CRITICAL_VERBS: frozenset[str] = _words(
+    """accuse condemn attack criticise criticize denounce blame slam warn threaten reject
+    dismiss decry lambast rebuke chastise deride mock assail castigate berate fault scold
+    question brand"""
+)
+SUPPORTIVE_VERBS: frozenset[str] = _words(
+    """praise welcome support commend hail applaud laud thank endorse back congratulate defend
+    salute embrace"""
+)
+_NEG, _NEU, _POS = 0, 1, 2
+_ASCII_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "«": '"', "»": '"'})
+_CUE_VECTORS: dict[str, npt.NDArray[np.float64]] = {
+    "critical": np.array([1.0, 0.0, 0.0]),
+    "supportive": np.array([0.0, 0.0, 1.0]),
+}
+
+
+@runtime_checkable
+class TargetScorer(Protocol):
+    """Target-dependent sentiment: (sentence, start, end) -> P(negative, neutral, positive)."""
+
+    def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]: ...
+
+
+class SpeechAttributor(Protocol):
+    """Who said what, with the actors each statement talks about."""
+
+    def attribute(
+        self, articles: Sequence[Article], actors: Sequence[Actor] | None = None
+    ) -> list[AttributedStatement]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# VADER: the low-resource target scorer
+# ---------------------------------------------------------------------------------------------
+
+
+class VaderTargetScorer:
+    """VADER compound score of a window of words around the target, as three probabilities.
+
+    The window (``window_words`` words each side, the target included) makes it roughly
+    target-dependent: in "X praised Y while Z attacked W", W and Y get different windows.
+    A compound ``c`` in [-1, 1] maps to ``(max(0, -c), 1 - |c|, max(0, c))``, which sums to
+    one and keeps VADER's own strength. No model files; a few thousand items per second.
+    """
+
+    def __init__(self, window_words: int = 8) -> None:
+        self.window_words = window_words
+        self._sia: Any = None
+        self.model_id = f"vader-window{window_words}"
+
+    def _analyzer(self) -> Any:
+        if self._sia is None:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            self._sia = SentimentIntensityAnalyzer()
+        return self._sia
+
+    def window(self, sentence: str, start: int, end: int) -> str:
+        """The target with ``window_words`` words each side, curly quotes made ASCII."""
+        left = sentence[:start].split()[-self.window_words :] if self.window_words else []
+        right = sentence[end:].split()[: self.window_words] if self.window_words else []
+        # VADER strips only ASCII punctuation: “aggressive” would miss its lexicon entry
+        return " ".join([*left, sentence[start:end], *right]).translate(_ASCII_QUOTES)
+
+    def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]:
+        out = np.empty((len(items), 3), dtype=np.float32)
+        sia = self._analyzer()
+        cache: dict[str, float] = {}
+        for i, item in enumerate(items):
+            if not isinstance(item, tuple | list) or len(item) != 3:
+                raise InvalidInput(f"item {i} is not a (sentence, start, end) triple")
+            sentence, start, end = item
+            if not (isinstance(sentence, str) and 0 <= start < end <= len(sentence)):
+                raise InvalidInput(f"item {i}: target span [{start}, {end}) is not in the sentence")
+            text = self.window(sentence, int(start), int(end))
+            if text not in cache:
+                cache[text] = float(sia.polarity_scores(text)["compound"])
+            c = cache[text]
+            out[i] = (max(0.0, -c), 1.0 - abs(c), max(0.0, c))
+        return out
+
+
+def load_target_scorer(models_dir: Path | None, *, fallback: bool = True) -> TargetScorer:
+    """The learned target-sentiment model in ``models_dir``; VADER when it is not built.
+
+    With ``fallback=False`` a missing or broken model raises ``ModelUnavailable``.
+    """
+    if models_dir is not None:
+        try:
+            from storyline.models.sentiment import TargetSentimentModel
+
+            model: TargetScorer = TargetSentimentModel(models_dir)
+            return model
+        except (ModelUnavailable, ImportError) as exc:
+            if not fallback:
+                if isinstance(exc, ModelUnavailable):
+                    raise
+                raise ModelUnavailable(f"target-sentiment model unavailable: {exc}") from exc
+            log.warning("target-sentiment model unavailable (%s); using VADER", exc)
+    elif not fallback:
+        raise ModelUnavailable("no models directory given for the target-sentiment model")
+    return VaderTargetScorer()
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationRule:
+    """Thresholds of :func:`aggregate` (see the module docstring)."""
+
+    polar_threshold: float = 0.15
+    confident: float = 0.5
+    mixed_share: float = 0.3
+    max_evidence: int = 3
+
+
+DEFAULT_RULE = AggregationRule()
+
+
+def aggregate(
+    probs: npt.ArrayLike,
+    evidence: Sequence[Evidence],
+    weights: npt.ArrayLike | None = None,
+    rule: AggregationRule = DEFAULT_RULE,
+) -> Stance:
+    """One :class:`Stance` from items' (neg, neu, pos) probabilities; ``evidence[i]`` is
+    item i's sentence."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
+    n = len(p)
+    if n != len(evidence):
+        raise InvalidInput(f"{n} items but {len(evidence)} evidence entries")
+    if n == 0:
+        return Stance(label="neutral", score=0.0, confidence=0.0)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != n or np.any(w < 0) or w.sum() <= 0:
+        raise InvalidInput("weights must be non-negative, one per item, not all zero")
+    total = float(w.sum())
+    s = p[:, _POS] - p[:, _NEG]
+    score = float(np.clip((w * s).sum() / total, -1.0, 1.0))
+    top = p.argmax(axis=1)
+    conf_pos = (top == _POS) & (p[:, _POS] >= rule.confident)
+    conf_neg = (top == _NEG) & (p[:, _NEG] >= rule.confident)
+    share_pos = float(w[conf_pos].sum() / total)
+    share_neg = float(w[conf_neg].sum() / total)
+
+    label: StanceLabel
+    if share_pos >= rule.mixed_share and share_neg >= rule.mixed_share:
+        label = "mixed"
+        consistency = share_pos + share_neg
+    elif score >= rule.polar_threshold:
+        label = "supportive"
+        consistency = float((w * p[:, _POS]).sum() / total)
+    elif score <= -rule.polar_threshold:
+        label = "critical"
+        consistency = float((w * p[:, _NEG]).sum() / total)
+    else:
+        label = "neutral"
+        consistency = float((w * p[:, _NEU]).sum() / total)
+    confidence = float(np.clip(n / (n + 1.0) * consistency, 0.0, 1.0))
+    return Stance(
+        label=label,
+        score=round(score, 4),
+        confidence=round(confidence, 4),
+        evidence=_pick_evidence(label, p, s, evidence, rule.max_evidence),
+    )
+
+
+def _pick_evidence(
+    label: StanceLabel,
+    p: npt.NDArray[np.float64],
+    s: npt.NDArray[np.float64],
+    evidence: Sequence[Evidence],
+    k: int,
+) -> tuple[Evidence, ...]:
+    idx = np.arange(len(p))
+    if label == "supportive":
+        order = [int(i) for i in idx[np.argsort(-s, kind="stable")] if s[i] > 0]
+    elif label == "critical":
+        order = [int(i) for i in idx[np.argsort(s, kind="stable")] if s[i] < 0]
+    elif label == "mixed":
+        pos = [int(i) for i in idx[np.argsort(-s, kind="stable")] if s[i] > 0]
+        neg = [int(i) for i in idx[np.argsort(s, kind="stable")] if s[i] < 0]
+        order = [x for pair in zip(pos, neg, strict=False) for x in pair]
+        order += pos[len(neg) :] + neg[len(pos) :]
+    else:
+        order = [int(i) for i in idx[np.argsort(-p[:, _NEU], kind="stable")]]
+    out: list[Evidence] = []
+    seen: set[tuple[str, str]] = set()
+    for i in order:
+        ev = evidence[i]
+        if (ev.article_id, ev.text) in seen:
+            continue
+        seen.add((ev.article_id, ev.text))
+        out.append(ev)
+        if len(out) >= k:
+            break
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tagger
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Items:
+    """Unique (sentence, start, end) items to score in one ``predict`` call."""
+
+    keys: list[tuple[str, int, int]]
+    index: dict[tuple[str, int, int], int]
+
+    def add(self, sentence: str, start: int, end: int) -> int | None:
+        # clamp to the stripped span: a blank or out-of-range target is skipped, not sent
+        if not (0 <= start < end <= len(sentence)) or not sentence[start:end].strip():
+            return None
+        key = (sentence, start, end)
+        if key not in self.index:
+            self.index[key] = len(self.keys)
+            self.keys.append(key)
+        return self.index[key]
+
+
+@dataclass(slots=True)
+class _Scored:
+    item: int
+    weight: float
+    evidence: Evidence
+    cue: str | None = None
+    cue_weight: float = 0.0
+
+
+class ActorStanceTagger:
+    """Portrayal and position per actor (see the module docstring for every rule).
+
+    ``scorer``: any :class:`TargetScorer` (the learned model, or :class:`VaderTargetScorer`).
+    ``attributor``: who-said-what; defaults to a :class:`SpacyActorExtractor`, which shares
+    its parse cache with the extractor only when the same instance is passed.
+    """
+
+    def __init__(
+        self,
+        scorer: TargetScorer,
+        *,
+        attributor: SpeechAttributor | None = None,
+        rule: AggregationRule = DEFAULT_RULE,
+        title_weight: float = 2.0,
+        direct_cue_weight: float = 0.5,
+        indirect_cue_weight: float = 0.25,
+        direct_weight: float = 2.0,
+    ) -> None:
+        self.scorer = scorer
+        self._attributor = attributor
+        self.rule = rule
+        self.title_weight = title_weight
+        self.direct_cue_weight = direct_cue_weight
+        self.indirect_cue_weight = indirect_cue_weight
+        self.direct_weight = direct_weight
+
+    @property
+    def attributor(self) -> SpeechAttributor:
+        if self._attributor is None:
+            from storyline.models.actors import SpacyActorExtractor
+
+            self._attributor = SpacyActorExtractor()
+        return self._attributor
+
+    def tag(self, actors: Sequence[Actor], articles: Sequence[Article]) -> list[ActorStance]:
+        if not actors:
+            return []
+        by_id = {a.id: a for a in articles}
+        items = _Items([], {})
+
+        # portrayal: every mention is a target in its sentence
+        # keyed by position: two actors may share a display name, their mentions must not
+        portrayal_items: dict[int, list[tuple[_Scored, Article | None]]] = defaultdict(list)
+        for n, actor in enumerate(actors):
+            for m in actor.mentions:
+                i = items.add(m.sentence, m.start, m.end)
+                if i is None:
+                    continue
+                art = by_id.get(m.article_id)
+                in_title = bool(art and art.title and m.sentence in art.title)
+                weight = self.title_weight if in_title else 1.0
+                portrayal_items[n].append(
+                    (_Scored(i, weight, Evidence(m.article_id, m.sentence)), art)
+                )
+
+        # position: statements, their targets and their content
+        statements = self.attributor.attribute(articles, actors)
+        by_name = {a.name: a for a in actors}
+        said: dict[str, list[Statement]] = defaultdict(list)
+        edge_items: dict[str, dict[str, list[_Scored]]] = defaultdict(lambda: defaultdict(list))
+        issue_items: dict[str, list[_Scored]] = defaultdict(list)
+        for st in statements:
+            speaker = by_name.get(st.statement.speaker)
+            if speaker is None:
+                continue
+            said[speaker.name].append(st.statement)
+            cue = None if st.negated else _cue(st.statement.verb)
+            ev = Evidence(st.statement.article_id, st.statement.sentence)
+            for t in st.targets:
+                target = by_name.get(t.actor)
+                if target is None or _same_side(speaker, target):
+                    continue
+                i = items.add(t.mention.sentence, t.mention.start, t.mention.end)
+                if i is None:
+                    continue
+                if t.direct:
+                    w, cw = self.direct_weight, self.direct_cue_weight
+                else:
+                    w, cw = 1.0, self.indirect_cue_weight
+                edge_items[speaker.name][target.name].append(_Scored(i, w, ev, cue, cw))
+            i = items.add(st.statement.sentence, st.content_start, st.content_end)
+            if i is not None:
+                issue_items[speaker.name].append(_Scored(i, 1.0, ev, cue, self.indirect_cue_weight))
+
+        probs = self._predict(items.keys)
+        out: list[ActorStance] = []
+        for n, actor in enumerate(actors):
+            scored = portrayal_items.get(n, [])
+            overall = self._aggregate(probs, [s for s, _ in scored])
+            by_outlet: dict[str, list[_Scored]] = defaultdict(list)
+            by_lean: dict[str, list[_Scored]] = defaultdict(list)
+            for s, art in scored:
+                if art is not None and art.source:
+                    by_outlet[art.source].append(s)
+                if art is not None and art.lean:
+                    by_lean[art.lean].append(s)
+            portrayal = Portrayal(
+                overall=overall,
+                by_outlet={k: self._aggregate(probs, v) for k, v in sorted(by_outlet.items())},
+                by_lean={k: self._aggregate(probs, v) for k, v in sorted(by_lean.items())},
+            )
+            edges = edge_items.get(actor.name, {})
+            toward = tuple(
+                TowardStance(actor=name, stance=self._aggregate(probs, v))
+                for name, v in sorted(
+                    edges.items(), key=lambda kv: (-len(kv[1]), by_name[kv[0]].salience)
+                )
+            )
+            issue = (
+                self._aggregate(probs, issue_items[actor.name])
+                if issue_items.get(actor.name)
+                else None
+            )
+            out.append(
+                ActorStance(
+                    actor=actor,
+                    portrayal=portrayal,
+                    position=Position(toward=toward, issue=issue),
+                    statements=tuple(said.get(actor.name, ())),
+                )
+            )
+        return out
+
+    def _predict(self, keys: list[tuple[str, int, int]]) -> npt.NDArray[np.float64]:
+        if not keys:
+            return np.zeros((0, 3))
+        probs = np.asarray(self.scorer.predict(keys), dtype=np.float64)
+        if probs.shape != (len(keys), 3):
+            raise ModelUnavailable(
+                f"target scorer returned shape {probs.shape}, expected ({len(keys)}, 3)"
+            )
+        return probs
+
+    def _aggregate(self, probs: npt.NDArray[np.float64], scored: list[_Scored]) -> Stance:
+        if not scored:
+            return aggregate(np.zeros((0, 3)), [], rule=self.rule)
+        rows = []
+        for s in scored:
+            row = probs[s.item]
+            if s.cue is not None and s.cue_weight > 0:
+                row = (1.0 - s.cue_weight) * row + s.cue_weight * _CUE_VECTORS[s.cue]
+            rows.append(row)
+        return aggregate(
+            np.vstack(rows),
+            [s.evidence for s in scored],
+            weights=[s.weight for s in scored],
+            rule=self.rule,
+        )
+
+
+def _cue(verb: str) -> str | None:
+    v = verb.casefold()
+    if v in CRITICAL_VERBS:
+        return "critical"
+    if v in SUPPORTIVE_VERBS:
+        return "supportive"
+    return None
+
+
+def _same_side(a: Actor, b: Actor) -> bool:
+    """Same actor, or one stands for the other / both for the same government."""
+    side_a: str = a.stands_for or a.name
+    side_b: str = b.stands_for or b.name
+    return side_a == side_b
