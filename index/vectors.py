@@ -112,7 +112,12 @@ class VectorIndex:
         self, queries: npt.NDArray[np.float32], k: int
     ) -> list[list[tuple[str, float]]]:
         """Top-``k`` (id, cosine) per query row, best first."""
+        import faiss
+
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        # OpenMP threads spin-wait on a busy box (a flat search went from 0.1 to ~20 ms);
+        # the setting is per calling thread, so set it on every call.
+        faiss.omp_set_num_threads(1)
         with self._lock:
             n = len(self._ids)
             if n == 0 or k <= 0:

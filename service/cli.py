@@ -254,8 +254,12 @@ def demo(
     source: Annotated[Path, typer.Argument(help="what to ingest")] = Path("seeds"),
     data_dir: DataDirOpt = None,
     k: int = 5,
+    digest_step: Annotated[
+        bool, typer.Option("--digest/--no-digest", help="also build the digest of SOURCE")
+    ] = True,
 ) -> None:
-    """The main job: ingest SOURCE, then print related coverage and index statistics."""
+    """The main job: ingest SOURCE, print related coverage and index statistics, and build
+    the digest of the days SOURCE covers."""
     from storyline.service.ingest import read_source
 
     pipe = open_pipeline(data_dir)
@@ -270,7 +274,84 @@ def demo(
         else:
             typer.echo("  (no related coverage stored yet)")
     typer.echo("\nindex: " + json.dumps(pipe.stats(), default=str))
+    if digest_step:
+        from storyline.service.digest import build_digest, digest_period_for
+
+        period = digest_period_for(arts)
+        if period is None:
+            typer.echo("\ndigest: skipped (no ingested article carries a publication date)")
+        else:
+            res = build_digest(pipe, since=period[0], until=period[1],
+                               out_dir=pipe.settings.data_dir / "digests")
+            typer.echo(f"\n{res.summary_line()}")
+            for path in res.files.values():
+                typer.echo(f"  {path}")
     pipe.close()
+
+
+# -- digest ---------------------------------------------------------------------------------
+@app.command()
+def digest(
+    date: Annotated[
+        str | None, typer.Option(help="a UTC day, YYYY-MM-DD (default: yesterday)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="period start (ISO 8601), with --until")] = None,
+    until: Annotated[str | None, typer.Option(help="period end, exclusive")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="comma-separated: html,md,json")
+    ] = "html,md,json",
+    out: Annotated[
+        Path | None, typer.Option(help="output folder [default: <data_dir>/digests]")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="stories to feature")] = 10,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the digest of a day or period: ranked stories with cited summaries and stances,
+    as HTML, Markdown and JSON; stored for GET /v1/digests/{date} and written to --out."""
+    import sqlite3
+
+    from storyline.models.errors import StoreError
+    from storyline.service.digest import build_digest, make_progress, parse_formats, resolve_period
+
+    start, end = resolve_period(date, _dt(since), _dt(until))
+    fmts = parse_formats(fmt)
+    s = settings(data_dir)
+    if not s.db_path.exists():
+        raise StoreError(f"no database at {s.db_path}: ingest articles first")
+    try:
+        pipe = open_pipeline(data_dir)
+    except sqlite3.Error as exc:
+        raise StoreError(f"database {s.db_path} unavailable: {exc}") from exc
+    progress = make_progress()
+    try:
+        res = build_digest(pipe, since=start, until=end, top=top, formats=fmts,
+                           out_dir=out or s.data_dir / "digests", progress=progress)
+    finally:
+        progress.close()
+        pipe.close()
+    typer.echo(res.summary_line(), err=as_json)
+    emit({"key": res.key, "stories": len(res.featured), "candidates": res.stories,
+          "articles": res.articles, "recomputed": len(res.recomputed), "seconds": res.seconds,
+          "stages": res.stages, "files": {k: str(v) for k, v in res.files.items()}}, as_json)
+
+
+# -- HTTP service -------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="overrides STORYLINE_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="overrides STORYLINE_PORT")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the HTTP API (litestar on uvicorn) until SIGINT/SIGTERM; OpenAPI at /schema."""
+    import uvicorn
+
+    from storyline.service.api.app import create_app
+
+    s = settings(data_dir)
+    s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level.lower(),
+                timeout_graceful_shutdown=30)
 
 
 # -- evaluation ---------------------------------------------------------------------------
@@ -287,6 +368,49 @@ def eval_retrieval(
     if not as_json:
         typer.echo(format_table(res))
     emit(res, as_json)
+
+
+# -- story clustering (index/stories.py, service/evaluation/clustering.py) ------------------
+@eval_app.command("clustering")
+def eval_clustering(
+    articles: Annotated[Path, typer.Option(help="JSONL in the article format, with story_id")],
+    order: Annotated[str, typer.Option(help="ingest order: date | shuffle")] = "date",
+    baselines: Annotated[
+        bool, typer.Option("--baselines", help="also agglomerative and single-pass baselines")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="shuffle seed")] = 0,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Story clustering BCubed / pairwise F1 against gold story ids (throwaway data dir)."""
+    from storyline.service.evaluation.clustering import evaluate_clustering, format_table
+
+    res = evaluate_clustering(articles, order=order, baselines=baselines, seed=seed,
+                              models_dir=settings(data_dir).models_dir)
+    if not as_json:
+        typer.echo(format_table(res))
+    emit(res, as_json)
+
+
+@cluster_app.command("refine")
+def cluster_refine(
+    full: Annotated[bool, typer.Option("--full", help="re-cluster every story")] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge stories that now belong together and split stories that drifted apart
+    (old ids keep resolving to the new ones). Run it periodically, e.g. from cron."""
+    from storyline.models.errors import InvalidInput
+
+    pipe = open_pipeline(data_dir)
+    if pipe.clusterer is None:
+        raise InvalidInput("story clustering is switched off for this pipeline")
+    res = pipe.clusterer.refine(full=full)
+    pipe.close()
+    if not as_json:
+        typer.echo(", ".join(f"{k} {v}" for k, v in res.items()))
+    emit(res, as_json)
+# -- end of story clustering ----------------------------------------------------------------
 
 
 def main() -> None:

@@ -13,22 +13,32 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
+from prometheus_client import Histogram
 import numpy.typing as npt
 
 from storyline.index.store import IngestItem, SQLiteStore
-from storyline.index.types import IngestResult
+from storyline.index.types import IngestResult, Story
 from storyline.index.vectors import VectorIndex
 from storyline.models.errors import InvalidInput, NotFound
-from storyline.models.protocols import Embedder
-from storyline.models.types import Article
+from storyline.models.protocols import ActorExtractor, Embedder, StanceTagger, Summariser
+from storyline.models.types import ActorStance, Article, Summary
 from storyline.service.settings import Settings
 
-__all__ = ["IngestReport", "Pipeline", "RelatedHit", "article_text"]
+__all__ = ["IngestReport", "Pipeline", "RelatedHit", "StoryView", "article_text"]
 
 log = logging.getLogger(__name__)
+
+_Analysis = tuple[Summary, list[ActorStance]]
+#: per-stage inference seconds, exported by the HTTP app's /metrics
+STAGE_SECONDS = Histogram(
+    "storyline_stage_seconds", "Seconds spent per pipeline stage", ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 
@@ -57,6 +67,19 @@ class IngestReport:
 
 
 @dataclass(frozen=True, slots=True)
+class StoryView:
+    """A story as readers get it: record, summary, actors with stances, timings."""
+
+    story: Story
+    articles: list[Article]
+    summary: Summary | None
+    actors: list[ActorStance]
+    #: seconds per stage (summarise, actors, stance); empty when served from the cache
+    timing: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RelatedHit:
     id: str
     score: float
@@ -78,12 +101,22 @@ class Pipeline:
         embedder: Embedder | None = None,
         entities: EntityFn | None = None,
         clusterer: Any | None = None,
+        summariser: Summariser | None = None,
+        actors: ActorExtractor | None = None,
+        stance: StanceTagger | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or SQLiteStore(settings.db_path)
         self._embedder = embedder
         self._entities = entities
+        if clusterer is None:  # every ingest assigns stories; clusterer=False opts out
+            from storyline.index.stories import StoryClusterer
+
+            clusterer = StoryClusterer(self.store, params=settings.cluster_params())
         self._clusterer = clusterer
+        self._summariser = summariser
+        self._actors = actors
+        self._stance = stance
         self._write_lock = threading.Lock()
         self.index = self._open_index()
 
@@ -109,7 +142,7 @@ class Pipeline:
 
     @property
     def clusterer(self) -> Any | None:
-        return self._clusterer
+        return self._clusterer or None
 
     # -- index <-> store -------------------------------------------------------------
     def _open_index(self) -> VectorIndex:
@@ -192,13 +225,13 @@ class Pipeline:
                 ids, vecs = self.store.embeddings(changed)
                 self.index.add(ids, vecs)
                 self.save_index()
-            if assign_stories and self._clusterer is not None and changed:
+            if assign_stories and self._clusterer and changed:
                 assigned = self._clusterer.assign(changed)
                 results = [
                     IngestResult(r.id, r.outcome, r.duplicate_of, assigned.get(r.id))
                     for r in results
                 ]
-        if self._clusterer is not None:
+        if self._clusterer:
             story_of = self.store.story_of([r.duplicate_of or r.id for r in results])
             results = [
                 IngestResult(r.id, r.outcome, r.duplicate_of, story_of.get(r.duplicate_of or r.id))
@@ -209,14 +242,15 @@ class Pipeline:
     def _embed_articles(self, arts: Sequence[Article]) -> npt.NDArray[np.float32]:
         if not arts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        return self.embedder.embed([article_text(a) for a in arts])
+        with STAGE_SECONDS.labels(stage="embed").time():
+            return self.embedder.embed([article_text(a) for a in arts])
 
     def delete(self, article_id: str) -> None:
         with self._write_lock:
             self.store.delete_article(article_id)
             self.index.remove([article_id])
             self.save_index()
-            if self._clusterer is not None and hasattr(self._clusterer, "remove"):
+            if self._clusterer:
                 self._clusterer.remove([article_id])
 
     # -- related coverage ------------------------------------------------------------
@@ -309,6 +343,133 @@ class Pipeline:
                        story_of.get(a.id))
             for sc, sim, a in top
         ]
+
+    # -- summaries and stances ---------------------------------------------------------
+    @property
+    def summariser(self) -> Summariser:
+        if self._summariser is None:
+            from storyline.models.summariser import ExtractiveSummariser
+
+            self._summariser = ExtractiveSummariser(
+                self.settings.models_dir, embedder=self.embedder, threads=self.settings.threads
+            )
+        return self._summariser
+
+    @property
+    def actor_extractor(self) -> ActorExtractor:
+        if self._actors is None:
+            from storyline.models.actors import SpacyActorExtractor
+
+            self._actors = SpacyActorExtractor()
+        return self._actors
+
+    @property
+    def stance_tagger(self) -> StanceTagger:
+        if self._stance is None:
+            from storyline.models.stance import ActorStanceTagger, load_target_scorer
+
+            scorer = load_target_scorer(self.settings.models_dir, fallback=False)
+            # Share the extractor so each article is parsed by spaCy once.
+            self._stance = ActorStanceTagger(scorer, attributor=self.actor_extractor)  # type: ignore[arg-type]
+        return self._stance
+
+    def analyse(
+        self, articles: Sequence[Article], budget_words: int | None = None
+    ) -> tuple[Summary, list[ActorStance], dict[str, float]]:
+        """Summary and actor stances for one story's articles (no storage)."""
+        budget = budget_words or self.settings.summary_words
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        summary = self.summariser.summarise(articles, budget)
+        t1 = time.perf_counter()
+        actors = self.actor_extractor.extract(articles)
+        t2 = time.perf_counter()
+        stances = self.stance_tagger.tag(actors, articles)
+        t3 = time.perf_counter()
+        timing = {"summarise": t1 - t0, "actors": t2 - t1, "stance": t3 - t2}
+        for key, val in timing.items():
+            STAGE_SECONDS.labels(stage=key).observe(val)
+        return summary, stances, timing
+
+    def story_view(self, story_id: str, *, budget_words: int | None = None) -> StoryView:
+        """A stored story with its summary and stances, computed once per story content.
+
+        Cached outputs are keyed by the story's content hash (member ids and their
+        content) and the budget, so only changed stories are recomputed.
+        """
+        story = self.store.get_story(story_id)
+        if story.status != "active":
+            moved = self.store.resolve_story(story_id)
+            raise NotFound(
+                f"story '{story_id}' was {story.status} into {', '.join(moved) or 'nothing'}",
+                moved_to=moved,
+            )
+        budget = budget_words or self.settings.summary_words
+        articles = self.store.get_articles(story.article_ids)
+        key = f"{story.content_hash}:{budget}:{self._models_key()}"
+        cached = self.store.get_output(story.id, "analysis")
+        if cached is not None and cached[0] == key:
+            summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
+            return StoryView(story, articles, summary, list(stances), cached=True)
+        summary, stances, timing = self.analyse(articles, budget)
+        payload = msgspec.json.encode((summary, stances)).decode()
+        self.store.put_output(story.id, "analysis", key, payload)
+        return StoryView(story, articles, summary, stances, timing)
+
+    def summarise_articles(
+        self, articles: Sequence[Article], *, budget_words: int | None = None, store: bool = False
+    ) -> list[StoryView]:
+        """Cluster an ad hoc article set into stories and summarise each.
+
+        With ``store`` the articles are ingested (idempotent) and the stored stories
+        are returned; otherwise everything happens in a throwaway in-memory store.
+        """
+        if not articles:
+            raise InvalidInput("no articles to summarise")
+        if store:
+            rep = self.ingest(articles)
+            sids = sorted({r.story_id for r in rep.results if r.story_id})
+            return [self.story_view(sid, budget_words=budget_words) for sid in sids]
+        from storyline.index.stories import StoryClusterer
+
+        scratch = SQLiteStore(Path(":memory:"))
+        try:
+            latest = list({a.id: a for a in articles}.values())
+            vecs = self._embed_articles(latest)
+            items = [IngestItem(a, vecs[i]) for i, a in enumerate(latest)]
+            scratch.ingest(items, self.embedder.model_id)
+            clusterer = StoryClusterer(scratch, params=self._cluster_params())
+            clusterer.assign([a.id for a in latest])
+            views = []
+            for st in scratch.list_stories(limit=len(latest)):
+                arts = scratch.get_articles(st.article_ids)
+                summary, stances, timing = self.analyse(arts, budget_words)
+                views.append(StoryView(st, arts, summary, stances, timing))
+            return views
+        finally:
+            scratch.close()
+
+    def stories_for_ids(self, article_ids: Sequence[str]) -> list[str]:
+        canon = [self.store.canonical_id(i) for i in article_ids]
+        missing = [i for i, c in zip(article_ids, canon, strict=True) if c is None]
+        if missing:
+            raise NotFound(f"unknown article ids: {', '.join(missing[:10])}")
+        return sorted(set(self.store.story_of([c for c in canon if c]).values()))
+
+    def _models_key(self) -> str:
+        from storyline.models.registry import Manifest
+
+        recs = Manifest(self.settings.models_dir).load()
+        return ",".join(f"{k}={next(iter(v.files.values()))[:8]}" for k, v in sorted(recs.items()))
+
+    def _cluster_params(self) -> Any:
+        c = self._clusterer
+        params = getattr(c, "params", None)
+        if params is not None:
+            return params
+        from storyline.index.stories import ClusterParams
+
+        return ClusterParams()
 
     def stats(self) -> dict[str, Any]:
         return {

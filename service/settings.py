@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +40,32 @@ class Settings(BaseSettings):
 
     # -- summaries -----------------------------------------------------------------
     summary_words: int = Field(80, ge=10, le=1000)
+
+    # -- story clustering (index/stories.py; defaults = ClusterParams, tuned on AllSides train) --
+    cluster_window_hours: float = Field(
+        36.0, gt=0, description="a story's articles lie within this many hours of each other"
+    )
+    cluster_join_threshold: float = Field(0.5, description="online: min score to join a story")
+    cluster_refine_threshold: float = Field(
+        -1.0, description="refine: min average pair logit to keep articles in one story"
+    )
+    cluster_refine_every: int = Field(
+        1000, ge=0, description="refine after this many newly assigned articles (0 = on demand)"
+    )
+
+    def cluster_params(self) -> Any:
+        """The clusterer's :class:`ClusterParams` with these settings applied."""
+        from dataclasses import replace
+
+        from storyline.index.stories import ClusterParams
+
+        return replace(
+            ClusterParams(), window_hours=self.cluster_window_hours,
+            join_threshold=self.cluster_join_threshold,
+            refine_threshold=self.cluster_refine_threshold,
+            refine_every=self.cluster_refine_every,
+        )
+    # -- end of story clustering ---------------------------------------------------------
 
     # -- limits --------------------------------------------------------------------
     max_article_chars: int = Field(200_000, ge=100, description="longer texts are refused")

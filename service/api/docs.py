@@ -1,0 +1,70 @@
+"""OpenAPI helpers: every response documented, each with an example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
+
+from storyline.service.api.problems import PROBLEM_JSON, TYPE_PREFIX
+from storyline.service.api.schemas import ProblemDetails
+
+__all__ = ["BEARER", "ok", "responses"]
+
+#: OpenAPI security requirement of the write endpoints
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+_PROBLEMS: dict[int, tuple[str, str, str, dict[str, Any]]] = {
+    400: ("malformed request: body not UTF-8, not JSON, or empty", "Bad request",
+          "the body is not valid JSON: JSON is malformed: expected ',' (byte 17)", {}),
+    401: ("missing or invalid API key (writes always; reads when configured)", "Unauthorized",
+          "this endpoint needs 'Authorization: Bearer <API key>'", {}),
+    404: ("unknown id", "Not found", "article 'x' not found", {}),
+    410: ("the story was split; successors lists where it went", "Gone",
+          "story 's-12' was split", {"successors": ["s-31", "s-32"]}),
+    413: ("request body over max_body_bytes", "Content too large",
+          "request body is over the size limit", {}),
+    415: ("the body is not application/json", "Unsupported media type",
+          "send application/json, not 'text/plain'", {}),
+    422: ("well-formed JSON that breaks the contract: wrong type, unknown or missing field, "
+          "a limit, an empty text", "Invalid input", "articles[0].text: must not be empty",
+          {"errors": [{"field": "articles[0].text", "message": "must not be empty",
+                       "source": "body"}]}),
+    429: ("rate limit per API key / client address exceeded", "Too many requests",
+          "rate limit exceeded; retry later", {"retry_after": 42}),
+    501: ("this build does not provide the stage yet", "Not implemented",
+          "summarisation is not available in this build", {}),
+    503: ("starting up, or the inference queue is full: retry after Retry-After seconds",
+          "Service overloaded", "the inference queue is full (33 calls); retry later",
+          {"retry_after": 2}),
+}
+
+
+def _problem_spec(status: int, path: str) -> ResponseSpec:
+    desc, title, detail, extra = _PROBLEMS[status]
+    slug = "story-moved" if status == 410 else title.lower().replace(" ", "-")
+    value = {"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail,
+             "instance": path, **extra}
+    return ResponseSpec(
+        data_container=ProblemDetails, description=desc, media_type=PROBLEM_JSON,
+        generate_examples=False, examples=[Example(summary=title, value=value)],
+    )
+
+
+def ok(model: Any, example: Any, description: str = "OK") -> ResponseSpec:
+    return ResponseSpec(data_container=model, description=description, generate_examples=False,
+                        examples=[Example(summary="example", value=example)])
+
+
+def responses(
+    path: str,
+    *codes: int,
+    success: tuple[int, ResponseSpec] | None = None,
+    common: tuple[int, ...] = (400, 429, 503),
+) -> dict[int, ResponseSpec]:
+    """Problem responses for ``codes`` plus ``common`` (what any /v1 call can get)."""
+    out = {c: _problem_spec(c, path) for c in sorted({*common, *codes})}
+    if success is not None:
+        out[success[0]] = success[1]
+    return out

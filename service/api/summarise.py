@@ -1,0 +1,127 @@
+"""POST /v1/summarise: a summary with actors and stances for inline articles, ids or a story."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any
+
+from litestar import Controller, Request, post
+from litestar.openapi.spec import Example
+from litestar.params import Body
+from msgspec import UNSET, UnsetType
+
+from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
+from storyline.service.api.docs import BEARER, ok, responses
+from storyline.service.api.runtime import Rt, check_write_key
+from storyline.service.api.schemas import (
+    ARTICLE_EXAMPLE,
+    SummariseRequest,
+    SummariseResponse,
+    story_out,
+    to_articles,
+)
+from storyline.service.api.stories import STORY_EXAMPLE, resolve_active
+
+__all__ = ["SummariseController"]
+
+_SOURCES = ("articles", "article_ids", "story_id")
+
+
+def _invalid(field: str, message: str) -> InvalidInput:
+    return InvalidInput(f"{field}: {message}",
+                        errors=[{"field": field, "message": message, "source": "body"}])
+
+
+def _stage(pipe: Any, name: str, what: str) -> Any:
+    fn = getattr(pipe, name, None)
+    if fn is None:
+        raise NotImplementedStage(f"{what} is not available in this build")
+    return fn
+
+
+def _mode_kwargs(fn: Any, mode: str) -> dict[str, Any]:
+    """Pass ``mode`` only to a stage that takes it; asking a stage without it for more is 501."""
+    try:
+        takes_mode = "mode" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_mode = False
+    if takes_mode:
+        return {"mode": mode}
+    if mode != "extractive":
+        raise NotImplementedStage(f"summary mode '{mode}' is not available in this build")
+    return {}
+
+
+class SummariseController(Controller):
+    path = "/v1/summarise"
+    tags = ("summarise",)
+
+    @post(
+        "/", status_code=200, security=[{}, *BEARER],  # the key only for store=true
+        summary="Summarise articles or a story, with actors and stances",
+        description="Give exactly one of: `articles` (inline, in the article format; stored "
+        "only with `store: true`, which needs the API key), `article_ids` (stored articles) "
+        "or `story_id`. The answer holds one entry per story: headline, summary sentences "
+        "with the ids of the articles they come from, actors with portrayal and position "
+        "stances and evidence, outlets and per-stage timing.",
+        responses=responses("/v1/summarise", 401, 404, 410, 413, 415, 422, 501,
+                            success=(200, ok(SummariseResponse, {"stories": [STORY_EXAMPLE]}))),
+    )
+    async def summarise(
+        self,
+        rt: Rt,
+        request: Request[Any, Any, Any],
+        data: Annotated[SummariseRequest, Body(examples=[
+            Example(summary="a stored story", value={"story_id": "s-000041",
+                                                     "budget_words": 60}),
+            Example(summary="stored articles", value={
+                "article_ids": ["5607-center", "5607-left", "5607-right"]}),
+            Example(summary="inline articles, not stored", value={
+                "articles": [ARTICLE_EXAMPLE], "mode": "extractive"}),
+        ])],
+    ) -> SummariseResponse:
+        s = rt.settings
+        given = [n for n in _SOURCES if getattr(data, n) is not UNSET]
+        if len(given) != 1:
+            msg = "give exactly one of articles, article_ids, story_id"
+            raise InvalidInput(f"{msg} (got {', '.join(given) or 'none'})", errors=[
+                {"field": n, "message": msg, "source": "body"} for n in (given or _SOURCES)])
+        if data.store and data.articles is UNSET:
+            raise _invalid("store", "applies only to inline articles")
+        if data.store:
+            check_write_key(request)
+        pipe = rt.get_pipeline()
+        budget = data.budget_words
+
+        if not isinstance(data.story_id, UnsetType):
+            fn = _stage(pipe, "story_view", "story summaries")
+            extra = _mode_kwargs(fn, data.mode)
+            active, _ = await rt.io.run(resolve_active, pipe, data.story_id)
+            views = [await rt.inference.run(fn, active, budget_words=budget, **extra)]
+        else:
+            name = given[0]
+            items: list[Any] = getattr(data, name)
+            if not items:
+                raise _invalid(name, "must not be empty")
+            if len(items) > s.max_articles_per_request:
+                raise _invalid(name, f"at most {s.max_articles_per_request} per request")
+            if name == "articles":
+                arts = to_articles(items, max_chars=s.max_article_chars)
+            else:
+                arts = await rt.io.run(_stored, pipe, items)
+            fn = _stage(pipe, "summarise_articles", "summarisation")
+            extra = _mode_kwargs(fn, data.mode)
+            views = await rt.inference.run(fn, arts, budget_words=budget, store=data.store,
+                                           **extra)
+        return SummariseResponse([story_out(v) for v in views])
+
+
+def _stored(pipe: Any, ids: list[str]) -> list[Any]:
+    """The stored articles for ``ids`` (duplicate ids resolve to what they repeat)."""
+    canon = {i: pipe.store.canonical_id(i) for i in ids}
+    missing = [i for i, c in canon.items() if c is None]
+    if missing:
+        shown = ", ".join(f"'{m}'" for m in missing[:5])
+        raise NotFound(f"{len(missing)} article id(s) not found: {shown}", missing=missing)
+    order = list(dict.fromkeys(c for c in canon.values() if c is not None))
+    return list(pipe.store.get_articles(order))

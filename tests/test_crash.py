@@ -1,0 +1,175 @@
+"""Crash safety of the HTTP service: an acknowledged write survives SIGKILL.
+
+Starts ``storyline serve`` as a real process, streams ingests from two writers, kills the
+process mid-stream with SIGKILL, restarts it on the same data dir and checks that every
+article the server acknowledged is there and that the vector index holds exactly the
+stored articles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+KEY = "crash-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+FIELDS = ("id", "title", "text", "source", "url", "published_at", "lean", "story_id")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``storyline serve`` on a free loopback port, its output kept in a log file."""
+
+    def __init__(self, data_dir: Path, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        env = {
+            **os.environ,
+            "STORYLINE_API_KEYS_SHA256": json.dumps([hashlib.sha256(KEY.encode()).hexdigest()]),
+            "STORYLINE_RATE_LIMIT_PER_MINUTE": "1000000",
+            "STORYLINE_LOG_LEVEL": "WARNING",
+            "HF_HUB_OFFLINE": "1",
+        }
+        cmd = [sys.executable, "-m", "storyline.service.cli", "serve", "--data-dir",
+               str(data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("wb") as out:
+            # cwd outside the repo: no stray .env changes the settings under test
+            self.proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=out,
+                                         stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                r = httpx.get(f"{self.url}/health/ready", timeout=5)
+                if r.status_code == 200:
+                    return dict(r.json())
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(60)
+
+
+@pytest.fixture()
+def articles(shared_data: Path) -> list[dict[str, Any]]:
+    out = []
+    with (shared_data / "allsides" / "articles.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            obj = json.loads(line)
+            out.append({k: obj[k] for k in FIELDS if obj.get(k) is not None})
+            if len(out) >= 400:
+                break
+    return out
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "run"
+    d.mkdir()
+    yield d
+
+
+@pytest.mark.slow
+def test_acknowledged_ingests_survive_sigkill(
+    data_dir: Path, workdir: Path, articles: list[dict[str, Any]]
+) -> None:
+    server = Server(data_dir, workdir)
+    try:
+        server.wait_ready()
+        acked: set[str] = set()
+        lock = threading.Lock()
+        stop = threading.Event()
+        batches = [articles[i:i + 4] for i in range(0, len(articles), 4)]
+        cursor = iter(batches)
+
+        def writer() -> None:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                while not stop.is_set():
+                    with lock:
+                        batch = next(cursor, None)
+                    if batch is None:
+                        return
+                    try:
+                        r = c.post("/v1/articles", json={"articles": batch}, headers=AUTH)
+                    except httpx.TransportError:
+                        return  # the server died under us: this batch was not acknowledged
+                    assert r.status_code == 200, r.text
+                    with lock:
+                        acked.update(x["id"] for x in r.json()["results"])
+
+        threads = [threading.Thread(target=writer, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        while len(acked) < 24:
+            assert time.monotonic() < deadline, "ingest too slow"
+            time.sleep(0.02)
+        server.proc.kill()  # SIGKILL while both writers have a batch in flight
+        server.proc.wait(30)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        with lock:
+            survivors = set(acked)
+        assert len(survivors) < len(articles), "the stream ended before the kill"
+    finally:
+        server.stop(signal.SIGKILL)
+
+    again = Server(data_dir, workdir)
+    try:
+        ready = again.wait_ready()
+        assert ready["articles"] == ready["indexed"] >= len(survivors)
+        with httpx.Client(base_url=again.url, timeout=30) as c:
+            missing = [i for i in sorted(survivors)
+                       if c.get(f"/v1/articles/{i}").status_code != 200]
+            assert missing == [], f"acknowledged but lost: {missing}"
+            one = sorted(survivors)[0]
+            r = c.get(f"/v1/articles/{one}/related", params={"k": 3})
+            assert r.status_code == 200 and len(r.json()["related"]) == 3
+            # the service keeps taking writes after the restart
+            r = c.post("/v1/articles", json={"articles": articles[-1:]}, headers=AUTH)
+            assert r.status_code == 200
+    finally:
+        # uvicorn shuts down gracefully, then re-raises the signal: -SIGTERM is a clean stop
+        rc = again.stop(signal.SIGTERM)
+        assert rc in (0, -signal.SIGTERM), again.log.read_text()[-3000:]
+
+    # After a clean stop, the saved index holds exactly the stored articles.
+    from storyline.index.vectors import VectorIndex
+
+    with sqlite3.connect(data_dir / "storyline.db") as db:
+        stored = {row[0] for row in db.execute("SELECT id FROM articles")}
+    assert survivors <= stored | _duplicate_ids(data_dir)
+    assert VectorIndex.load(data_dir / "vectors.faiss").ids == stored
+
+
+def _duplicate_ids(data_dir: Path) -> set[str]:
+    with sqlite3.connect(data_dir / "storyline.db") as db:
+        return {row[0] for row in db.execute("SELECT id FROM duplicates")}
