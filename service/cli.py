@@ -371,6 +371,52 @@ def eval_retrieval(
 
 
 # -- story clustering (index/stories.py, service/evaluation/clustering.py) ------------------
+@eval_app.command("target-sentiment")
+def eval_target_sentiment(
+    newsmtsc: Annotated[Path, typer.Option(help="NewsMTSC-format JSONL (sentence, targets)")],
+    train: Annotated[
+        Path | None, typer.Option(help="NewsMTSC train file to tune the VADER floor on")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Macro-F1 / accuracy of the served int8 target-sentiment model, VADER floor beside it."""
+    from storyline.service.evaluation.sentiment import evaluate_target_sentiment
+
+    s = settings(data_dir)
+    res = evaluate_target_sentiment(newsmtsc, s.models_dir, train_file=train, threads=s.threads)
+    if not as_json:
+        v = res["baseline_vader"]
+        typer.echo(f"{'system':<22}{'macro-F1':>10}{'accuracy':>10}")
+        typer.echo(f"{'storyline int8':<22}{res['macro_f1']:>10.3f}{res['accuracy']:>10.3f}")
+        typer.echo(f"{'VADER (floor)':<22}{v['macro_f1']:>10.3f}{v['accuracy']:>10.3f}")
+        typer.echo(f"{res['n']} targets, {res['ms_per_target']:.1f} ms per target")
+    emit(res, as_json)
+
+
+@eval_app.command("stance")
+def eval_stance(
+    articles: Annotated[Path, typer.Option(help="JSONL in the article format")],
+    gold: Annotated[Path, typer.Option(help="gold portrayal / speaker->target lines (README)")],
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Actor coverage and stance macro-F1 against gold labels."""
+    from storyline.models.actors import SpacyActorExtractor
+    from storyline.models.stance import ActorStanceTagger, load_target_scorer
+    from storyline.service.evaluation.stance import evaluate_stance
+
+    extractor = SpacyActorExtractor()
+    scorer = load_target_scorer(settings(data_dir).models_dir, fallback=False)
+    tagger = ActorStanceTagger(scorer, attributor=extractor)
+    res = evaluate_stance(articles, gold, extractor=extractor, tagger=tagger)
+    if not as_json:
+        for key in ("coverage", "macro_f1", "edge_coverage", "edge_macro_f1"):
+            val = res.get(key)
+            typer.echo(f"{key:>14}: {'-' if val is None else f'{val:.3f}'}")
+    emit(res, as_json)
+
+
 @eval_app.command("clustering")
 def eval_clustering(
     articles: Annotated[Path, typer.Option(help="JSONL in the article format, with story_id")],

@@ -1,0 +1,90 @@
+"""Evaluate the served target-sentiment model (int8 ONNX) on a NewsMTSC JSONL file.
+
+The numbers come from ``TargetSentimentModel`` itself, i.e. the artefact the service loads,
+not from the torch model it was trained from. VADER with thresholds tuned on train is
+reported alongside as the floor.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from storyline.models.sentiment import (
+    LABELS,
+    VADER_THRESHOLDS,
+    TargetSentimentModel,
+    load_newsmtsc,
+    macro_f1,
+    tune_vader_thresholds,
+    vader_predict,
+)
+
+__all__ = ["classification_metrics", "evaluate_target_sentiment"]
+
+
+def classification_metrics(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> dict[str, Any]:
+    """Macro-F1, accuracy and per-class precision/recall/F1/support over LABELS."""
+    t = np.asarray(y_true)
+    p = np.asarray(y_pred)
+    per_class: dict[str, dict[str, float | int]] = {}
+    for k, name in enumerate(LABELS):
+        tp = int(np.sum((t == k) & (p == k)))
+        fp = int(np.sum((t != k) & (p == k)))
+        fn = int(np.sum((t == k) & (p != k)))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        per_class[name] = {
+            "precision": round(prec, 4),
+            "recall": round(rec, 4),
+            "f1": round(f1, 4),
+            "support": tp + fn,
+        }
+    return {
+        "macro_f1": round(macro_f1(t, p, len(LABELS)), 4),
+        "accuracy": round(float(np.mean(t == p)) if len(t) else 0.0, 4),
+        "n": len(t),
+        "per_class": per_class,
+    }
+
+
+def evaluate_target_sentiment(
+    newsmtsc_file: Path,
+    models_dir: Path,
+    *,
+    train_file: Path | None = None,
+    threads: int = 2,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Score the served model on ``newsmtsc_file``; VADER thresholds come from ``train_file``.
+
+    Without ``train_file`` VADER uses the shipped ``VADER_THRESHOLDS`` (tuned on NewsMTSC
+    train). ``ms_per_target`` is wall time of ``predict`` (tokenising included) per target.
+    """
+    items, y = load_newsmtsc(newsmtsc_file)
+    model = TargetSentimentModel(models_dir, threads=threads)
+    t0 = time.perf_counter()
+    probs = model.predict(items, batch_size=batch_size)
+    elapsed = time.perf_counter() - t0
+    result = classification_metrics(y, probs.argmax(axis=1))
+    result["ms_per_target"] = round(1000 * elapsed / max(1, len(items)), 3)
+    result["examples_per_s"] = round(len(items) / elapsed, 1) if elapsed > 0 else None
+    result["model_id"] = model.model_id
+
+    if train_file is not None:
+        train_items, train_y = load_newsmtsc(train_file)
+        thresholds = tune_vader_thresholds(train_items, train_y)
+    else:
+        thresholds = VADER_THRESHOLDS
+    vader = classification_metrics(y, vader_predict(items, thresholds))
+    result["baseline_vader"] = {
+        "macro_f1": vader["macro_f1"],
+        "accuracy": vader["accuracy"],
+        "thresholds": list(thresholds),
+    }
+    return result
