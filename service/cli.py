@@ -370,7 +370,6 @@ def eval_retrieval(
     emit(res, as_json)
 
 
-# -- story clustering (index/stories.py, service/evaluation/clustering.py) ------------------
 @eval_app.command("target-sentiment")
 def eval_target_sentiment(
     newsmtsc: Annotated[Path, typer.Option(help="NewsMTSC-format JSONL (sentence, targets)")],
@@ -417,6 +416,7 @@ def eval_stance(
     emit(res, as_json)
 
 
+# -- story clustering (index/stories.py, service/evaluation/clustering.py) ------------------
 @eval_app.command("clustering")
 def eval_clustering(
     articles: Annotated[Path, typer.Option(help="JSONL in the article format, with story_id")],
@@ -457,6 +457,56 @@ def cluster_refine(
         typer.echo(", ".join(f"{k} {v}" for k, v in res.items()))
     emit(res, as_json)
 # -- end of story clustering ----------------------------------------------------------------
+
+
+# -- summaries (models/summariser*.py, service/evaluation/summaries.py) ---------------------
+@models_app.command("train-summariser")
+def models_train_summariser(
+    articles: Annotated[
+        Path | None, typer.Option(help="AllSides articles.jsonl (default: shared data)")
+    ] = None,
+    stories: Annotated[
+        Path | None, typer.Option(help="AllSides stories.jsonl (default: shared data)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="training seed")] = 13,
+    force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the extractive summariser's ONNX scorer on the split=train stories."""
+    from storyline.models.summariser_train import train_summariser
+
+    data = _shared_data() / "allsides"
+    res = train_summariser(
+        settings(data_dir).models_dir, articles_file=articles or data / "articles.jsonl",
+        stories_file=stories or data / "stories.jsonl", seed=seed, force=force,
+        log=lambda m: typer.echo(m, err=as_json),
+    )
+    emit(res, as_json)
+
+
+@eval_app.command("summaries")
+def eval_summaries(
+    articles: Annotated[Path, typer.Option(help="JSONL in the article format")],
+    stories: Annotated[Path, typer.Option(help="stories JSONL: story_id, split, summary, "
+                                                "article_ids")],
+    split: Annotated[str, typer.Option(help="dev | train | all")] = "dev",
+    baselines: Annotated[
+        bool, typer.Option("--baselines", help="also lead, LexRank, TextRank, centroid+MMR")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """ROUGE-1/2/L F1, faithfulness and latency of the summariser at the reference length."""
+    from storyline.service.evaluation.summaries import evaluate_summaries, format_table
+
+    s = settings(data_dir)
+    res = evaluate_summaries(articles, stories, split=split, baselines=baselines,
+                             models_dir=s.models_dir, threads=s.threads)
+    if not as_json:
+        typer.echo(format_table(res))
+    emit(res, as_json)
+# -- end of summaries -----------------------------------------------------------------------
 
 
 def main() -> None:

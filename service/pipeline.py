@@ -440,6 +440,8 @@ class Pipeline:
             scratch.ingest(items, self.embedder.model_id)
             clusterer = StoryClusterer(scratch, params=self._cluster_params())
             clusterer.assign([a.id for a in latest])
+            # Online assignment alone keeps some same-event pairs apart; refine joins them.
+            clusterer.refine(full=True)
             views = []
             for st in scratch.list_stories(limit=len(latest)):
                 arts = scratch.get_articles(st.article_ids)
