@@ -1,0 +1,99 @@
+"""Latency of ExtractiveSummariser.summarise on real AllSides stories.
+
+Two shapes: a 3-article story (the AllSides norm) and a 20-article story (several stories
+concatenated, as a long-running story grows). Each timed call is a full ``summarise``:
+sentence splitting, MiniLM embedding of every sentence, features, ONNX scorer, selection.
+
+    python bench/summarise.py [--models-dir data/models] [--repeats 30] [--json]
+
+With ``--json`` the last line is one JSON object:
+{"p50_ms_3", "p95_ms_3", "p50_ms_20", "p95_ms_20", ...}. Goals: p50 <= 100 ms for 3
+articles and <= 500 ms for 20 articles. The machine is shared, so the load average at the
+start and end of the run is printed with the numbers: read them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from storyline.models.summariser import ExtractiveSummariser
+from storyline.models.summariser_train import load_allsides
+from storyline.models.types import Article
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("STORYLINE_DATA", "/work/shared/data"))
+
+
+def _stories(articles: Path, stories: Path) -> list[list[Article]]:
+    recs = [r for r in load_allsides(articles, stories) if r.split == "dev" and r.articles]
+    return [list(r.articles) for r in recs]
+
+
+def _time(summariser: ExtractiveSummariser, groups: list[list[Article]], repeats: int,
+          budget: int) -> list[float]:
+    out = []
+    for r in range(repeats):
+        arts = groups[r % len(groups)]
+        t0 = time.perf_counter()
+        summariser.summarise(arts, budget)
+        out.append(1000 * (time.perf_counter() - t0))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models-dir", type=Path, default=REPO / "data" / "models")
+    ap.add_argument("--articles", type=Path, default=DATA / "allsides" / "articles.jsonl")
+    ap.add_argument("--stories", type=Path, default=DATA / "allsides" / "stories.jsonl")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--budget", type=int, default=110)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    stories = _stories(args.articles, args.stories)
+    three = [s for s in stories if len(s) == 3]
+    # 20-article stories: seven consecutive dev stories concatenated, cut to 20 articles.
+    twenty = []
+    for k in range(0, len(stories) - 7, 7):
+        arts = [a for s in stories[k : k + 7] for a in s][:20]
+        if len(arts) == 20:
+            twenty.append(arts)
+    summariser = ExtractiveSummariser(args.models_dir, threads=args.threads)
+    load0 = os.getloadavg()[0]
+    for arts in three[:3] + twenty[:1]:  # warm-up: sessions, allocator, caches
+        summariser.summarise(arts, args.budget)
+    t3 = _time(summariser, three, args.repeats, args.budget)
+    t20 = _time(summariser, twenty, max(5, args.repeats // 3), args.budget)
+    load1 = os.getloadavg()[0]
+    res = {
+        "p50_ms_3": round(statistics.median(t3), 1),
+        "p95_ms_3": round(float(np.percentile(t3, 95)), 1),
+        "p50_ms_20": round(statistics.median(t20), 1),
+        "p95_ms_20": round(float(np.percentile(t20, 95)), 1),
+        "n_3": len(t3),
+        "n_20": len(t20),
+        "threads": args.threads,
+        "loadavg_1m": [round(load0, 2), round(load1, 2)],
+        "cpus": os.cpu_count(),
+        "goal_ms": {"p50_3": 100, "p50_20": 500},
+    }
+    print(f"3 articles : p50 {res['p50_ms_3']} ms  p95 {res['p95_ms_3']} ms  (n={len(t3)})")
+    print(f"20 articles: p50 {res['p50_ms_20']} ms  p95 {res['p95_ms_20']} ms  (n={len(t20)})")
+    print(f"load average (1 min) at start / end: {load0:.2f} / {load1:.2f} on "
+          f"{os.cpu_count()} CPUs")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

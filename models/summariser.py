@@ -1,0 +1,968 @@
+"""Runtime per-story extractive summariser: MiniLM features -> tiny ONNX scorer -> MMR (no torch).
+
+Pipeline for one story (a list of articles):
+
+1. ``split_sentences``: a fast, deterministic rule splitter (abbreviations such as "Mr." and
+   "U.S.", initials, quotes). A sentence without terminal punctuation is *incomplete*: the
+   last sentence of an excerpt that was cut mid-way (86% of AllSides excerpts), a heading,
+   a byline. Incomplete sentences are never extracted (unless a story has nothing else),
+   but they still count as evidence when other sentences look for support.
+2. ``story_features``: per candidate, similarity to the story centroid, cross-outlet support
+   (max / mean similarity to the sentences of *other* articles), lexical support, title
+   similarity, position, length, number / name / quote counts. Shared with training so the
+   two cannot drift.
+3. The learned scorer (``summariser/scorer.onnx``: feature standardisation + a small MLP)
+   scores every candidate; its tuned selection parameters travel in the ONNX file's
+   metadata, so the manifest's sha256 covers them too.
+4. MMR selection under the word budget, then chronological ordering, then citations.
+
+Budget rule (documented contract): sentences are kept whole and never cut. Selection stops
+once the summary reaches ``budget_words``; the last sentence added may cross the budget,
+but only if at least ``min_fit`` of its words lie inside the budget (otherwise a shorter
+candidate is tried). So the summary exceeds the budget by less than one sentence, and a
+caller that needs a hard cap truncates at the budget (the evaluation does).
+
+Citations: every sentence cites the article it was extracted from (first id; the text is a
+verbatim, whitespace-normalised substring of that article) followed by every other article
+of the story holding a sentence with cosine >= ``support_threshold`` to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from storyline.models.errors import InvalidInput, ModelUnavailable
+from storyline.models.protocols import Embedder
+from storyline.models.registry import SUMMARISER, Manifest
+from storyline.models.types import Article, Summary, SummarySentence
+
+__all__ = [
+    "CONCEPT_FEATURE_NAMES",
+    "DEFAULT_PARAMS",
+    "FEATURE_NAMES",
+    "KMAX",
+    "ExtractiveSummariser",
+    "PreparedStory",
+    "Prior",
+    "Scorer",
+    "SelectionParams",
+    "Sentence",
+    "StoryConcepts",
+    "choose_headline",
+    "concept_tokens",
+    "load_scorer",
+    "normalise_ws",
+    "order_key",
+    "prepare_story",
+    "select_sentences",
+    "split_sentences",
+    "story_concepts",
+    "story_features",
+    "supporting_articles",
+    "usable_articles",
+]
+
+F32 = npt.NDArray[np.float32]
+
+#: Candidates per article are capped so a pathological 50k-word article costs bounded time;
+#: news leads carry the story, so the first sentences are the ones worth scoring.
+MAX_SENTENCES_PER_ARTICLE: Final = 40
+#: A "sentence" longer than this (a run-on text without punctuation) is not a candidate
+#: unless the story has nothing else.
+MAX_SENTENCE_WORDS: Final = 90
+#: Sentences shorter than this ("Here's why.") say nothing on their own.
+MIN_SENTENCE_WORDS: Final = 4
+#: characters of one sentence handed to the embedder (MiniLM reads <= 256 word pieces anyway)
+MAX_EMBED_CHARS: Final = 1500
+
+# --------------------------------------------------------------------------- sentences
+
+# Never the end of a sentence (titles before a name).
+_TITLES: Final = frozenset(
+    [
+        "mr", "mrs", "ms", "mx", "dr", "prof", "sen", "sens", "rep", "reps", "gov", "gen",
+        "lt", "col", "capt", "cpt", "sgt", "maj", "adm", "cmdr", "rev", "fr", "mt", "ft",
+        "pres", "supt", "det", "atty", "insp", "vs", "v"
+    ]
+)
+# Not the end of a sentence when a number follows ("Nov. 8", "No. 2").
+_BEFORE_NUMBER: Final = frozenset(
+    [
+        "no", "nos", "vol", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
+        "oct", "nov", "dec"
+    ]
+)
+# May end a sentence ("... in the U.S. The White House said"): split only before a word
+# that usually starts a sentence.
+_AMBIGUOUS: Final = frozenset(
+    [
+        "u.s", "u.k", "u.n", "e.u", "d.c", "a.m", "p.m", "inc", "corp", "co", "ltd", "llc",
+        "etc", "al", "i.e", "e.g", "jr", "sr", "st"
+    ]
+)
+_STARTERS: Final = frozenset(
+    [
+        "the", "a", "an", "he", "she", "it", "they", "we", "i", "you", "his", "her", "its",
+        "their", "our", "my", "this", "that", "these", "those", "but", "and", "or", "so",
+        "yet", "in", "on", "at", "for", "with", "after", "before", "when", "while", "if", "as",
+        "since", "although", "though", "however", "meanwhile", "still", "now", "then", "there",
+        "here", "some", "many", "most", "more", "several", "according", "officials", "police",
+        "authorities", "critics", "supporters", "one", "two", "three", "both", "what", "why",
+        "how", "who", "where", "also", "instead", "despite", "during", "under", "until"
+    ]
+)
+_TERMINALS: Final = ".!?。！？…"
+_CLOSERS: Final = "\"'”’)]»"
+_OPENERS: Final = "\"'“‘([«¿¡"
+_BOUNDARY = re.compile(r"([.!?。！？…]+)([\"'”’)\]»]*)(\s+)")
+_PARA = re.compile(r"\n\s*\n|\r\n\s*\r\n|\n(?=\s*[“\"A-Z])")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_NUMBER = re.compile(r"\d")
+_CAP = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z]+")
+_INITIAL = re.compile(r"(?:^|[\s(])[A-Z]$")
+
+
+def normalise_ws(text: str) -> str:
+    """Collapse every whitespace run (newlines, NBSP) to one space."""
+    return " ".join(text.split())
+
+
+def _is_terminal(sentence: str) -> bool:
+    s = sentence.rstrip().rstrip(_CLOSERS)
+    return bool(s) and s[-1] in _TERMINALS and not s.endswith(("...", "…"))
+
+
+def _split_allowed(para: str, m: re.Match[str]) -> bool:
+    punct, closers = m.group(1), m.group(2)
+    nxt_pos = m.end()
+    if nxt_pos >= len(para):
+        return False
+    nxt = para[nxt_pos]
+    if not (nxt.isupper() or nxt.isdigit() or nxt in _OPENERS):
+        return False
+    if punct == "." and not closers:
+        before = para[: m.start()]
+        token = before.split()[-1] if before.split() else ""
+        tok = token.lstrip(_OPENERS).lower()
+        if _INITIAL.search(before[-2:] if len(before) >= 2 else " " + before):
+            return False  # "John F. Kennedy"
+        if tok in _TITLES or (tok in _BEFORE_NUMBER and nxt.isdigit()):
+            return False
+        if tok in _AMBIGUOUS or re.fullmatch(r"(?:[a-z]\.)+[a-z]", tok):
+            word = _WORD.match(para, nxt_pos + (1 if nxt in _OPENERS else 0))
+            return word is not None and word.group(0).lower() in _STARTERS
+    # Inside an open quotation that closes later in the paragraph: one sentence.
+    head = para[: m.end(2)]
+    opened = head.count("“") - head.count("”")
+    if opened > 0 and "”" in para[m.end(2) :]:
+        return False
+    # Straight quotes only when the paragraph has no curly ones (mixed styles confuse it).
+    straight_open = "“" not in para and head.count('"') % 2 == 1
+    return not (straight_open and '"' in para[m.end(2) :])
+
+
+def split_sentences(text: str) -> list[tuple[int, int, bool]]:
+    """``(start, end, complete)`` character spans of the sentences of ``text``.
+
+    Paragraph breaks always end a sentence. ``complete`` is False for a piece without
+    terminal punctuation (a cut-off excerpt end, a heading, a byline).
+    """
+    spans: list[tuple[int, int, bool]] = []
+    pos = 0
+    for para_m in [*_PARA.finditer(text), None]:
+        end = para_m.start() if para_m else len(text)
+        para = text[pos:end]
+        base = pos
+        pos = para_m.end() if para_m else len(text)
+        start = 0
+        for m in _BOUNDARY.finditer(para):
+            if _split_allowed(para, m):
+                _add_span(spans, para, base, start, m.end(2))
+                start = m.end()
+        _add_span(spans, para, base, start, len(para))
+    return spans
+
+
+def _add_span(
+    spans: list[tuple[int, int, bool]], para: str, base: int, start: int, end: int
+) -> None:
+    piece = para[start:end]
+    stripped = piece.strip()
+    if not stripped:
+        return
+    lead = len(piece) - len(piece.lstrip())
+    s = base + start + lead
+    spans.append((s, s + len(stripped), _is_terminal(stripped)))
+
+
+# --------------------------------------------------------------------------- story prep
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    text: str  # whitespace-normalised, verbatim otherwise
+    article: int  # index into the story's article list
+    position: int  # index among the article's sentences
+    n_in_article: int
+    complete: bool
+    n_words: int
+
+    @property
+    def is_candidate(self) -> bool:
+        return self.complete and MIN_SENTENCE_WORDS <= self.n_words <= MAX_SENTENCE_WORDS
+
+
+@dataclass(slots=True)
+class PreparedStory:
+    """A story's sentences, their embeddings and the title embeddings."""
+
+    articles: list[Article]
+    sentences: list[Sentence]
+    emb: F32  # [n_sentences, d]
+    title_emb: F32  # [n_articles, d]; zero rows for articles without a title
+    candidates: list[int]  # indices into sentences
+
+    @property
+    def n_articles(self) -> int:
+        return len(self.articles)
+
+
+def usable_articles(articles: Sequence[Article]) -> list[Article]:
+    """Articles with some text, duplicates (same id) dropped; InvalidInput if none is left."""
+    if isinstance(articles, Article):
+        raise InvalidInput("summarise() takes a sequence of articles, not one article")
+    seen: set[str] = set()
+    out: list[Article] = []
+    for a in articles:
+        if not isinstance(a, Article):
+            raise InvalidInput(f"expected Article, got {type(a).__name__}")
+        if a.id in seen or not a.text or not a.text.strip():
+            continue
+        seen.add(a.id)
+        out.append(a)
+    if not out:
+        raise InvalidInput("no article of the story has any text to summarise")
+    return out
+
+
+def story_sentences(articles: Sequence[Article]) -> list[Sentence]:
+    out: list[Sentence] = []
+    for ai, art in enumerate(articles):
+        spans = split_sentences(art.text)[:MAX_SENTENCES_PER_ARTICLE]
+        for pi, (s, e, complete) in enumerate(spans):
+            text = normalise_ws(art.text[s:e])
+            out.append(
+                Sentence(text, ai, pi, len(spans), complete, len(text.split()))
+            )
+    return out
+
+
+def candidate_indices(sentences: Sequence[Sentence]) -> list[int]:
+    """Complete sentences of a sane length; relaxed step by step when a story has none."""
+    cands = [i for i, s in enumerate(sentences) if s.is_candidate]
+    if not cands:
+        cands = [i for i, s in enumerate(sentences) if s.complete]
+    if not cands:
+        cands = list(range(len(sentences)))
+    return cands
+
+
+def prepare_story(
+    articles: Sequence[Article],
+    embed: Any,
+) -> PreparedStory:
+    """Split and embed one story. ``embed``: texts -> L2-normalised float32 [n, d]."""
+    arts = usable_articles(articles)
+    sents = story_sentences(arts)
+    texts = [s.text[:MAX_EMBED_CHARS] for s in sents]
+    titled = [i for i, a in enumerate(arts) if a.title.strip()]
+    vecs = embed(texts + [normalise_ws(arts[i].title)[:MAX_EMBED_CHARS] for i in titled])
+    vecs = np.asarray(vecs, dtype=np.float32)
+    emb = vecs[: len(sents)]
+    title_emb = np.zeros((len(arts), emb.shape[1]), dtype=np.float32)
+    for k, i in enumerate(titled):
+        title_emb[i] = vecs[len(sents) + k]
+    return PreparedStory(arts, sents, emb, title_emb, candidate_indices(sents))
+
+
+# --------------------------------------------------------------------------- features
+
+_STOP: Final = frozenset(
+    [
+        "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any",
+        "are", "as", "at", "be", "because", "been", "before", "being", "below", "between",
+        "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during",
+        "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her",
+        "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into",
+        "is", "it", "its", "itself", "just", "me", "more", "most", "my", "myself", "no", "nor",
+        "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "out",
+        "over", "own", "said", "same", "says", "she", "should", "so", "some", "such", "than",
+        "that", "the", "their", "theirs", "them", "then", "there", "these", "they", "this",
+        "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were",
+        "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with",
+        "would", "you", "your", "also", "new", "one", "two", "s", "t"
+    ]
+)
+_WEEKDAY = re.compile(r"\b(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b")
+_FIRST_PERSON = re.compile(r"\b(?:I|we|my|our|us|me|you|your)\b", re.IGNORECASE)
+_DANGLING = re.compile(r"^(?:But|And|So|Yet|Or|He|She|It|They|This|That|These|Those|His|Her|"
+                       r"Their|Its)\b")
+
+FEATURE_NAMES: Final = (
+    "cos_centroid",
+    "cos_centroid_z",
+    "cos_other_centroid",
+    "max_other",
+    "max_other_z",
+    "mean_max_other",
+    "cos_own_article",
+    "cos_own_title",
+    "max_other_title",
+    "cos_title_centroid",
+    "article_centrality",
+    "lex_support",
+    "bigram_support",
+    "word_df",
+    "title_lex",
+    "position",
+    "rel_position",
+    "is_first",
+    "log_words",
+    "n_numbers",
+    "n_caps",
+    "has_quote",
+    "starts_quote",
+    "is_question",
+    "has_weekday",
+    "n_first_person",
+    "dangling_start",
+    "has_said",
+    "lean_center",
+    "lean_left",
+    "lean_right",
+    "n_articles",
+    "single_article",
+)
+
+
+def _tokens(text: str) -> list[str]:
+    return [w for w in (t.lower() for t in _WORD.findall(text)) if w not in _STOP]
+
+
+def _unit(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-12 else v
+
+
+def _zscore(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    sd = float(x.std())
+    return (x - x.mean()) / sd if sd > 1e-6 else np.zeros_like(x)
+
+
+def _max_other_support(story: PreparedStory, sim: F32, art_of: npt.NDArray[np.int64]) -> F32:
+    """Per sentence: the best cosine to any sentence of another article (0 if none)."""
+    out = np.zeros(len(story.sentences), dtype=np.float32)
+    for a in range(story.n_articles):
+        own = art_of == a
+        if own.all() or not own.any():
+            continue
+        out[own] = sim[np.ix_(own, ~own)].max(axis=1)
+    return out
+
+
+def story_features(story: PreparedStory) -> F32:
+    """Sentence features ``[n_candidates, len(FEATURE_NAMES)]`` in candidate order."""
+    sents, emb, cands = story.sentences, story.emb, story.candidates
+    n_art = story.n_articles
+    art_of = np.array([s.article for s in sents], dtype=np.int64)
+    sim = emb @ emb.T
+    centroid = _unit(emb.mean(axis=0))
+    has_title = np.linalg.norm(story.title_emb, axis=1) > 0
+    title_centroid = _unit(story.title_emb[has_title].mean(axis=0)) if has_title.any() else None
+    art_centrality = [
+        float(_unit(emb[art_of == a].mean(axis=0)) @ centroid) if (art_of == a).any() else 0.0
+        for a in range(n_art)
+    ]
+
+    toks = [_tokens(s.text) for s in sents]
+    art_vocab: list[set[str]] = [set() for _ in range(n_art)]
+    art_bigrams: list[set[tuple[str, str]]] = [set() for _ in range(n_art)]
+    for s, t in zip(sents, toks, strict=True):
+        art_vocab[s.article].update(t)
+        art_bigrams[s.article].update(itertools.pairwise(t))
+    title_vocab = set().union(*(_tokens(a.title) for a in story.articles))
+
+    rows = []
+    for i in cands:
+        s, t = sents[i], toks[i]
+        own = art_of == s.article
+        other = ~own
+        own_rest = own.copy()
+        own_rest[i] = False
+        if other.any():
+            other_centroid = _unit(emb[other].mean(axis=0))
+            max_other = float(sim[i, other].max())
+            per_art = [float(sim[i, art_of == a].max()) for a in range(n_art)
+                       if a != s.article and (art_of == a).any()]
+            mean_max_other = float(np.mean(per_art))
+        else:
+            # One article: "support" falls back to agreement with the rest of the article.
+            other_centroid = centroid
+            max_other = float(sim[i, own_rest].max()) if own_rest.any() else 1.0
+            mean_max_other = max_other
+        own_centroid = _unit(emb[own_rest].mean(axis=0)) if own_rest.any() else centroid
+        others = [a for a in range(n_art) if a != s.article]
+        other_titles = [a for a in others if has_title[a]]
+        bigr = list(itertools.pairwise(t))
+        if others:
+            vocab_o = set().union(*(art_vocab[a] for a in others))
+            bigr_o = set().union(*(art_bigrams[a] for a in others))
+            lex = sum(w in vocab_o for w in t) / max(1, len(t))
+            blex = sum(b in bigr_o for b in bigr) / max(1, len(bigr))
+            df = float(np.mean([sum(w in art_vocab[a] for a in others) / len(others)
+                                for w in t])) if t else 0.0
+        else:
+            lex = blex = df = 0.0
+        lean = (story.articles[s.article].lean or "").lower()
+        rows.append([
+            float(emb[i] @ centroid),
+            0.0,  # z-scores filled below
+            float(emb[i] @ other_centroid),
+            max_other,
+            0.0,
+            mean_max_other,
+            float(emb[i] @ own_centroid),
+            float(emb[i] @ story.title_emb[s.article]) if has_title[s.article] else 0.0,
+            max(float(emb[i] @ story.title_emb[a]) for a in other_titles) if other_titles
+            else 0.0,
+            float(emb[i] @ title_centroid) if title_centroid is not None else 0.0,
+            art_centrality[s.article],
+            lex,
+            blex,
+            df,
+            sum(w in title_vocab for w in t) / max(1, len(t)),
+            float(min(s.position, 10)),
+            s.position / max(1, s.n_in_article - 1),
+            float(s.position == 0),
+            math.log1p(s.n_words),
+            float(min(len(_NUMBER.findall(s.text)), 10)),
+            float(min(len(_CAP.findall(s.text)), 15)),
+            float(any(q in s.text for q in "“”\"")),
+            float(s.text[:1] in "“\"‘'"),
+            float(s.text.rstrip(_CLOSERS).endswith("?")),
+            float(bool(_WEEKDAY.search(s.text))),
+            float(min(len(_FIRST_PERSON.findall(s.text)), 5)),
+            float(bool(_DANGLING.match(s.text))),
+            float(" said" in s.text or " says" in s.text),
+            float(lean == "center"),
+            float(lean == "left"),
+            float(lean == "right"),
+            float(min(n_art, 10)),
+            float(n_art == 1),
+        ])
+    feats = np.asarray(rows, dtype=np.float32).reshape(len(cands), len(FEATURE_NAMES))
+    if len(cands):
+        feats[:, 1] = _zscore(feats[:, 0])
+        feats[:, 4] = _zscore(feats[:, 3])
+    return feats
+
+
+# --------------------------------------------------------------------------- concepts
+#
+# ROUGE rewards the summary's n-grams that also occur in the reference (clipped counts).
+# So besides ranking sentences, the scorer predicts for every unigram / bigram g of the
+# story and every k <= 4 the probability that the reference holds g at least k times.
+# Selection then maximises the expected number of matched n-grams per word: coverage, and
+# with it redundancy, handled the way ROUGE counts it.
+
+KMAX: Final = 4
+_ALNUM = re.compile(r"[a-z0-9]+")
+
+CONCEPT_FEATURE_NAMES: Final = (
+    "df_frac",
+    "df",
+    "tf",
+    "title_frac",
+    "title_n",
+    "min_position",
+    "is_bigram",
+    "has_digit",
+    "cap_frac",
+    "max_centrality",
+    "n_articles",
+    "n_stop",
+    "all_stop",
+    "lead_frac",
+    "max_support",
+    "quote_frac",
+    "center_frac",
+    "min_rel_position",
+    "max_len",
+    "k",
+    "k_gt1",
+    "k_gt1_all_stop",
+    "prior_mean",
+    "prior_min",
+    "prior_log_count",
+    "prior_gram",
+    "prior_gram_log_count",
+)
+
+
+def _stem(w: str) -> str:
+    """A light, deterministic suffix stripper (the concept vocabulary, not linguistics)."""
+    if len(w) <= 3 or w.isdigit():
+        return w
+    for suf, rep in (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""),
+                     ("s", "")):
+        if w.endswith(suf) and len(w) - len(suf) >= 3 and not (suf == "s" and w.endswith("ss")):
+            return w[: len(w) - len(suf)] + rep
+    return w
+
+
+def concept_tokens(text: str) -> list[str]:
+    """Lower-cased alphanumeric runs, lightly stemmed (ROUGE-like tokens)."""
+    return [_stem(t) for t in _ALNUM.findall(text.lower())]
+
+
+Gram = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """Lexical prior from train: how often a gram seen in a story's sources reappears in its
+    reference, shrunk toward ``p0`` with ``m`` pseudo-counts. Grams seen in fewer than
+    ``min_stories`` train stories count as unseen (and are not stored)."""
+
+    counts: dict[str, tuple[int, int]]  # "w" / "w1 w2" -> (hits, stories)
+    p0: float
+    m: float = 5.0
+    min_stories: int = 2
+
+    def get(self, key: str, own: tuple[set[str], set[str]] | None = None) -> tuple[float, float]:
+        """(shrunk hit rate, log1p(stories)); ``own`` = (source keys, hit keys) of a train
+        story whose own contribution is left out (training only)."""
+        hits, n = self.counts.get(key, (0, 0))
+        if own is not None and n:
+            n -= key in own[0]
+            hits -= key in own[1]
+        if n < self.min_stories:
+            hits, n = 0, 0
+        return (hits + self.m * self.p0) / (n + self.m), math.log1p(n)
+
+    def to_json(self) -> str:
+        return json.dumps({"p0": self.p0, "m": self.m, "min_stories": self.min_stories,
+                           "counts": self.counts}, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Prior:
+        d = json.loads(raw)
+        return cls({k: (int(v[0]), int(v[1])) for k, v in d["counts"].items()},
+                   float(d["p0"]), float(d["m"]), int(d.get("min_stories", 2)))
+
+
+EMPTY_PRIOR: Final = Prior({}, 0.2)
+N_PRIOR_FEATURES: Final = 5
+
+
+@dataclass(slots=True)
+class StoryConcepts:
+    grams: list[Gram]
+    #: one row per (gram, k), k = 1..min(KMAX, story count of the gram)
+    rows: list[tuple[int, int]]
+    #: prior-free features [len(rows), len(CONCEPT_FEATURE_NAMES) - N_PRIOR_FEATURES]
+    base: F32
+    #: per sentence of the story: gram index -> count in that sentence
+    sent_counts: list[dict[int, int]]
+
+    def keys(self) -> set[str]:
+        return {" ".join(g) for g in self.grams}
+
+    def features(
+        self, prior: Prior, own: tuple[set[str], set[str]] | None = None
+    ) -> F32:
+        """Full features: the base columns plus the lexical-prior columns."""
+        per_gram = []
+        for gram in self.grams:
+            uni = [prior.get(w, own) for w in gram]
+            gp = prior.get(" ".join(gram), own) if len(gram) == 2 else uni[0]
+            per_gram.append([sum(p for p, _ in uni) / len(uni), min(p for p, _ in uni),
+                             sum(c for _, c in uni) / len(uni), gp[0], gp[1]])
+        pg = np.asarray(per_gram, dtype=np.float32).reshape(len(self.grams), N_PRIOR_FEATURES)
+        idx = np.asarray([g for g, _ in self.rows], dtype=np.int64)
+        return np.concatenate([self.base, pg[idx]], axis=1).astype(np.float32)
+
+
+def sentence_grams(text: str) -> list[tuple[Gram, bool, bool]]:
+    """(gram, capitalised, inside quotes) for every unigram and bigram of a sentence."""
+    toks: list[str] = []
+    caps: list[bool] = []
+    quoted: list[bool] = []
+    inside = False
+    for wi, word in enumerate(text.split()):
+        if word[:1] in "“\"":
+            inside = True
+        ts = concept_tokens(word)
+        toks += ts
+        caps += [word[:1].isupper() and wi > 0] * len(ts)
+        quoted += [inside] * len(ts)
+        if word.rstrip(".,;:!?")[-1:] in "”\"":
+            inside = False
+    out: list[tuple[Gram, bool, bool]] = [((t,), caps[p], quoted[p]) for p, t in enumerate(toks)]
+    out += [((a, b), caps[p], quoted[p]) for p, (a, b) in enumerate(itertools.pairwise(toks))]
+    return out
+
+
+def story_concepts(story: PreparedStory) -> StoryConcepts:
+    """Every unigram / bigram of the story's sentences with its prior-free features."""
+    sents = story.sentences
+    n_art = story.n_articles
+    art_of = np.array([s.article for s in sents], dtype=np.int64)
+    centrality = story.emb @ _unit(story.emb.mean(axis=0))
+    support = _max_other_support(story, story.emb @ story.emb.T, art_of)
+    title_sets: list[set[Gram]] = []
+    for a in story.articles:
+        tt = concept_tokens(a.title)
+        title_sets.append({(t,) for t in tt} | set(itertools.pairwise(tt)))
+
+    index: dict[Gram, int] = {}
+    stats: list[list[float]] = []  # per gram: running statistics, see order below
+    arts: list[set[int]] = []
+    leads: list[set[int]] = []
+    sent_counts: list[dict[int, int]] = []
+    for j, s in enumerate(sents):
+        counts: dict[int, int] = {}
+        lean_c = float((story.articles[s.article].lean or "").lower() == "center")
+        rel = s.position / max(1, s.n_in_article - 1)
+        for gram, cap, quoted in sentence_grams(s.text):
+            g = index.get(gram)
+            if g is None:
+                g = index[gram] = len(stats)
+                # tf, min_pos, cap, max_centrality, max_support, quoted, center, min_rel
+                stats.append([0.0, 99.0, 0.0, -1.0, -1.0, 0.0, 0.0, 1.0])
+                arts.append(set())
+                leads.append(set())
+            st = stats[g]
+            st[0] += 1
+            st[1] = min(st[1], s.position)
+            st[2] += cap
+            st[3] = max(st[3], float(centrality[j]))
+            st[4] = max(st[4], float(support[j]))
+            st[5] += quoted
+            st[6] += lean_c
+            st[7] = min(st[7], rel)
+            arts[g].add(s.article)
+            if s.position <= 1:
+                leads[g].add(s.article)
+            counts[g] = counts.get(g, 0) + 1
+        sent_counts.append(counts)
+
+    grams = list(index)
+    rows: list[tuple[int, int]] = []
+    feats: list[list[float]] = []
+    for g, gram in enumerate(grams):
+        st = stats[g]
+        tf = st[0]
+        df = len(arts[g])
+        in_title = sum(gram in ts for ts in title_sets)
+        n_stop = sum(w in _STOP for w in gram)
+        all_stop = float(n_stop == len(gram))
+        base = [
+            df / n_art, float(df), min(tf, 8.0), in_title / n_art, float(in_title),
+            min(st[1], 6.0), float(len(gram) == 2),
+            float(any(ch.isdigit() for w in gram for ch in w)),
+            st[2] / tf, st[3], float(min(n_art, 10)), float(n_stop), all_stop,
+            len(leads[g]) / n_art, st[4], st[5] / tf, st[6] / tf, st[7],
+            float(max(len(w) for w in gram)),
+        ]
+        for k in range(1, min(KMAX, int(tf)) + 1):
+            rows.append((g, k))
+            feats.append([*base, float(k), float(k > 1), float(k > 1) * all_stop])
+    n_base = len(CONCEPT_FEATURE_NAMES) - N_PRIOR_FEATURES
+    arr = np.asarray(feats, dtype=np.float32).reshape(len(rows), n_base)
+    return StoryConcepts(grams, rows, arr, sent_counts)
+
+
+def concept_weight_table(concepts: StoryConcepts, weights: F32) -> F32:
+    """Cumulative weights ``[n_grams, KMAX + 1]``: entry k = sum of P(ref count >= k') for
+    k' <= k, so the gain of going from h to h + m copies is ``cum[g, h + m] - cum[g, h]``."""
+    table = np.zeros((len(concepts.grams), KMAX + 1), dtype=np.float64)
+    for (g, k), w in zip(concepts.rows, weights, strict=True):
+        table[g, k] = w
+    return np.cumsum(table, axis=1)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionParams:
+    """Tuned on AllSides train; stored in the scorer's ONNX metadata."""
+
+    #: MMR trade-off: lam * relevance - (1 - lam) * max cosine to what is already selected
+    mmr_lambda: float = 1.0
+    #: relevance = (1 - mu) * expected n-gram gain per word + mu * sentence score
+    mu: float = 0.0
+    #: gain is divided by n_words ** alpha (1 = gain per word)
+    alpha: float = 1.0
+    #: weight of a bigram match relative to a unigram match
+    bigram_weight: float = 1.0
+    #: a candidate this similar (cosine) to a selected sentence is never added (near-copies)
+    max_redundancy: float = 0.95
+    #: share of a sentence that must fit inside the budget for it to be added last
+    min_fit: float = 0.5
+    #: cosine from which another article's sentence counts as support (citations)
+    support_threshold: float = 0.6
+    #: headline rule: "centroid" (title nearest the sentence centroid) or "title_centroid"
+    headline: str = "centroid"
+
+    def to_json(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in self.__slots__}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> SelectionParams:
+        data = json.loads(raw)
+        return cls(**{k: data[k] for k in cls.__slots__ if k in data})
+
+
+DEFAULT_PARAMS: Final = SelectionParams()
+
+
+def _minmax(scores: F32) -> F32:
+    """Scores -> [0, 1] within the story, so weights mean the same in every story."""
+    if scores.size == 0:
+        return scores
+    lo, hi = float(scores.min()), float(scores.max())
+    if hi - lo < 1e-9:
+        return np.ones_like(scores)
+    return (scores - lo) / (hi - lo)
+
+
+def select_sentences(
+    story: PreparedStory,
+    scores: F32,
+    budget_words: int,
+    params: SelectionParams,
+    concepts: StoryConcepts | None = None,
+    concept_weights: F32 | None = None,
+) -> list[int]:
+    """Greedy MMR under the budget rule (module doc); indices into ``story.sentences``.
+
+    Relevance mixes the candidate's expected new n-gram matches per word (from the concept
+    weights; 0 when absent) with its sentence score.
+    """
+    cands = story.candidates
+    rel = _minmax(np.asarray(scores, dtype=np.float32))
+    cum = (concept_weight_table(concepts, concept_weights)
+           if concepts is not None and concept_weights is not None else None)
+    have: dict[int, int] = {}
+
+    def gain(i: int) -> float:
+        if cum is None or concepts is None:
+            return 0.0
+        total = 0.0
+        for g, m in concepts.sent_counts[i].items():
+            h = have.get(g, 0)
+            if h >= KMAX:
+                continue
+            w = params.bigram_weight if len(concepts.grams[g]) == 2 else 1.0
+            total += w * float(cum[g, min(KMAX, h + m)] - cum[g, h])
+        return total / float(story.sentences[i].n_words ** params.alpha)
+
+    first = [gain(i) for i in cands]
+    norm = max(first, default=0.0) or 1.0
+    chosen: list[int] = []  # positions in cands
+    words = 0
+    remaining = set(range(len(cands)))
+    seen_texts: set[str] = set()
+    while remaining and words < budget_words:
+        best, best_val = -1, -math.inf
+        for k in sorted(remaining):
+            i = cands[k]
+            red = max((float(story.emb[i] @ story.emb[cands[j]]) for j in chosen), default=0.0)
+            if red >= params.max_redundancy or story.sentences[i].text in seen_texts:
+                continue
+            n = story.sentences[i].n_words
+            room = budget_words - words
+            if n > room and room < params.min_fit * n and chosen:
+                continue
+            g = (gain(i) if chosen else first[k]) / norm
+            relevance = (1 - params.mu) * g + params.mu * float(rel[k])
+            val = params.mmr_lambda * relevance - (1 - params.mmr_lambda) * red
+            if val > best_val + 1e-12:
+                best, best_val = k, val
+        if best < 0:
+            break
+        remaining.discard(best)
+        chosen.append(best)
+        i = cands[best]
+        seen_texts.add(story.sentences[i].text)
+        words += story.sentences[i].n_words
+        if concepts is not None:
+            for g, m in concepts.sent_counts[i].items():
+                have[g] = have.get(g, 0) + m
+    return [cands[k] for k in chosen]
+
+
+def _published_key(a: Article) -> float:
+    if a.published_at is None:
+        return math.inf  # unknown times go last, in input order
+    ts = a.published_at
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return float(ts.timestamp())
+
+
+def order_key(story: PreparedStory, i: int) -> tuple[float, int, int]:
+    """Chronological by article time, then article input order, then position in article."""
+    s = story.sentences[i]
+    return (_published_key(story.articles[s.article]), s.article, s.position)
+
+
+def supporting_articles(story: PreparedStory, i: int, threshold: float) -> list[int]:
+    """Other articles holding a sentence with cosine >= threshold to sentence ``i``."""
+    own = story.sentences[i].article
+    best: dict[int, float] = {}
+    sims = story.emb @ story.emb[i]
+    for j, s in enumerate(story.sentences):
+        if s.article != own:
+            best[s.article] = max(best.get(s.article, -1.0), float(sims[j]))
+    return sorted(a for a, v in best.items() if v >= threshold)
+
+
+def choose_headline(story: PreparedStory, rule: str = "centroid") -> str:
+    """One line: the member title nearest the story centroid (first sentence if no titles)."""
+    has_title = [i for i, a in enumerate(story.articles) if a.title.strip()]
+    if not has_title:
+        first = story.sentences[story.candidates[0]] if story.candidates else story.sentences[0]
+        return first.text
+    if len(has_title) == 1:
+        return normalise_ws(story.articles[has_title[0]].title)
+    if rule == "title_centroid":
+        target = _unit(story.title_emb[has_title].mean(axis=0))
+    else:
+        target = _unit(story.emb.mean(axis=0))
+    sims = [float(story.title_emb[i] @ target) for i in has_title]
+    best = has_title[int(np.argmax(sims))]  # argmax: first of ties, so deterministic
+    return normalise_ws(story.articles[best].title)
+
+
+# --------------------------------------------------------------------------- summariser
+
+
+@dataclass(frozen=True, slots=True)
+class Scorer:
+    """The loaded ``scorer.onnx``: sentence scores and concept weights in one graph."""
+
+    session: Any
+    params: SelectionParams
+    prior: Prior
+
+    def sentence_scores(self, feats: F32) -> F32:
+        if feats.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        (out,) = self._run(["score"], {"features": feats,
+                                       "concepts": np.zeros((0, len(CONCEPT_FEATURE_NAMES)),
+                                                            np.float32)})
+        return out
+
+    def concept_weights(self, feats: F32) -> F32:
+        if feats.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        (out,) = self._run(["concept_weight"], {
+            "features": np.zeros((0, len(FEATURE_NAMES)), np.float32), "concepts": feats})
+        return out
+
+    def _run(self, names: list[str], feeds: dict[str, F32]) -> list[F32]:
+        try:
+            outs = self.session.run(names, feeds)
+        except Exception as exc:  # onnxruntime raises untyped errors
+            raise ModelUnavailable(f"summariser scorer failed: {exc}") from exc
+        return [np.asarray(o, dtype=np.float32).reshape(-1) for o in outs]
+
+
+def load_scorer(path: Path, threads: int) -> Scorer:
+    """The ONNX scorer session with its selection parameters and lexical prior."""
+    from storyline.models.embedder import make_session
+
+    sess = make_session(path, threads)
+    meta = sess.get_modelmeta().custom_metadata_map
+    names = tuple(json.loads(meta.get("features", "[]")))
+    cnames = tuple(json.loads(meta.get("concept_features", "[]")))
+    if names != FEATURE_NAMES or cnames != CONCEPT_FEATURE_NAMES:
+        raise ModelUnavailable(
+            "summariser scorer was trained on other features than this code computes; "
+            "run `storyline models train-summariser --force`"
+        )
+    params = SelectionParams.from_json(meta["selection"]) if "selection" in meta else DEFAULT_PARAMS
+    prior = Prior.from_json(meta["prior"]) if "prior" in meta else EMPTY_PRIOR
+    return Scorer(sess, params, prior)
+
+
+class ExtractiveSummariser:
+    """Learned extractive multi-document summariser (implements ``Summariser``)."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        embedder: Embedder | None = None,
+        threads: int = 2,
+        params: SelectionParams | None = None,
+    ) -> None:
+        folder = Manifest(models_dir).verify(SUMMARISER)
+        if embedder is None:
+            from storyline.models.embedder import OnnxEmbedder
+
+            embedder = OnnxEmbedder(models_dir, threads=threads)
+        self._embedder = embedder
+        self._scorer = load_scorer(folder / SUMMARISER.file, threads)
+        self.params = params or self._scorer.params
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    def prepare(self, articles: Sequence[Article]) -> PreparedStory:
+        return prepare_story(articles, self._embedder.embed)
+
+    def summarise(self, articles: Sequence[Article], budget_words: int = 80) -> Summary:
+        if isinstance(budget_words, bool) or not isinstance(budget_words, int):
+            raise InvalidInput("budget_words must be an integer")
+        if budget_words < 1:
+            raise InvalidInput("budget_words must be >= 1")
+        story = self.prepare(articles)
+        return self.summarise_prepared(story, budget_words)
+
+    def select(self, story: PreparedStory, budget_words: int) -> list[int]:
+        """Indices (into ``story.sentences``) of the summary, in summary order."""
+        scores = self._scorer.sentence_scores(story_features(story))
+        concepts = story_concepts(story)
+        weights = self._scorer.concept_weights(concepts.features(self._scorer.prior))
+        picked = select_sentences(story, scores, budget_words, self.params, concepts, weights)
+        return sorted(picked, key=lambda i: order_key(story, i))
+
+    def summarise_prepared(self, story: PreparedStory, budget_words: int) -> Summary:
+        out = []
+        for i in self.select(story, budget_words):
+            s = story.sentences[i]
+            ids = [story.articles[s.article].id]
+            ids += [story.articles[a].id
+                    for a in supporting_articles(story, i, self.params.support_threshold)]
+            out.append(SummarySentence(text=s.text, article_ids=tuple(ids)))
+        return Summary(
+            headline=choose_headline(story, self.params.headline),
+            sentences=tuple(out),
+            mode="extractive",
+        )
