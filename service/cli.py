@@ -123,6 +123,20 @@ def models_build(
         build_stance(s.models_dir, data_dir=data / "newsmtsc", force=force, log=typer.echo)
 
 
+@models_app.command("train-stance")
+def models_train_stance(
+    epochs: Annotated[int, typer.Option(min=1, help="fine-tuning epochs")] = 3,
+    seed: int = 13,
+    force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Fine-tune the target-sentiment model on NewsMTSC train and export it to int8 ONNX."""
+    from storyline.models.stance_train import build_stance
+
+    build_stance(settings(data_dir).models_dir, data_dir=_shared_data() / "newsmtsc",
+                 epochs=epochs, seed=seed, force=force, log=typer.echo)
+
+
 @models_app.command("info")
 def models_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """Show the built artefacts and their sha256."""

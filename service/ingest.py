@@ -137,7 +137,11 @@ def read_articles_jsonl(path: Path, *, max_chars: int = 200_000) -> Iterator[Par
 
 
 def read_txt(path: Path, *, max_chars: int = 200_000) -> ParsedLine:
-    """A plain-text article: first line is the title, the rest the text; id = file stem."""
+    """A plain-text article: first line is the title, the rest the text; id = file stem.
+
+    A text file carries no date, so ``published_at`` is the file's modification time
+    (when it reached us), which keeps it in the right day's digest.
+    """
     try:
         content = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -145,7 +149,8 @@ def read_txt(path: Path, *, max_chars: int = 200_000) -> ParsedLine:
     title, _, body = content.strip().partition("\n")
     try:
         art = parse_article(
-            {"id": path.stem, "title": title.strip(), "text": body.strip() or title.strip()},
+            {"id": path.stem, "title": title.strip(), "text": body.strip() or title.strip(),
+             "published_at": datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()},
             max_chars=max_chars,
         )
     except InvalidArticle as exc:
