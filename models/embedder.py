@@ -18,7 +18,7 @@ import numpy.typing as npt
 from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.registry import EMBEDDER, Manifest
 
-__all__ = ["MAX_TOKENS", "OnnxEmbedder", "make_session", "load_tokenizer"]
+__all__ = ["MAX_TOKENS", "OnnxEmbedder", "load_tokenizer", "make_session"]
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from storyline.models.types import Actor, ActorStance, Article, Summary
+
+if TYPE_CHECKING:  # keeps `import storyline.models` free of third-party imports
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["ActorExtractor", "Embedder", "StanceTagger", "Summariser"]
 

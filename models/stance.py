@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
 from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.types import (
     Actor,

@@ -1,30 +1,47 @@
-"""Runtime per-story extractive summariser: MiniLM features -> tiny ONNX scorer -> MMR (no torch).
+"""Runtime per-story extractive summariser: MiniLM + n-gram features -> ONNX scorer -> MMR.
 
-Pipeline for one story (a list of articles):
+No torch here: onnxruntime, tokenizers (via the embedder) and numpy only. For one story:
 
-1. ``split_sentences``: a fast, deterministic rule splitter (abbreviations such as "Mr." and
-   "U.S.", initials, quotes). A sentence without terminal punctuation is *incomplete*: the
-   last sentence of an excerpt that was cut mid-way (86% of AllSides excerpts), a heading,
-   a byline. Incomplete sentences are never extracted (unless a story has nothing else),
-   but they still count as evidence when other sentences look for support.
-2. ``story_features``: per candidate, similarity to the story centroid, cross-outlet support
-   (max / mean similarity to the sentences of *other* articles), lexical support, title
-   similarity, position, length, number / name / quote counts. Shared with training so the
-   two cannot drift.
-3. The learned scorer (``summariser/scorer.onnx``: feature standardisation + a small MLP)
-   scores every candidate; its tuned selection parameters travel in the ONNX file's
-   metadata, so the manifest's sha256 covers them too.
-4. MMR selection under the word budget, then chronological ordering, then citations.
+1. ``split_sentences``: a fast, deterministic rule splitter (abbreviations such as "Mr.",
+   "Nov. 8" and "U.S.", initials, quotations kept whole). A piece without terminal
+   punctuation is *incomplete*: the cut-off end of an excerpt (86% of AllSides excerpts),
+   a heading, a byline. Incomplete sentences are never extracted unless a story has
+   nothing else, but they still count as evidence when other sentences look for support.
+2. Every sentence and title is embedded once (MiniLM int8). Two feature sets, both shared
+   with training so they cannot drift:
+   - ``story_features`` per candidate sentence: similarity to the story centroid,
+     cross-outlet support (max / mean cosine to the sentences of *other* articles),
+     lexical support, title similarity, position, length, numbers, names, quotes, lean.
+   - ``story_concepts`` per unigram / bigram g of the story and k <= 4: document
+     frequency across articles, title presence, earliest position, centrality and support
+     of the sentences holding it, capitalisation, quoting, and a lexical prior learned on
+     train (how often such a gram reappears in a neutral reference).
+3. ``scorer.onnx`` has two heads: a sentence score (small MLP) and, per (g, k), the
+   probability that a neutral summary of the story holds g at least k times. Its
+   selection parameters and the lexical prior travel in the ONNX metadata, so the
+   manifest's sha256 covers them.
+4. Greedy MMR under the budget: relevance = expected number of *new* matched n-grams per
+   word (coverage, hence redundancy, counted the way ROUGE clips counts), optionally mixed
+   with the sentence score (``mu``) and an embedding-similarity penalty (``mmr_lambda``);
+   near-copies (cosine >= ``max_redundancy``) are never added twice.
+5. Ordering: chronological by article ``published_at`` (unknown last), then article input
+   order, then position in the article. Headline: the member title nearest the centroid.
 
-Budget rule (documented contract): sentences are kept whole and never cut. Selection stops
-once the summary reaches ``budget_words``; the last sentence added may cross the budget,
-but only if at least ``min_fit`` of its words lie inside the budget (otherwise a shorter
-candidate is tried). So the summary exceeds the budget by less than one sentence, and a
-caller that needs a hard cap truncates at the budget (the evaluation does).
+Budget rule (the contract): sentences are kept whole and never cut. Selection stops once
+the summary reaches ``budget_words``; the last sentence added may cross the budget, but
+only if at least ``min_fit`` of its words fall inside it (otherwise shorter candidates are
+tried). So a summary exceeds the budget by less than one sentence, and a caller that needs
+a hard cap truncates at the budget (the evaluation does). If the only candidates are
+longer than the budget, the best one is returned whole.
 
-Citations: every sentence cites the article it was extracted from (first id; the text is a
-verbatim, whitespace-normalised substring of that article) followed by every other article
-of the story holding a sentence with cosine >= ``support_threshold`` to it.
+Citations: every sentence cites the article it was extracted from first (its text is a
+verbatim, whitespace-normalised substring of that article), then every other article of
+the story holding a sentence with cosine >= ``support_threshold`` to it.
+
+Input handling: articles without text are skipped; none left (or no articles) ->
+``InvalidInput``. Non-English text goes through the same path (MiniLM embeds anything;
+splitting also knows 。！？), degraded but extractive and crash-free. At most 40 sentences
+per article are considered, and a "sentence" over 90 words is only a last resort.
 """
 
 from __future__ import annotations

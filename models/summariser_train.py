@@ -31,6 +31,7 @@ import math
 import platform
 import shutil
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -656,17 +657,21 @@ def export_onnx(
 
     module = Scorer().eval()
     buf = io.BytesIO()
-    torch.onnx.export(
-        module,
-        (torch.zeros(3, len(FEATURE_NAMES)), torch.zeros(5, len(CONCEPT_FEATURE_NAMES))),
-        buf,  # type: ignore[arg-type]  # a file object works; the stub only names paths
-        input_names=["features", "concepts"],
-        output_names=["score", "concept_weight"],
-        dynamic_axes={"features": {0: "n"}, "score": {0: "n"},
-                      "concepts": {0: "m"}, "concept_weight": {0: "m"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    with torch.inference_mode(), warnings.catch_warnings():
+        # dynamo=False is deliberate: the TorchScript exporter handles this two-layer graph
+        # with plain dynamic axes; its "legacy exporter" notice is not actionable here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (torch.zeros(3, len(FEATURE_NAMES)), torch.zeros(5, len(CONCEPT_FEATURE_NAMES))),
+            buf,  # type: ignore[arg-type]  # a file object works; the stub only names paths
+            input_names=["features", "concepts"],
+            output_names=["score", "concept_weight"],
+            dynamic_axes={"features": {0: "n"}, "score": {0: "n"},
+                          "concepts": {0: "m"}, "concept_weight": {0: "m"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     onnx_model = onnx.load_from_string(buf.getvalue())
     for key, value in (("selection", params.to_json()),
                        ("features", json.dumps(list(FEATURE_NAMES))),

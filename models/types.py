@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Literal
 
 __all__ = [
-    "ActorMention",
     "Actor",
+    "ActorMention",
     "ActorStance",
     "Article",
     "Evidence",

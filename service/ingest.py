@@ -102,7 +102,7 @@ def parse_article(
             raise InvalidArticle("must be an ISO 8601 string", line=line, field="published_at")
         published = parse_datetime(pub, line=line)
     sid = obj.get("story_id")
-    if sid is not None and not isinstance(sid, str | int) or isinstance(sid, bool):
+    if (sid is not None and not isinstance(sid, str | int)) or isinstance(sid, bool):
         raise InvalidArticle("must be a string or integer", line=line, field="story_id")
     return Article(
         id=aid, text=text.strip(), title=title, published_at=published,

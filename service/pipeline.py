@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from prometheus_client import Histogram
 import numpy.typing as npt
+from prometheus_client import Histogram
 
 from storyline.index.store import IngestItem, SQLiteStore
 from storyline.index.types import IngestResult, Story

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from storyline.models.actors import (
     AttributedStatement,
     SpacyActorExtractor,

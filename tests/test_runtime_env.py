@@ -47,7 +47,7 @@ def test_runtime_only_venv_serves_without_torch(tmp_path: Path, data_dir: Path) 
     env = {**os.environ, "STORYLINE_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [str(venv / "bin" / "storyline"), "serve", "--port", str(port)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+
 from storyline.models.actors import SpacyActorExtractor
 from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.protocols import StanceTagger
