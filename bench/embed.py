@@ -109,7 +109,7 @@ def run(
         return np.asarray(vecs, dtype=np.float32)
 
     def our_embed(items: Sequence[str]) -> Vectors:
-        return ours.embed(list(items))
+        return np.asarray(ours.embed(list(items)), dtype=np.float32)
 
     # Warm-up: first-call allocations, lazy imports, thread-pool start.
     warm = list(texts[: min(len(texts), 2 * batch_size)])

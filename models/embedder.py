@@ -1,14 +1,26 @@
 """Runtime sentence embedder: int8 ONNX MiniLM on onnxruntime + tokenizers (no torch).
 
-preprocess (tokenise, length-sorted batches) -> session.run -> postprocess (mean pooling
-over real tokens, L2 normalisation), fastembed-style.
+Each text runs through the graph on its own, unpadded: tokenise -> session.run -> the
+graph itself mean-pools and L2-normalises (output ``sentence_embedding``). Why one text
+per run (see ``embedder_build.RECIPE`` and bench/RESULTS.md for the measurements):
+
+- the int8 graph quantises activations dynamically, with one scale per run; in a padded
+  batch a text's vector depended on its batch-mates (cosine down to 0.986 between the
+  same text embedded alone and in a batch). One text per run makes every vector a
+  function of its text only, so results do not depend on order or batching;
+- no padding means no mask, which lets MultiHeadAttention use MLAS flash attention, and
+  no wasted tokens (char-length-sorted batches of 32 padded 16% of the tokens);
+- throughput comes from running ``threads`` texts at once, one single-threaded run per
+  worker thread: no intra-op barriers, which on the shared 2-core box cost more than the
+  work they split. A lone text (latency) uses all threads on one run instead.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import queue
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +39,18 @@ log = logging.getLogger(__name__)
 #: the reference vectors.
 MAX_TOKENS = 256
 
+#: The graph output built by ``embedder_build`` (pooled and normalised in-graph).
+POOLED_OUTPUT = "sentence_embedding"
+#: Output of builds before recipe 4 (pooled here instead).
+HIDDEN_OUTPUT = "last_hidden_state"
 
-def make_session(path: Path, threads: int) -> Any:
+
+#: ORT would re-fuse the graph's Add + LayerNormalization into SkipLayerNormalization,
+#: whose CPU kernel is the slower one (see ``embedder_build._restructure``).
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def make_session(path: Path, threads: int, disabled_optimizers: Sequence[str] = ()) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -39,8 +61,18 @@ def make_session(path: Path, threads: int) -> Any:
     # Spinning threads burn the other core while idle; on a shared 2-core box that
     # costs more than the wake-up latency it saves.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads > 1:
+        # Hand out parallel-loop work in small dynamic blocks instead of fixed halves: when
+        # the box is busy one of our threads is often descheduled, and with static halves
+        # the other waits for it (measured +14% throughput under load).
+        opts.add_session_config_entry("session.dynamic_block_base", "4")
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path),
+        sess_options=opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled_optimizers),
+    )
 
 
 def load_tokenizer(path: Path, max_tokens: int = MAX_TOKENS) -> Any:
@@ -48,14 +80,18 @@ def load_tokenizer(path: Path, max_tokens: int = MAX_TOKENS) -> Any:
 
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_tokens)
-    # Pad per batch to its longest member, never to a fixed width.
-    pad_id = tok.token_to_id("[PAD]") or 0
-    tok.enable_padding(pad_id=pad_id, pad_token="[PAD]")
+    # Texts run one at a time, unpadded; the build also stores padding=None.
+    tok.no_padding()
     return tok
 
 
 class OnnxEmbedder:
-    """The int8 MiniLM embedder built by ``storyline models build``."""
+    """The int8 MiniLM embedder built by ``storyline models build``.
+
+    ``threads``: CPU threads used (worker threads for many texts, intra-op threads for
+    one). ``batch_size``: texts tokenised per step; the next step is tokenised while the
+    workers run the current one. It does not change any vector.
+    """
 
     def __init__(
         self,
@@ -83,55 +119,120 @@ class OnnxEmbedder:
     def _init(
         self, folder: Path, threads: int, batch_size: int, max_tokens: int, model_id: str
     ) -> None:
-        self._session = make_session(folder / EMBEDDER.file, threads)
-        self._tokenizer = load_tokenizer(folder / "tokenizer.json", max_tokens)
+        if threads < 1 or batch_size < 1 or max_tokens < 2:
+            raise InvalidInput("threads and batch_size must be >= 1, max_tokens >= 2")
+        path = folder / EMBEDDER.file
+        try:
+            # One session spreads a lone text over all threads (latency); the workers
+            # share a second, single-threaded one (throughput).
+            self._session = make_session(path, threads, DISABLED_OPTIMIZERS)
+            self._worker_session = (
+                make_session(path, 1, DISABLED_OPTIMIZERS) if threads > 1 else self._session
+            )
+            self._tokenizer = load_tokenizer(folder / "tokenizer.json", max_tokens)
+        except Exception as exc:  # onnxruntime / tokenizers raise their own types
+            raise ModelUnavailable(f"cannot load the embedder from {folder}: {exc}") from exc
         self._input_names = {i.name for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        self._output = POOLED_OUTPUT if POOLED_OUTPUT in outputs else HIDDEN_OUTPUT
+        self._threads = threads
         self._batch_size = batch_size
         self._model_id = model_id
-        # InferenceSession.run is thread-safe, but the tokenizer's padding/truncation
-        # state is shared: serialise the (cheap) encode step only.
-        self._tok_lock = threading.Lock()
+        self._pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="storyline-embed")
+            if threads > 1
+            else None
+        )
 
     @property
     def dim(self) -> int:
-        return EMBEDDER.dim
+        return int(EMBEDDER.dim)
 
     @property
     def model_id(self) -> str:
         return self._model_id
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        with self._tok_lock:
-            encs = self._tokenizer.encode_batch(list(texts))
-        return [int(sum(e.attention_mask)) for e in encs]
+        """Word pieces per text after truncation, [CLS] and [SEP] included."""
+        items = self._check(texts)
+        return [len(e.ids) for e in self._encode(items)]
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        if isinstance(texts, str):
-            raise InvalidInput("embed() takes a sequence of texts, not one string")
-        n = len(texts)
-        out = np.empty((n, EMBEDDER.dim), dtype=np.float32)
-        if n == 0:
+        """float32 [len(texts), 384], L2-normalised; row i embeds texts[i]."""
+        items = self._check(texts)
+        out = np.empty((len(items), EMBEDDER.dim), dtype=np.float32)
+        if not items:
             return out
-        # Sort by character length so each batch pads to a similar token length.
-        order = sorted(range(n), key=lambda i: len(texts[i]))
-        for start in range(0, n, self._batch_size):
-            idx = order[start : start + self._batch_size]
-            out[idx] = self._embed_batch([texts[i] for i in idx])
+        if len(items) == 1:
+            out[0] = self._run(self._session, self._encode(items)[0].ids)
+        elif self._pool is None:
+            for start in range(0, len(items), self._batch_size):
+                encs = self._encode(items[start : start + self._batch_size])
+                for j, enc in enumerate(encs):
+                    out[start + j] = self._run(self._session, enc.ids)
+        else:
+            self._embed_parallel(items, out)
         return out
 
-    def _embed_batch(self, batch: list[str]) -> npt.NDArray[np.float32]:
-        with self._tok_lock:
-            encs = self._tokenizer.encode_batch(batch)
-        ids = np.asarray([e.ids for e in encs], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
+    # -- internals ----------------------------------------------------------------------
+    @staticmethod
+    def _check(texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, str):
+            raise InvalidInput("embed() takes a sequence of texts, not one string")
+        items = list(texts)
+        for t in items:
+            if not isinstance(t, str):
+                raise InvalidInput(f"embed() takes strings, got {type(t).__name__}")
+        return items
+
+    def _encode(self, items: list[str]) -> list[Any]:
+        # The tokenizer's settings are fixed at load, so concurrent encodes are safe.
+        return list(self._tokenizer.encode_batch(items))
+
+    def _run(self, session: Any, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        arr = np.asarray(ids, dtype=np.int64)[None, :]
+        feeds = {"input_ids": arr}
+        # Builds before recipe 4 also take a mask and token types.
+        if "attention_mask" in self._input_names:
+            feeds["attention_mask"] = np.ones_like(arr)
         if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+            feeds["token_type_ids"] = np.zeros_like(arr)
         try:
-            (hidden,) = self._session.run(["last_hidden_state"], feeds)
+            (vec,) = session.run([self._output], feeds)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelUnavailable(f"embedder inference failed: {exc}") from exc
-        m = mask[..., None].astype(np.float32)
-        pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        if self._output == HIDDEN_OUTPUT:
+            vec = vec.mean(axis=1)
+            vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        return np.asarray(vec[0], dtype=np.float32)
+
+    def _embed_parallel(self, items: list[str], out: npt.NDArray[np.float32]) -> None:
+        assert self._pool is not None
+        jobs: queue.Queue[tuple[int, list[int]] | None] = queue.Queue(maxsize=4 * self._batch_size)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while (job := jobs.get()) is not None:
+                if errors:
+                    continue  # drain, so the producer never blocks on a full queue
+                i, ids = job
+                try:
+                    out[i] = self._run(self._worker_session, ids)
+                except BaseException as exc:
+                    errors.append(exc)
+
+        workers = [self._pool.submit(work) for _ in range(self._threads)]
+        try:
+            for start in range(0, len(items), self._batch_size):
+                # Tokenised here while the workers run the previous step.
+                encs = self._encode(items[start : start + self._batch_size])
+                # Longest first: the stragglers at the end of the call are short texts.
+                for j in sorted(range(len(encs)), key=lambda j: -len(encs[j].ids)):
+                    jobs.put((start + j, encs[j].ids))
+        finally:
+            for _ in workers:
+                jobs.put(None)
+            for w in workers:
+                w.result()
+        if errors:
+            raise errors[0]
