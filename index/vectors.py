@@ -55,6 +55,7 @@ class VectorIndex:
     def _new_index(self) -> Any:
         import faiss
 
+        base: Any
         if self.kind == "flat":
             base = faiss.IndexFlatIP(self.dim)
         elif self.kind == "hnsw":
@@ -64,6 +65,24 @@ class VectorIndex:
         else:
             raise InvalidInput(f"unknown index kind '{self.kind}' (flat | hnsw)")
         return faiss.IndexIDMap2(base)
+
+    @property
+    def ef_search(self) -> int | None:
+        """HNSW breadth of search (recall vs latency); ``None`` for exact indexes."""
+        return self._ef if self.kind == "hnsw" else None
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        import faiss
+
+        if self.kind != "hnsw":
+            raise InvalidInput("ef_search applies to hnsw indexes only")
+        if value < 1:
+            raise InvalidInput("ef_search must be >= 1")
+        with self._lock:
+            self._ef = value
+            hnsw: Any = faiss.downcast_index(self._index.index)
+            hnsw.hnsw.efSearch = value
 
     # -- contents -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -163,8 +182,13 @@ class VectorIndex:
         self._index = faiss.deserialize_index(blob)
         self._ids = {int(k): v for k, v in header["ids"]}
         self._tombstones = set(header["tombstones"])
+        if self.kind == "hnsw":
+            hnsw: Any = faiss.downcast_index(self._index.index)
+            self._ef = int(hnsw.hnsw.efSearch)
         if self._index.ntotal - len(self._tombstones) != len(self._ids):
-            raise ValueError(f"{path}: index holds {self._index.ntotal} vectors, map {len(self._ids)}")
+            raise ValueError(
+                f"{path}: index holds {self._index.ntotal} vectors, map {len(self._ids)}"
+            )
         return self
 
     @classmethod

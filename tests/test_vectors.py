@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from storyline.index.vectors import VectorIndex
+from storyline.models.errors import InvalidInput
 
 
 def _vecs(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -54,3 +55,19 @@ def test_hnsw_recall_against_exact() -> None:
         for a, e in zip(approx.search(q, 10), exact.search(q, 10), strict=True)
     ])
     assert rec >= 0.9
+
+
+def test_hnsw_ef_search_is_settable_and_persisted(tmp_path: Path) -> None:
+    v = _vecs(500, 16, seed=3)
+    ids = [str(i) for i in range(500)]
+    idx = VectorIndex.build(ids, v, 16, "hnsw")
+    assert idx.ef_search == 128
+    idx.ef_search = 16
+    idx.save(tmp_path / "h.idx")
+    assert VectorIndex.load(tmp_path / "h.idx").ef_search == 16
+    with pytest.raises(InvalidInput):
+        idx.ef_search = 0
+    flat = VectorIndex.build(ids, v, 16, "flat")
+    assert flat.ef_search is None
+    with pytest.raises(InvalidInput):
+        flat.ef_search = 64
