@@ -157,6 +157,8 @@ class Pipeline:
             index = None
         if index is None:
             return self.rebuild_index(save=True)
+        if index.kind == "hnsw":
+            index.ef_search = self.settings.index_hnsw_ef_search
         self._sync_index(index)
         return index
 
@@ -179,6 +181,8 @@ class Pipeline:
         ids, vecs = self.store.embeddings()
         dim = vecs.shape[1] if len(ids) else 384
         index = VectorIndex.build(ids, vecs, dim, self.settings.index_kind)
+        if index.kind == "hnsw":
+            index.ef_search = self.settings.index_hnsw_ef_search
         if save:
             index.save(self.settings.index_path)
         self.index = index
@@ -243,7 +247,8 @@ class Pipeline:
         if not arts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         with STAGE_SECONDS.labels(stage="embed").time():
-            return self.embedder.embed([article_text(a) for a in arts])
+            vecs = self.embedder.embed([article_text(a) for a in arts])
+        return np.asarray(vecs, dtype=np.float32)
 
     def delete(self, article_id: str) -> None:
         with self._write_lock:
@@ -268,15 +273,14 @@ class Pipeline:
         if cid is None:
             raise NotFound(f"article '{article_id}' not found")
         query = self.store.get_article(cid)
-        ids, vecs = self.store.embeddings([cid])
+        _, vecs = self.store.embeddings([cid])
         exclude = {cid, article_id, *self.store.duplicates_of(cid)}
-        if exclude_same_story:
-            sid = self.store.story_of([cid]).get(cid)
-            if sid is not None:
-                exclude |= set(self.store.get_story(sid).article_ids)
+        sid = self.store.story_of([cid]).get(cid)
+        if exclude_same_story and sid is not None:
+            exclude |= set(self.store.get_story(sid).article_ids)
         ents = self.store.entities([cid]).get(cid, ())
         return self._rank(vecs[0], query.published_at, set(ents), k=k, exclude=exclude,
-                          since=since, until=until, source=source)
+                          since=since, until=until, source=source, story=sid)
 
     def search(
         self,
@@ -305,6 +309,7 @@ class Pipeline:
         since: datetime | None,
         until: datetime | None,
         source: str | None,
+        story: str | None = None,
     ) -> list[RelatedHit]:
         if k < 1 or k > self.settings.max_k:
             raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
@@ -317,8 +322,10 @@ class Pipeline:
             return []
         arts = {a.id: a for a in self.store.get_articles([i for i, _ in cand])}
         cand_ents = self.store.entities([i for i, _ in cand]) if ents else {}
-        scored = []
         s = self.settings
+        w_story = s.related_story_weight if story is not None else 0.0
+        cand_story = self.store.story_of([i for i, _ in cand]) if w_story else {}
+        scored = []
         for i, sim in cand:
             a = arts.get(i)
             if a is None:
@@ -334,6 +341,8 @@ class Pipeline:
                 window_h=s.related_window_hours, w_time=s.related_time_weight,
                 w_ent=s.related_entity_weight,
             )
+            if w_story and cand_story.get(i) == story:
+                score += w_story
             scored.append((score, sim, a))
         scored.sort(key=lambda t: (-t[0], t[2].id))
         top = scored[:k]

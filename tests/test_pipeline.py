@@ -81,3 +81,20 @@ def test_index_is_repaired_from_the_store_after_a_crash(pipeline: Pipeline) -> N
     again = Pipeline(Settings(data_dir=pipeline.settings.data_dir), embedder=pipeline.embedder)
     assert len(again.index) == 4
     assert again.related("storm-1", k=1)[0].id == "storm-2"
+
+
+def test_story_signal_ranks_the_query_story_first(pipeline: Pipeline) -> None:
+    pipeline.ingest(ARTS)
+    sid = pipeline.store.story_of(["court-1"])["court-1"]
+    assert pipeline.store.story_of(["court-2"])["court-2"] == sid
+    pipeline.settings = pipeline.settings.model_copy(
+        update={"related_time_weight": 0.0, "related_story_weight": 0.3})
+    hits = pipeline.related("court-1", k=3)
+    assert hits[0].id == "court-2" and hits[0].story_id == sid
+    for h in hits:
+        bonus = 0.3 if h.story_id == sid else 0.0
+        assert h.score == pytest.approx(h.similarity + bonus, abs=1e-5)
+    # Free-text search has no story: cosine (and time) only.
+    pipeline.settings = pipeline.settings.model_copy(update={"related_story_weight": 5.0})
+    top = pipeline.search("hurricane power outage", k=4)
+    assert all(h.score == pytest.approx(h.similarity, abs=1e-5) for h in top)
