@@ -54,7 +54,8 @@ def _dt(value: str | None) -> datetime | None:
         return None
     from storyline.service.ingest import parse_datetime
 
-    return parse_datetime(value)
+    parsed: datetime | None = parse_datetime(value)
+    return parsed
 
 
 def open_pipeline(data_dir: Path | None = None) -> Any:
@@ -153,7 +154,9 @@ def models_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
 # -- ingest / read ----------------------------------------------------------------------
 @app.command()
 def ingest(
-    sources: Annotated[list[str], typer.Argument(help="JSONL / .txt / RSS-Atom files, folders or feed URLs")],
+    sources: Annotated[
+        list[str], typer.Argument(help="JSONL / .txt / RSS-Atom files, folders or feed URLs")
+    ],
     data_dir: DataDirOpt = None,
     batch: Annotated[int, typer.Option(help="articles per transaction")] = 256,
     as_json: JsonOpt = False,
@@ -197,7 +200,9 @@ def ingest(
 def _print_hits(hits: list[Any]) -> None:
     for h in hits:
         when = h.published_at.date().isoformat() if h.published_at else "-"
-        typer.echo(f"  {h.score:6.3f}  {h.id:<24} {when}  {(h.source or '-')[:18]:<18} {h.title[:70]}")
+        typer.echo(
+            f"  {h.score:6.3f}  {h.id:<24} {when}  {(h.source or '-')[:18]:<18} {h.title[:70]}"
+        )
 
 
 def _hits_json(hits: list[Any]) -> list[dict[str, Any]]:
@@ -322,7 +327,7 @@ def digest(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the digest of a day or period: ranked stories with cited summaries and stances,
-    as HTML, Markdown and JSON; stored for GET /v1/digests/{date} and written to --out."""
+    as HTML, Markdown and JSON; stored for GET /v1/digests/{key} and written to --out."""
     import sqlite3
 
     from storyline.models.errors import StoreError

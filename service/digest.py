@@ -225,7 +225,7 @@ def day_period(day: date) -> tuple[datetime, datetime]:
 def period_key(since: datetime, until: datetime) -> str:
     """The digest's store key and file stem.
 
-    One UTC day: ``YYYY-MM-DD`` (what GET /v1/digests/{date} serves). Whole days:
+    One UTC day: ``YYYY-MM-DD`` (GET /v1/digests/{key} serves every form). Whole days:
     ``YYYY-MM-DD..YYYY-MM-DD`` (last day inclusive). Otherwise both ends to the minute,
     ``YYYY-MM-DDTHHMMZ..YYYY-MM-DDTHHMMZ`` (no ':' so the key is a portable file name).
     """

@@ -603,9 +603,25 @@ def test_digest_formats_by_accept_or_query(client: TestClient[Litestar],
     r = client.get("/v1/digests/2021-10-18", params={"format": "md"},
                    headers={"Accept": "text/html"})
     assert r.headers["content-type"].startswith("text/markdown") and r.text == "# 18 October"
+    assert r.headers["content-type"] == "text/markdown; charset=utf-8"  # one charset
     assert_problem(client.get("/v1/digests/2021-10-19"), 404)
-    assert_problem(client.get("/v1/digests/18-10-2021"), 422, "date")
+    assert_problem(client.get("/v1/digests/18-10-2021"), 422, "key")
+    assert_problem(client.get("/v1/digests/2021-02-30"), 422, "key")
+    assert_problem(client.get("/v1/digests/2021-10-24..2021-10-18"), 422, "key")
     assert_problem(client.get("/v1/digests/2021-10-18", params={"format": "pdf"}), 422, "format")
+
+
+def test_digest_period_keys_and_listing(client: TestClient[Litestar],
+                                        pipeline: Pipeline) -> None:
+    assert client.get("/v1/digests").json() == {"keys": []}
+    week, span = "2021-10-18..2021-10-24", "2021-10-18T0600Z..2021-10-18T1800Z"
+    for key in (week, span, "2021-10-18"):
+        pipeline.store.put_digest(key, "json", json.dumps({"key": key}))
+    assert client.get(f"/v1/digests/{week}").json() == {"key": week}
+    assert client.get(f"/v1/digests/{span}").json() == {"key": span}
+    assert client.get("/v1/digests").json() == {"keys": ["2021-10-18", week, span]}
+    assert_problem(client.get("/v1/digests/2021-10-18T0600Z..2021-10-18"), 422, "key")
+    assert_problem(client.get("/v1/digests/2021-10-18T2500Z..2021-10-19T0100Z"), 422, "key")
 
 
 # -- OpenAPI ------------------------------------------------------------------------------------
@@ -613,10 +629,18 @@ def test_openapi_documents_every_operation_with_examples(client: TestClient[Lite
     spec = client.get("/schema/openapi.json").json()
     ops = {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
     expected = {
-        ("POST", "/v1/summarise"), ("POST", "/v1/articles"), ("GET", "/v1/articles/{article_id}"),
-        ("DELETE", "/v1/articles/{article_id}"), ("GET", "/v1/articles/{article_id}/related"),
-        ("POST", "/v1/search"), ("GET", "/v1/stories"), ("GET", "/v1/stories/{story_id}"),
-        ("GET", "/v1/digests/{day}"), ("GET", "/health/live"), ("GET", "/health/ready"),
+        ("POST", "/v1/summarise"),
+        ("POST", "/v1/articles"),
+        ("GET", "/v1/articles/{article_id}"),
+        ("DELETE", "/v1/articles/{article_id}"),
+        ("GET", "/v1/articles/{article_id}/related"),
+        ("POST", "/v1/search"),
+        ("GET", "/v1/stories"),
+        ("GET", "/v1/stories/{story_id}"),
+        ("GET", "/v1/digests/{key}"),
+        ("GET", "/v1/digests"),
+        ("GET", "/health/live"),
+        ("GET", "/health/ready"),
         ("GET", "/metrics"),
     }
     assert expected <= set(ops)

@@ -20,6 +20,7 @@ __all__ = [
     "ArticleBrief",
     "ArticleIn",
     "ArticleOut",
+    "DigestList",
     "FieldError",
     "IngestRequest",
     "IngestResponse",
@@ -107,10 +108,11 @@ class SummariseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     store: Annotated[
         bool, _doc("also ingest the inline articles (a write: needs the API key)")
     ] = False
-    budget_words: Annotated[
-        Annotated[int, Meta(ge=10, le=1000)] | None,
-        _doc("summary length budget in words, 10..1000 (default: server setting)", 80),
-    ] = None
+    # The bounds sit on the int itself so that they reach the OpenAPI schema too.
+    budget_words: Annotated[int, Meta(
+        ge=10, le=1000, examples=[80],
+        description="summary length budget in words, 10..1000 (default: server setting)",
+    )] | None = None
     mode: Annotated[
         Literal["extractive", "fused"], _doc("extractive sentences, or fused (guarded rewrite)")
     ] = "extractive"
@@ -190,7 +192,7 @@ class ArticleBrief(Struct):
 
 class RelatedHitOut(Struct):
     id: str
-    score: Annotated[float, _doc("ranking score: cosine + time-closeness bonus")]
+    score: Annotated[float, _doc("ranking score: cosine + time-closeness bonus + same-story bonus")]
     similarity: Annotated[float, _doc("cosine similarity of the embeddings")]
     title: str
     source: str | None
@@ -308,6 +310,10 @@ class StoryOut(Struct):
 
 class SummariseResponse(Struct):
     stories: list[StoryOut]
+
+
+class DigestList(Struct):
+    keys: Annotated[list[str], _doc("stored digest periods, oldest first (GET /v1/digests/{key})")]
 
 
 class LiveOut(Struct):
