@@ -156,7 +156,9 @@ class Store(Protocol):
     def count_articles(self) -> int: ...
     def article_ids(self) -> list[str]: ...
     def duplicates_of(self, article_id: str) -> list[str]: ...
-    def embeddings(self, ids: Sequence[str] | None = None) -> tuple[list[str], npt.NDArray[np.float32]]: ...
+    def embeddings(
+        self, ids: Sequence[str] | None = None
+    ) -> tuple[list[str], npt.NDArray[np.float32]]: ...
     def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]: ...
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]: ...
     def close(self) -> None: ...
@@ -319,7 +321,9 @@ class SQLiteStore:
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
         last = ""
         while True:
-            rows = self._query("SELECT * FROM articles WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            rows = self._query(
+                "SELECT * FROM articles WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+            )
             if not rows:
                 return
             yield from (_article(r) for r in rows)
@@ -329,7 +333,8 @@ class SQLiteStore:
         lo = since.timestamp() if since else float("-inf")
         hi = until.timestamp() if until else float("inf")
         rows = self._query(
-            "SELECT id FROM articles WHERE published_ts >= ? AND published_ts < ? ORDER BY published_ts",
+            "SELECT id FROM articles WHERE published_ts >= ? AND published_ts < ?"
+            " ORDER BY published_ts",
             (lo, hi),
         )
         return [r["id"] for r in rows]
@@ -427,9 +432,10 @@ class SQLiteStore:
         now = _now()
         centroid = None if s.centroid is None else np.asarray(s.centroid, np.float32).tobytes()
         db.execute(
-            "INSERT INTO stories(id, label, first_at, last_at, first_ts, last_ts, outlets, centroid,"
-            " content_hash, status, extra, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET label=excluded.label,"
+            "INSERT INTO stories(id, label, first_at, last_at, first_ts, last_ts, outlets,"
+            " centroid, content_hash, status, extra, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(id) DO UPDATE SET label=excluded.label,"
             " first_at=excluded.first_at, last_at=excluded.last_at, first_ts=excluded.first_ts,"
             " last_ts=excluded.last_ts, outlets=excluded.outlets, centroid=excluded.centroid,"
             " content_hash=excluded.content_hash, status=excluded.status, extra=excluded.extra,"
@@ -491,13 +497,16 @@ class SQLiteStore:
         return [self._story(r) for r in rows]
 
     def count_stories(self, status: str = "active") -> int:
-        return int(self._query("SELECT COUNT(*) AS n FROM stories WHERE status=?", (status,))[0]["n"])
+        return int(
+            self._query("SELECT COUNT(*) AS n FROM stories WHERE status=?", (status,))[0]["n"]
+        )
 
     def story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         for chunk in _chunks(list(article_ids)):
             for r in self._query(
-                f"SELECT article_id, story_id FROM story_members WHERE article_id IN ({_qs(chunk)})",
+                "SELECT article_id, story_id FROM story_members"
+                f" WHERE article_id IN ({_qs(chunk)})",
                 chunk,
             ):
                 out[r["article_id"]] = r["story_id"]
@@ -515,9 +524,13 @@ class SQLiteStore:
 
     def story_history(self, story_id: str) -> list[StoryHistory]:
         rows = self._query(
-            "SELECT * FROM story_history WHERE old_id=? OR new_id=? ORDER BY at", (story_id, story_id)
+            "SELECT * FROM story_history WHERE old_id=? OR new_id=? ORDER BY at",
+            (story_id, story_id),
         )
-        return [StoryHistory(r["old_id"], r["new_id"], r["kind"], _parse(r["at"]) or datetime.now(UTC)) for r in rows]
+        return [
+            StoryHistory(r["old_id"], r["new_id"], r["kind"], _parse(r["at"]) or datetime.now(UTC))
+            for r in rows
+        ]
 
     def resolve_story(self, story_id: str) -> list[str]:
         """Active ids that ``story_id`` became, following merges and splits."""

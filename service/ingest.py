@@ -172,7 +172,9 @@ def _html_to_text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
-def read_feed(source: str, *, max_chars: int = 200_000, fetch_links: bool = False) -> Iterator[ParsedLine]:
+def read_feed(
+    source: str, *, max_chars: int = 200_000, fetch_links: bool = False
+) -> Iterator[ParsedLine]:
     """Articles from an RSS/Atom feed (file path or URL).
 
     Entries that carry only a link are fetched and extracted with trafilatura when
@@ -222,7 +224,9 @@ def read_source(source: str | Path, *, max_chars: int = 200_000) -> Iterator[Par
     if not path.exists():
         raise InvalidInput(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in {".jsonl", ".txt", ".xml", ".rss", ".atom"})
+        files = sorted(
+            p for p in path.iterdir() if p.suffix in {".jsonl", ".txt", ".xml", ".rss", ".atom"}
+        )
         if not files:
             raise InvalidInput(f"{path}: no .jsonl, .txt or feed files")
         for f in files:

@@ -54,7 +54,8 @@ def test_runtime_only_venv_serves_without_torch(tmp_path: Path, data_dir: Path) 
         status = None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
+                url = f"http://127.0.0.1:{port}/health/ready"
+                with urllib.request.urlopen(url, timeout=2) as r:
                     status = r.status
                     break
             except OSError:
