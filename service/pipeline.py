@@ -6,10 +6,12 @@ Protocol) to the store and keeps the FAISS index in step with the database.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,6 +120,12 @@ class Pipeline:
         self._actors = actors
         self._stance = stance
         self._write_lock = threading.Lock()
+        # Ad hoc article sets (POST /v1/summarise) have no stored story to keep their
+        # analysis in, and the same set is asked for again and again: keep the latest
+        # results in memory, keyed by content, not by request.
+        self._analyses: OrderedDict[str, tuple[Summary, list[ActorStance]]] = OrderedDict()
+        self._analyses_lock = threading.Lock()
+        self._models_key_cache: str | None = None
         self.index = self._open_index()
 
     # -- lazily loaded stages --------------------------------------------------------
@@ -406,6 +414,33 @@ class Pipeline:
         Cached outputs are keyed by the story's content hash (member ids and their
         content) and the budget, so only changed stories are recomputed.
         """
+        view = self._story_view(story_id, budget_words, compute=True)
+        assert view is not None
+        return view
+
+    def cached_story_view(
+        self, story_id: str, *, budget_words: int | None = None
+    ) -> StoryView | None:
+        """``story_view`` if its analysis is stored and current, else None (no model runs).
+
+        Lets the HTTP layer answer reads on the I/O pool instead of queueing them behind
+        inference."""
+        return self._story_view(story_id, budget_words, compute=False)
+
+    def cached_summaries(
+        self, articles: Sequence[Article], *, budget_words: int | None = None
+    ) -> list[StoryView] | None:
+        """``summarise_articles(articles)`` when that is exactly one stored, unchanged story
+        whose analysis is current; else None (no model runs)."""
+        sid = self._exact_story(articles)
+        if sid is None:
+            return None
+        view = self.cached_story_view(sid, budget_words=budget_words)
+        return None if view is None else [view]
+
+    def _story_view(
+        self, story_id: str, budget_words: int | None, *, compute: bool
+    ) -> StoryView | None:
         story = self.store.get_story(story_id)
         if story.status != "active":
             moved = self.store.resolve_story(story_id)
@@ -420,6 +455,8 @@ class Pipeline:
         if cached is not None and cached[0] == key:
             summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
             return StoryView(story, articles, summary, list(stances), cached=True)
+        if not compute:
+            return None
         summary, stances, timing = self.analyse(articles, budget)
         payload = msgspec.json.encode((summary, stances)).decode()
         self.store.put_output(story.id, "analysis", key, payload)
@@ -431,7 +468,9 @@ class Pipeline:
         """Cluster an ad hoc article set into stories and summarise each.
 
         With ``store`` the articles are ingested (idempotent) and the stored stories
-        are returned; otherwise everything happens in a throwaway in-memory store.
+        are returned; otherwise everything happens in a throwaway in-memory store. A set
+        that is exactly one stored story, unchanged, is that story (and its cached
+        analysis); stored articles reuse their stored vectors.
         """
         if not articles:
             raise InvalidInput("no articles to summarise")
@@ -441,24 +480,73 @@ class Pipeline:
             return [self.story_view(sid, budget_words=budget_words) for sid in sids]
         from storyline.index.stories import StoryClusterer
 
+        sid = self._exact_story(articles)
+        if sid is not None:
+            return [self.story_view(sid, budget_words=budget_words)]
+        latest = list({a.id: a for a in articles}.values())
+        stored = {a.id: a.content_hash for a in self.store.get_articles([a.id for a in latest])}
+        same = [a.id for a in latest if stored.get(a.id) == a.content_hash]
         scratch = SQLiteStore(Path(":memory:"))
         try:
-            latest = list({a.id: a for a in articles}.values())
-            vecs = self._embed_articles(latest)
-            items = [IngestItem(a, vecs[i]) for i, a in enumerate(latest)]
+            have: dict[str, npt.NDArray[np.float32]] = {}
+            if same:
+                known_ids, known_vecs = self.store.embeddings(same)
+                have = {i: known_vecs[k] for k, i in enumerate(known_ids)}
+            fresh = [a for a in latest if a.id not in have]
+            fresh_vecs = self._embed_articles(fresh)
+            have.update({a.id: fresh_vecs[k] for k, a in enumerate(fresh)})
+            items = [IngestItem(a, have[a.id]) for a in latest]
             scratch.ingest(items, self.embedder.model_id)
             clusterer = StoryClusterer(scratch, params=self._cluster_params())
             clusterer.assign([a.id for a in latest])
             # Online assignment alone keeps some same-event pairs apart; refine joins them.
             clusterer.refine(full=True)
             views = []
-            for st in scratch.list_stories(limit=len(latest)):
+            # Scratch story ids are fresh each call: order by content so the same set
+            # answers in the same order.
+            found = sorted(scratch.list_stories(limit=len(latest)),
+                           key=lambda st: (-len(st.article_ids), min(st.article_ids)))
+            for st in found:
                 arts = scratch.get_articles(st.article_ids)
-                summary, stances, timing = self.analyse(arts, budget_words)
-                views.append(StoryView(st, arts, summary, stances, timing))
+                views.append(self._cached_analysis(st, arts, budget_words))
             return views
         finally:
             scratch.close()
+
+    def _exact_story(self, articles: Sequence[Article]) -> str | None:
+        """The stored story whose members are exactly ``articles``, unchanged, if any."""
+        latest = {a.id: a.content_hash for a in articles}
+        stored = {a.id: a.content_hash for a in self.store.get_articles(list(latest))}
+        if stored != latest:
+            return None
+        owners = set(self.store.story_of(list(latest)).values())
+        if len(owners) != 1:
+            return None
+        sid = next(iter(owners))
+        return sid if set(self.store.get_story(sid).article_ids) == set(latest) else None
+
+    def _cached_analysis(
+        self, story: Story, articles: list[Article], budget_words: int | None
+    ) -> StoryView:
+        budget = budget_words or self.settings.summary_words
+        h = hashlib.sha256()
+        for a in sorted(articles, key=lambda a: a.id):
+            h.update(f"{a.id}\0{a.content_hash}\0".encode())
+        key = f"{h.hexdigest()}:{budget}:{self._models_key()}"
+        with self._analyses_lock:
+            while len(self._analyses) > self.settings.analysis_cache_size:
+                self._analyses.popitem(last=False)
+            hit = self._analyses.get(key)
+            if hit is not None:
+                self._analyses.move_to_end(key)
+        if hit is not None:
+            return StoryView(story, articles, hit[0], list(hit[1]), cached=True)
+        summary, stances, timing = self.analyse(articles, budget)
+        with self._analyses_lock:
+            self._analyses[key] = (summary, stances)
+            while len(self._analyses) > self.settings.analysis_cache_size:
+                self._analyses.popitem(last=False)
+        return StoryView(story, articles, summary, stances, timing)
 
     def stories_for_ids(self, article_ids: Sequence[str]) -> list[str]:
         canon = [self.store.canonical_id(i) for i in article_ids]
@@ -468,10 +556,15 @@ class Pipeline:
         return sorted(set(self.store.story_of([c for c in canon if c]).values()))
 
     def _models_key(self) -> str:
-        from storyline.models.registry import Manifest
+        # Read once: a rebuilt model means a restart (the sessions are loaded once too).
+        if self._models_key_cache is None:
+            from storyline.models.registry import Manifest
 
-        recs = Manifest(self.settings.models_dir).load()
-        return ",".join(f"{k}={next(iter(v.files.values()))[:8]}" for k, v in sorted(recs.items()))
+            recs = Manifest(self.settings.models_dir).load()
+            self._models_key_cache = ",".join(
+                f"{k}={next(iter(v.files.values()))[:8]}" for k, v in sorted(recs.items())
+            )
+        return self._models_key_cache
 
     def _cluster_params(self) -> Any:
         c = self._clusterer

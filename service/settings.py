@@ -48,6 +48,12 @@ class Settings(BaseSettings):
 
     # -- summaries -----------------------------------------------------------------
     summary_words: int = Field(80, ge=10, le=1000)
+    warm_stories: bool = Field(
+        True, description="recompute changed stories' summaries + stances while the service is idle"
+    )
+    analysis_cache_size: int = Field(
+        2048, ge=0, description="ad hoc article sets whose summary + stances stay in memory"
+    )
 
     # -- story clustering (index/stories.py; defaults = ClusterParams, tuned on AllSides train) --
     cluster_window_hours: float = Field(

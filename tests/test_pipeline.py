@@ -98,3 +98,36 @@ def test_story_signal_ranks_the_query_story_first(pipeline: Pipeline) -> None:
     pipeline.settings = pipeline.settings.model_copy(update={"related_story_weight": 5.0})
     top = pipeline.search("hurricane power outage", k=4)
     assert all(h.score == pytest.approx(h.similarity, abs=1e-5) for h in top)
+
+
+def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
+    import dataclasses
+
+    pipeline.ingest(ARTS)
+    sid = pipeline.store.story_of(["court-1"])["court-1"]
+    members = pipeline.store.get_story(sid).article_ids
+    # Exactly a stored story: that story, with its stored analysis.
+    assert pipeline.cached_story_view(sid) is None  # probes never run a model
+    assert pipeline.cached_summaries(pipeline.store.get_articles(members)) is None
+    first = pipeline.summarise_articles(pipeline.store.get_articles(members))
+    assert [v.story.id for v in first] == [sid] and not first[0].cached
+    again = pipeline.summarise_articles(pipeline.store.get_articles(members))
+    assert again[0].cached and again[0].summary == first[0].summary
+    probe = pipeline.cached_summaries(pipeline.store.get_articles(members))
+    assert probe is not None and probe[0].cached and probe[0].summary == first[0].summary
+    assert pipeline.cached_summaries(pipeline.store.get_articles(["court-1"])) is None
+    assert pipeline.cached_story_view(sid, budget_words=33) is None  # other budget
+    # Not a stored story: computed once, then served from memory while unchanged.
+    mixed = pipeline.store.get_articles(["court-1", "storm-1"])
+    a = pipeline.summarise_articles(mixed)
+    assert a and not any(v.cached for v in a)
+    b = pipeline.summarise_articles(mixed)
+    assert all(v.cached for v in b) and [v.summary for v in b] == [v.summary for v in a]
+    edited = [dataclasses.replace(mixed[0], text=mixed[0].text + " Officials declined to comment.")]
+    c = pipeline.summarise_articles([*edited, mixed[1]])
+    changed = [v for v in c if "court-1" in v.story.article_ids]
+    assert changed and not changed[0].cached
+    # The cache is bounded.
+    pipeline.settings = pipeline.settings.model_copy(update={"analysis_cache_size": 0})
+    assert not any(v.cached for v in pipeline.summarise_articles(mixed))
+    assert not any(v.cached for v in pipeline.summarise_articles(mixed))

@@ -103,9 +103,11 @@ def _lifespan(runtime: Runtime) -> Any:
         task = asyncio.create_task(load()) if runtime.pipeline is None else None
         if task is None:
             _model_info(runtime.settings, runtime.pipeline)
+        runtime.warmer.start()
         try:
             yield
         finally:
+            await runtime.warmer.stop()
             if task is not None and not task.done():
                 await task  # a half-loaded pipeline must not be left writing
             await asyncio.to_thread(runtime.inference.shutdown)

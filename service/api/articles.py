@@ -66,6 +66,7 @@ class ArticlesController(Controller):
         arts = to_articles(data.articles, max_chars=s.max_article_chars)
         pipe = rt.get_pipeline()
         report = await rt.inference.run(pipe.ingest, arts)
+        rt.warmer.mark(r.story_id for r in report.results if r.outcome in ("inserted", "updated"))
         counts = report.as_dict()
         return IngestResponse(
             results=[ingest_result_out(r) for r in report.results],

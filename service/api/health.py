@@ -27,14 +27,17 @@ class HealthController(Controller):
         "step with the database.",
         responses=responses("/health/ready", common=(503,), success=(200, ok(ReadyOut, {
             "status": "ready", "articles": 1479, "indexed": 1479, "stories": 372,
-            "index_kind": "flat", "embedder": "all-MiniLM-L6-v2-int8"}))),
+            "index_kind": "flat", "embedder": "all-MiniLM-L6-v2-int8",
+            "stories_pending_analysis": 0}))),
     )
     async def ready(self, rt: Rt) -> ReadyOut:
         pipe = rt.get_pipeline()
 
+        pending = rt.warmer.pending
+
         def counts() -> ReadyOut:
             return ReadyOut("ready", pipe.store.count_articles(), len(pipe.index),
                             pipe.store.count_stories(), pipe.index.kind,
-                            str(pipe.embedder.model_id))
+                            str(pipe.embedder.model_id), pending)
 
         return await rt.io.run(counts)

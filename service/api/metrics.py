@@ -30,6 +30,8 @@ STORY_COUNT = Gauge("storyline_stories", "Active stories")
 POOL_PENDING = Gauge("storyline_pool_pending", "Calls running or waiting per worker pool",
                      ["pool"])
 REJECTED = Counter("storyline_pool_rejected", "Calls refused with 503, per pool", ["pool"])
+WARM_PENDING = Gauge("storyline_stories_pending_analysis",
+                     "Changed stories waiting for their summary + stances to be recomputed")
 MODEL_INFO = Info("storyline_model", "Models and index in use")
 
 _EXAMPLE = """# TYPE storyline_index_size gauge

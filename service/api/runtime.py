@@ -140,6 +140,9 @@ class Runtime:
         self.inference = BoundedPool("inference", settings.inference_workers,
                                      settings.inference_queue)
         self.io = BoundedPool("io", IO_WORKERS, IO_QUEUE)
+        from storyline.service.api.warmer import StoryWarmer
+
+        self.warmer = StoryWarmer(self, enabled=settings.warm_stories)
         self._digests = frozenset(d.strip().lower() for d in settings.api_keys_sha256)
         self._lock = threading.Lock()
 

@@ -327,6 +327,9 @@ class ReadyOut(Struct):
     stories: int
     index_kind: str
     embedder: str
+    stories_pending_analysis: Annotated[
+        int, _doc("changed stories whose summary + stances the idle-time warmer has yet to compute")
+    ] = 0
 
 
 # -- domain -> edge ----------------------------------------------------------------------

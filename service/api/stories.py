@@ -155,5 +155,8 @@ class StoriesController(Controller):
         if not hasattr(pipe, "story_view"):
             raise NotImplementedStage("story summaries and stances are not available in "
                                       "this build")
-        view = await rt.inference.run(pipe.story_view, active, budget_words=budget_words)
+        probe = getattr(pipe, "cached_story_view", None)
+        view = await rt.io.run(probe, active, budget_words=budget_words) if probe else None
+        if view is None:
+            view = await rt.inference.run(pipe.story_view, active, budget_words=budget_words)
         return story_out(view)

@@ -97,7 +97,9 @@ class SummariseController(Controller):
             fn = _stage(pipe, "story_view", "story summaries")
             extra = _mode_kwargs(fn, data.mode)
             active, _ = await rt.io.run(resolve_active, pipe, data.story_id)
-            views = [await rt.inference.run(fn, active, budget_words=budget, **extra)]
+            hit = await _cached(rt, pipe, "cached_story_view", data.mode, active, budget)
+            views = [hit] if hit is not None else [
+                await rt.inference.run(fn, active, budget_words=budget, **extra)]
         else:
             name = given[0]
             items: list[Any] = getattr(data, name)
@@ -111,9 +113,22 @@ class SummariseController(Controller):
                 arts = await rt.io.run(_stored, pipe, items)
             fn = _stage(pipe, "summarise_articles", "summarisation")
             extra = _mode_kwargs(fn, data.mode)
-            views = await rt.inference.run(fn, arts, budget_words=budget, store=data.store,
-                                           **extra)
+            cached = None
+            if name == "article_ids":
+                cached = await _cached(rt, pipe, "cached_summaries", data.mode, arts, budget)
+            views = cached if cached is not None else await rt.inference.run(
+                fn, arts, budget_words=budget, store=data.store, **extra)
         return SummariseResponse([story_out(v) for v in views])
+
+
+async def _cached(rt: Any, pipe: Any, name: str, mode: str, what: Any,
+                  budget: int | None) -> Any:
+    """A stored analysis read on the I/O pool, so cache hits never queue behind model
+    calls; None when there is none (or this pipeline keeps none)."""
+    fn = getattr(pipe, name, None)
+    if fn is None or mode != "extractive":
+        return None
+    return await rt.io.run(fn, what, budget_words=budget)
 
 
 def _stored(pipe: Any, ids: list[str]) -> list[Any]:
