@@ -244,11 +244,10 @@ def test_order_and_batching_do_not_change_answers(model: TargetSentimentModel) -
     a = model.predict(items, batch_size=32)
     b = model.predict(items[::-1], batch_size=5)[::-1]
     c = np.vstack([model.predict([it], batch_size=1) for it in items])
-    # Dynamic int8 quantises activations with per-batch scales, so batch composition
-    # moves probabilities a little; the decision must not move.
-    np.testing.assert_allclose(a, b, atol=0.05)
-    np.testing.assert_allclose(a, c, atol=0.05)
-    assert (a.argmax(1) == c.argmax(1)).all()
+    # Each item runs alone and unpadded, so neither order nor company changes anything
+    # (padded batches let dynamic int8's per-tensor scales leak between items).
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
 
 
 def test_long_sentence_target_at_the_end(model: TargetSentimentModel) -> None:
