@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from storyline.index.store import SQLiteStore
+from storyline.index.store import Store
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput
 from storyline.models.types import Article
@@ -195,7 +195,7 @@ class StoryClusterer:
     """Assigns articles to stories as they are ingested; see the module docstring."""
 
     def __init__(
-        self, store: SQLiteStore, *, params: ClusterParams = ClusterParams(), dim: int = 384
+        self, store: Store, *, params: ClusterParams = ClusterParams(), dim: int = 384
     ) -> None:
         self.store = store
         self.params = params

@@ -1,0 +1,635 @@
+"""The PostgreSQL store: the :class:`~storyline.index.store.Store` interface for several
+processes (replicas) sharing one database.
+
+Same behaviour and return types as :class:`~storyline.index.store.SQLiteStore`; built on
+SQLAlchemy 2 Core with the psycopg 3 driver. The schema is owned by Alembic (migrations in
+``storyline/index/migrations``) and is brought to the latest revision when a store opens,
+under an advisory lock so that replicas starting together migrate once.
+
+Every public write method is one transaction. Writers of the change feed (ingest, delete)
+take a transaction-level advisory lock first: ``changes.seq`` (an identity sequence) is
+then handed out in commit order, so a reader that has seen ``seq = n`` never later finds a
+smaller ``seq`` committed, and ingest's read-then-write (same id? same content under
+another id?) cannot race another replica's. Readers never wait (MVCC). Other writes
+(stories, outputs, digests) are upserts (``INSERT .. ON CONFLICT``) and need no lock. A
+rolled-back ingest consumes sequence numbers, so after a failed batch the feed may skip
+numbers (SQLite's does not); it stays strictly increasing and in commit order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    import psycopg  # noqa: F401  (the driver behind postgresql+psycopg://)
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.dialects import postgresql as pgd
+except ImportError as _exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the PostgreSQL store needs SQLAlchemy, Alembic and psycopg: "
+        f"pip install 'storyline[postgres]' ({_exc})"
+    ) from _exc
+
+from storyline.index.store import IngestItem
+from storyline.index.types import Change, IngestResult, Story, StoryHistory
+from storyline.models.errors import InvalidArticle, NotFound, StoreError
+from storyline.models.types import Article
+
+__all__ = ["MIGRATIONS", "PostgresStore", "migrate", "normalise_url"]
+
+#: the Alembic script directory, shipped as package data
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: pg_advisory_xact_lock keys (arbitrary 63-bit constants private to storyline)
+_MIGRATE_LOCK = 0x5354_4F52_594C_0001
+_FEED_LOCK = 0x5354_4F52_594C_0002
+
+# -- table descriptions for query building (the schema itself is the migrations') -----------
+_md = sa.MetaData()
+_KEY = sa.Text(collation="C")
+_TS = sa.DateTime(timezone=True)
+_F8 = sa.Float(precision=53)
+
+articles = sa.Table(
+    "articles", _md,
+    sa.Column("id", _KEY, primary_key=True), sa.Column("title", sa.Text),
+    sa.Column("text", sa.Text), sa.Column("source", sa.Text), sa.Column("url", sa.Text),
+    sa.Column("published_at", _TS), sa.Column("published_ts", _F8),
+    sa.Column("lang", sa.Text), sa.Column("lean", sa.Text), sa.Column("gold_story_id", sa.Text),
+    sa.Column("content_hash", _KEY), sa.Column("entities", pgd.JSONB),
+    sa.Column("ingested_at", _TS), sa.Column("updated_at", _TS),
+)
+duplicates = sa.Table(
+    "duplicates", _md,
+    sa.Column("id", _KEY, primary_key=True), sa.Column("canonical_id", _KEY),
+    sa.Column("source", sa.Text), sa.Column("url", sa.Text),
+    sa.Column("published_at", _TS), sa.Column("recorded_at", _TS),
+)
+embeddings_t = sa.Table(
+    "embeddings", _md,
+    sa.Column("article_id", _KEY, primary_key=True), sa.Column("model", sa.Text),
+    sa.Column("vector", sa.LargeBinary),
+)
+changes = sa.Table(
+    "changes", _md,
+    sa.Column("seq", sa.BigInteger, primary_key=True), sa.Column("article_id", _KEY),
+    sa.Column("op", sa.Text), sa.Column("at", _TS),
+)
+stories = sa.Table(
+    "stories", _md,
+    sa.Column("id", _KEY, primary_key=True), sa.Column("label", sa.Text),
+    sa.Column("first_at", _TS), sa.Column("last_at", _TS),
+    sa.Column("first_ts", _F8), sa.Column("last_ts", _F8),
+    sa.Column("outlets", pgd.JSONB), sa.Column("centroid", sa.LargeBinary),
+    sa.Column("content_hash", sa.Text), sa.Column("status", sa.Text),
+    sa.Column("extra", pgd.JSONB), sa.Column("created_at", _TS), sa.Column("updated_at", _TS),
+)
+story_members = sa.Table(
+    "story_members", _md,
+    sa.Column("article_id", _KEY, primary_key=True), sa.Column("story_id", _KEY),
+)
+story_history_t = sa.Table(
+    "story_history", _md,
+    sa.Column("old_id", _KEY, primary_key=True), sa.Column("new_id", _KEY, primary_key=True),
+    sa.Column("kind", sa.Text), sa.Column("at", _TS),
+)
+story_outputs = sa.Table(
+    "story_outputs", _md,
+    sa.Column("story_id", _KEY, primary_key=True), sa.Column("kind", _KEY, primary_key=True),
+    sa.Column("content_hash", sa.Text), sa.Column("payload", sa.Text),
+    sa.Column("created_at", _TS),
+)
+digests = sa.Table(
+    "digests", _md,
+    sa.Column("date", _KEY, primary_key=True), sa.Column("format", _KEY, primary_key=True),
+    sa.Column("body", sa.Text), sa.Column("created_at", _TS),
+)
+
+_CHUNK = 5000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    """To UTC as SQLite's ``_iso`` does (a naive datetime is taken as local time)."""
+    return dt.astimezone(UTC) if dt else None
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return dt.timestamp() if dt else None
+
+
+def _vec(blob: bytes | None) -> npt.NDArray[np.float32] | None:
+    return None if blob is None else np.frombuffer(blob, dtype=np.float32).copy()
+
+
+def _json_dumps(obj: Any) -> str:
+    # as the SQLite store writes its JSON columns
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _sorted_keys(obj: Any) -> Any:
+    """jsonb keeps its own key order; give back what a ``sort_keys`` JSON text would."""
+    if isinstance(obj, dict):
+        return {k: _sorted_keys(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [_sorted_keys(v) for v in obj]
+    return obj
+
+
+def _chunks(items: list[str], n: int = _CHUNK) -> Iterator[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def normalise_url(url: str) -> sa.URL:
+    """A SQLAlchemy URL for the psycopg 3 driver (``postgres://`` and ``postgresql://``
+    are taken to mean it)."""
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"invalid database URL: {exc}") from exc
+    if u.drivername in ("postgres", "postgresql"):
+        u = u.set(drivername="postgresql+psycopg")
+    if u.drivername != "postgresql+psycopg":
+        raise StoreError(
+            f"unsupported database URL scheme '{u.drivername}': use postgresql+psycopg://"
+        )
+    return u
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to the latest revision (creates it in an empty database).
+
+    Serialised by an advisory lock: replicas opening together migrate once.
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
+    with engine.begin() as conn:
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class PostgresStore:
+    """Shared store: one PostgreSQL database, any number of processes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        connect_timeout_s: int = 10,
+        migrate_schema: bool = True,
+    ) -> None:
+        self.url = normalise_url(url)
+        self._engine = sa.create_engine(
+            self.url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=True,
+            json_serializer=_json_dumps,
+            connect_args={"connect_timeout": connect_timeout_s, "options": "-c timezone=UTC"},
+        )
+        try:
+            if migrate_schema:
+                migrate(self._engine)
+            else:
+                with self._engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise StoreError(
+                f"cannot open the database {self.url.render_as_string(hide_password=True)}:"
+                f" {exc}"
+            ) from exc
+
+    # -- plumbing ---------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One transaction; the connection is what ``save_story``/``record_history`` take."""
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"database unavailable: {exc}") from exc
+        try:
+            tx = conn.begin()
+            try:
+                yield conn
+            except sa.exc.SQLAlchemyError as exc:
+                tx.rollback()
+                raise StoreError(f"query failed: {exc}") from exc
+            except BaseException:
+                tx.rollback()
+                raise
+            try:
+                tx.commit()
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"commit failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def _rows(self, stmt: sa.Executable) -> list[sa.RowMapping]:
+        try:
+            with self._engine.connect() as conn:
+                return list(conn.execute(stmt).mappings())
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+
+    def _scalar(self, stmt: sa.Executable) -> Any:
+        rows = self._rows(stmt)
+        return next(iter(rows[0].values())) if rows else None
+
+    @staticmethod
+    def _lock_feed(db: sa.Connection) -> None:
+        db.execute(sa.select(sa.func.pg_advisory_xact_lock(_FEED_LOCK)))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- articles ---------------------------------------------------------------
+    def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(ids)):
+            rows = self._rows(
+                sa.select(articles.c.id, articles.c.content_hash).where(articles.c.id.in_(chunk))
+            )
+            out.update({r["id"]: r["content_hash"] for r in rows})
+        return out
+
+    def ids_for_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(set(hashes))):
+            rows = self._rows(
+                sa.select(articles.c.content_hash, sa.func.min(articles.c.id).label("id"))
+                .where(articles.c.content_hash.in_(chunk))
+                .group_by(articles.c.content_hash)
+            )
+            out.update({r["content_hash"]: r["id"] for r in rows})
+        return out
+
+    def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]:
+        """Insert or update a batch in one transaction (outcomes as in ``SQLiteStore``)."""
+        results: list[IngestResult] = []
+        now = _now()
+        with self.transaction() as db:
+            self._lock_feed(db)
+            for item in items:
+                a = item.article
+                h = a.content_hash
+                row = db.execute(
+                    sa.select(articles.c.content_hash).where(articles.c.id == a.id)
+                ).first()
+                if row is not None and row.content_hash == h:
+                    results.append(IngestResult(a.id, "unchanged"))
+                    continue
+                if row is None:
+                    dup = db.execute(
+                        sa.select(articles.c.id).where(articles.c.content_hash == h)
+                        .order_by(articles.c.id).limit(1)
+                    ).first()
+                    if dup is not None:
+                        rec = {
+                            "canonical_id": dup.id, "source": a.source, "url": a.url,
+                            "published_at": _utc(a.published_at), "recorded_at": now,
+                        }
+                        ins = pgd.insert(duplicates).values(id=a.id, **rec)
+                        db.execute(ins.on_conflict_do_update(index_elements=["id"], set_=rec))
+                        results.append(IngestResult(a.id, "duplicate", duplicate_of=dup.id))
+                        continue
+                vec = np.ascontiguousarray(item.vector, dtype=np.float32)
+                if vec.ndim != 1 or not np.all(np.isfinite(vec)):
+                    raise InvalidArticle("embedding is not a finite 1-d vector", field="vector")
+                values = {
+                    "title": a.title, "text": a.text, "source": a.source, "url": a.url,
+                    "published_at": _utc(a.published_at), "published_ts": _ts(a.published_at),
+                    "lang": a.lang, "lean": a.lean, "gold_story_id": a.story_id,
+                    "content_hash": h, "entities": list(item.entities), "updated_at": now,
+                }
+                if row is None:
+                    db.execute(sa.insert(articles).values(id=a.id, ingested_at=now, **values))
+                    outcome: str = "inserted"
+                else:
+                    db.execute(sa.update(articles).where(articles.c.id == a.id).values(**values))
+                    outcome = "updated"
+                emb = {"model": model, "vector": vec.tobytes()}
+                db.execute(
+                    pgd.insert(embeddings_t).values(article_id=a.id, **emb)
+                    .on_conflict_do_update(index_elements=["article_id"], set_=emb)
+                )
+                db.execute(sa.insert(changes).values(article_id=a.id, op="upsert", at=now))
+                results.append(IngestResult(a.id, outcome))  # type: ignore[arg-type]
+        return results
+
+    def get_article(self, article_id: str) -> Article:
+        arts = self.get_articles([article_id])
+        if not arts:
+            raise NotFound(f"article '{article_id}' not found")
+        return arts[0]
+
+    def get_articles(self, ids: Sequence[str]) -> list[Article]:
+        """Articles in the order of ``ids``; unknown ids are skipped."""
+        found: dict[str, Article] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._rows(sa.select(articles).where(articles.c.id.in_(chunk))):
+                found[r["id"]] = _article(r)
+        return [found[i] for i in ids if i in found]
+
+    def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
+        last = ""
+        while True:
+            rows = self._rows(
+                sa.select(articles).where(articles.c.id > last)
+                .order_by(articles.c.id).limit(batch)
+            )
+            if not rows:
+                return
+            yield from (_article(r) for r in rows)
+            last = rows[-1]["id"]
+
+    def articles_between(self, since: datetime | None, until: datetime | None) -> list[str]:
+        q = sa.select(articles.c.id).where(articles.c.published_ts.is_not(None))
+        if since is not None:
+            q = q.where(articles.c.published_ts >= since.timestamp())
+        if until is not None:
+            q = q.where(articles.c.published_ts < until.timestamp())
+        return [r["id"] for r in self._rows(q.order_by(articles.c.published_ts))]
+
+    def delete_article(self, article_id: str) -> None:
+        with self.transaction() as db:
+            self._lock_feed(db)
+            res = db.execute(sa.delete(articles).where(articles.c.id == article_id))
+            if res.rowcount == 0:
+                raise NotFound(f"article '{article_id}' not found")
+            db.execute(sa.insert(changes).values(article_id=article_id, op="delete", at=_now()))
+
+    def count_articles(self) -> int:
+        return int(self._scalar(sa.select(sa.func.count()).select_from(articles)))
+
+    def count_duplicates(self) -> int:
+        return int(self._scalar(sa.select(sa.func.count()).select_from(duplicates)))
+
+    def article_ids(self) -> list[str]:
+        return [r["id"] for r in self._rows(sa.select(articles.c.id).order_by(articles.c.id))]
+
+    def duplicates_of(self, article_id: str) -> list[str]:
+        rows = self._rows(
+            sa.select(duplicates.c.id).where(duplicates.c.canonical_id == article_id)
+            .order_by(duplicates.c.id)
+        )
+        return [r["id"] for r in rows]
+
+    def canonical_id(self, article_id: str) -> str | None:
+        """The stored article id for ``article_id``, following duplicate records."""
+        if self._rows(sa.select(articles.c.id).where(articles.c.id == article_id)):
+            return article_id
+        rows = self._rows(
+            sa.select(duplicates.c.canonical_id).where(duplicates.c.id == article_id)
+        )
+        return str(rows[0]["canonical_id"]) if rows else None
+
+    def embeddings(
+        self, ids: Sequence[str] | None = None
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        cols = sa.select(embeddings_t.c.article_id, embeddings_t.c.vector)
+        if ids is None:
+            rows = self._rows(cols.order_by(embeddings_t.c.article_id))
+        else:
+            rows = []
+            for chunk in _chunks(list(ids)):
+                rows += self._rows(cols.where(embeddings_t.c.article_id.in_(chunk)))
+            order = {i: k for k, i in enumerate(ids)}
+            rows.sort(key=lambda r: order[r["article_id"]])
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        mat = np.stack([np.frombuffer(r["vector"], dtype=np.float32) for r in rows])
+        return [r["article_id"] for r in rows], mat
+
+    def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._rows(
+                sa.select(articles.c.id, articles.c.entities).where(articles.c.id.in_(chunk))
+            ):
+                out[r["id"]] = tuple(r["entities"])
+        return out
+
+    def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._rows(
+                sa.select(articles.c.id, articles.c.published_ts).where(articles.c.id.in_(chunk))
+            ):
+                out[r["id"]] = r["published_ts"]
+        return out
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        rows = self._rows(
+            sa.select(changes.c.seq, changes.c.article_id, changes.c.op)
+            .where(changes.c.seq > seq).order_by(changes.c.seq).limit(limit)
+        )
+        return [Change(r["seq"], r["article_id"], r["op"]) for r in rows]
+
+    def last_seq(self) -> int:
+        return int(self._scalar(sa.select(sa.func.max(changes.c.seq))) or 0)
+
+    # -- stories ----------------------------------------------------------------
+    def save_story(self, story: Story, db: sa.Connection | None = None) -> None:
+        """Upsert a story record and its membership (inside ``db``'s transaction if given)."""
+        if db is None:
+            with self.transaction() as tx:
+                self._save_story(tx, story)
+        else:
+            self._save_story(db, story)
+
+    def _save_story(self, db: sa.Connection, s: Story) -> None:
+        now = _now()
+        centroid = None if s.centroid is None else np.asarray(s.centroid, np.float32).tobytes()
+        values = {
+            "label": s.label, "first_at": _utc(s.first_at), "last_at": _utc(s.last_at),
+            "first_ts": _ts(s.first_at), "last_ts": _ts(s.last_at), "outlets": s.outlets,
+            "centroid": centroid, "content_hash": s.content_hash, "status": s.status,
+            # through JSON text and back, as SQLite stores it (default=str for odd values)
+            "extra": json.loads(_json_dumps(s.extra)), "updated_at": now,
+        }
+        db.execute(
+            pgd.insert(stories).values(id=s.id, created_at=now, **values)
+            .on_conflict_do_update(index_elements=["id"], set_=values)
+        )
+        if s.status == "active" and s.article_ids:
+            ins = pgd.insert(story_members)
+            db.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["article_id"], set_={"story_id": ins.excluded.story_id}
+                ),
+                [{"article_id": aid, "story_id": s.id} for aid in s.article_ids],
+            )
+
+    def get_story(self, story_id: str) -> Story:
+        rows = self._rows(sa.select(stories).where(stories.c.id == story_id))
+        if not rows:
+            raise NotFound(f"story '{story_id}' not found")
+        return self._story(rows[0])
+
+    def _story(self, r: sa.RowMapping) -> Story:
+        members = [
+            m["article_id"]
+            for m in self._rows(
+                sa.select(story_members.c.article_id)
+                .join(articles, articles.c.id == story_members.c.article_id)
+                .where(story_members.c.story_id == r["id"])
+                # SQLite sorts NULL first
+                .order_by(articles.c.published_ts.asc().nulls_first(), articles.c.id)
+            )
+        ]
+        return Story(
+            id=r["id"], label=r["label"], article_ids=members, first_at=_utc(r["first_at"]),
+            last_at=_utc(r["last_at"]), outlets=_sorted_keys(r["outlets"]),
+            centroid=_vec(r["centroid"]), updated_at=_utc(r["updated_at"]), status=r["status"],
+            content_hash=r["content_hash"], extra=_sorted_keys(r["extra"]),
+        )
+
+    def list_stories(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        min_size: int = 1,
+        limit: int = 1000,
+        offset: int = 0,
+        status: str = "active",
+    ) -> list[Story]:
+        size = (
+            sa.select(sa.func.count()).select_from(story_members)
+            .where(story_members.c.story_id == stories.c.id).scalar_subquery()
+        )
+        q = sa.select(stories).where(stories.c.status == status, size >= min_size)
+        if since is not None:
+            q = q.where(sa.func.coalesce(stories.c.last_ts, 0) >= since.timestamp())
+        if until is not None:
+            q = q.where(sa.func.coalesce(stories.c.first_ts, 0) < until.timestamp())
+        rows = self._rows(
+            # SQLite sorts NULL last in DESC order
+            q.order_by(stories.c.last_ts.desc().nulls_last(), stories.c.id)
+            .limit(limit).offset(offset)
+        )
+        return [self._story(r) for r in rows]
+
+    def count_stories(self, status: str = "active") -> int:
+        return int(self._scalar(
+            sa.select(sa.func.count()).select_from(stories).where(stories.c.status == status)
+        ))
+
+    def story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for chunk in _chunks(list(article_ids)):
+            for r in self._rows(
+                sa.select(story_members.c.article_id, story_members.c.story_id)
+                .where(story_members.c.article_id.in_(chunk))
+            ):
+                out[r["article_id"]] = r["story_id"]
+        return out
+
+    def record_history(
+        self, old_id: str, new_id: str, kind: str, db: sa.Connection | None = None
+    ) -> None:
+        stmt = (
+            pgd.insert(story_history_t)
+            .values(old_id=old_id, new_id=new_id, kind=kind, at=_now())
+            .on_conflict_do_nothing(index_elements=["old_id", "new_id"])
+        )
+        if db is None:
+            with self.transaction() as tx:
+                tx.execute(stmt)
+        else:
+            db.execute(stmt)
+
+    def story_history(self, story_id: str) -> list[StoryHistory]:
+        h = story_history_t.c
+        rows = self._rows(
+            sa.select(story_history_t).where(sa.or_(h.old_id == story_id, h.new_id == story_id))
+            .order_by(h.at, h.old_id, h.new_id)
+        )
+        return [
+            StoryHistory(r["old_id"], r["new_id"], r["kind"], _utc(r["at"]) or datetime.now(UTC))
+            for r in rows
+        ]
+
+    def resolve_story(self, story_id: str) -> list[str]:
+        """Active ids that ``story_id`` became, following merges and splits."""
+        seen: set[str] = set()
+        frontier = [story_id]
+        out: list[str] = []
+        while frontier:
+            sid = frontier.pop()
+            if sid in seen:
+                continue
+            seen.add(sid)
+            rows = self._rows(sa.select(stories.c.status).where(stories.c.id == sid))
+            if rows and rows[0]["status"] == "active":
+                out.append(sid)
+                continue
+            frontier += [r["new_id"] for r in self._rows(
+                sa.select(story_history_t.c.new_id).where(story_history_t.c.old_id == sid)
+            )]
+        if not out and not self._rows(sa.select(stories.c.id).where(stories.c.id == story_id)):
+            raise NotFound(f"story '{story_id}' not found")
+        return sorted(out)
+
+    # -- per-story outputs (summaries, stances) and digests ---------------------------
+    def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:
+        values = {"content_hash": content_hash, "payload": payload, "created_at": _now()}
+        with self.transaction() as db:
+            db.execute(
+                pgd.insert(story_outputs).values(story_id=story_id, kind=kind, **values)
+                .on_conflict_do_update(index_elements=["story_id", "kind"], set_=values)
+            )
+
+    def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
+        """``(content_hash, payload)`` of a stored output, or None."""
+        rows = self._rows(
+            sa.select(story_outputs.c.content_hash, story_outputs.c.payload)
+            .where(story_outputs.c.story_id == story_id, story_outputs.c.kind == kind)
+        )
+        return (rows[0]["content_hash"], rows[0]["payload"]) if rows else None
+
+    def put_digest(self, date: str, fmt: str, body: str) -> None:
+        values = {"body": body, "created_at": _now()}
+        with self.transaction() as db:
+            db.execute(
+                pgd.insert(digests).values(date=date, format=fmt, **values)
+                .on_conflict_do_update(index_elements=["date", "format"], set_=values)
+            )
+
+    def get_digest(self, date: str, fmt: str) -> str:
+        rows = self._rows(
+            sa.select(digests.c.body).where(digests.c.date == date, digests.c.format == fmt)
+        )
+        if not rows:
+            raise NotFound(f"no {fmt} digest for {date}")
+        return str(rows[0]["body"])
+
+    def digest_dates(self) -> list[str]:
+        rows = self._rows(sa.select(digests.c.date).distinct().order_by(digests.c.date))
+        return [r["date"] for r in rows]
+
+
+def _article(r: sa.RowMapping) -> Article:
+    return Article(
+        id=r["id"], text=r["text"], title=r["title"], source=r["source"], url=r["url"],
+        published_at=_utc(r["published_at"]), lang=r["lang"], story_id=r["gold_story_id"],
+        lean=r["lean"],
+    )
