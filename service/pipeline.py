@@ -30,6 +30,7 @@ from storyline.models.errors import InvalidInput, NotFound
 from storyline.models.protocols import ActorExtractor, Embedder, StanceTagger, Summariser
 from storyline.models.types import ActorStance, Article, Summary
 from storyline.service.settings import Settings
+from storyline.service.stores import open_store
 
 __all__ = ["IngestReport", "Pipeline", "RelatedHit", "StoryView", "article_text"]
 
@@ -108,7 +109,7 @@ class Pipeline:
         stance: StanceTagger | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or SQLiteStore(settings.db_path)
+        self.store = store or open_store(settings)
         self._embedder = embedder
         self._entities = entities
         if clusterer is None:  # every ingest assigns stories; clusterer=False opts out

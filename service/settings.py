@@ -18,6 +18,11 @@ class Settings(BaseSettings):
 
     # -- storage -------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="SQLite db, FAISS files and built models")
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL store, e.g. postgresql+psycopg://user@host/db (needs the"
+        " `postgres` extra); unset = the SQLite file <data_dir>/storyline.db",
+    )
     models_path: Path | None = Field(
         None, alias="STORYLINE_MODELS_DIR",
         description="built models (default <data_dir>/models); read-only at serve time",
