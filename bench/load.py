@@ -73,7 +73,8 @@ def load_articles(path: Path) -> list[dict[str, Any]]:
 
 
 class Server:
-    def __init__(self, data_dir: Path, workers: int, queue: int, logfile: Path) -> None:
+    def __init__(self, data_dir: Path, workers: int, queue: int, logfile: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         env = {
@@ -84,6 +85,7 @@ class Server:
             "STORYLINE_INFERENCE_WORKERS": str(workers),
             "STORYLINE_INFERENCE_QUEUE": str(queue),
             "STORYLINE_LOG_LEVEL": "WARNING",
+            **(env or {}),
         }
         self.logfile = logfile
         with logfile.open("wb") as out:

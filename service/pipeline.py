@@ -127,6 +127,12 @@ class Pipeline:
         self._analyses: OrderedDict[str, tuple[Summary, list[ActorStance]]] = OrderedDict()
         self._analyses_lock = threading.Lock()
         self._models_key_cache: str | None = None
+        # Change-feed position this process's index reflects; read before the index is
+        # built from the store, so anything committed meanwhile is applied again
+        # (idempotently) by follow_changes rather than missed.
+        self._seq = int(self.store.last_seq())
+        self._gaps: dict[int, float] = {}
+        self._follow_lock = threading.Lock()
         self.index = self._open_index()
 
     # -- lazily loaded stages --------------------------------------------------------
@@ -199,6 +205,48 @@ class Pipeline:
 
     def save_index(self) -> None:
         self.index.save(self.settings.index_path)
+
+    # -- replicas ------------------------------------------------------------------------
+    @property
+    def applied_seq(self) -> int:
+        """The store change-feed position this process's vector index reflects."""
+        return self._seq
+
+    def follow_changes(self, *, limit: int = 10_000, gap_wait_s: float = 5.0) -> int:
+        """Apply the store's change feed to this process's vector index.
+
+        For replicas sharing one store: another process's ingests and deletes reach this
+        index without a restart. Returns the number of articles whose vectors changed.
+        Applying a change twice is harmless (an upsert replaces, a delete of an absent id
+        does nothing), so our own writes coming back through the feed cost only a lookup.
+        A hole in the sequence may be a writer that has not committed yet (sequence
+        numbers are handed out before commit on PostgreSQL): the position stays before
+        it for up to ``gap_wait_s``, then the hole is taken to be a rollback.
+        """
+        with self._follow_lock:
+            changes = self.store.changes_since(self._seq, limit)
+            if not changes:
+                return 0
+            now = time.monotonic()
+            upto, held = self._seq, False
+            final: dict[str, str] = {}
+            for ch in changes:
+                if not held and ch.seq != upto + 1:
+                    first = self._gaps.setdefault(upto + 1, now)
+                    held = now - first < gap_wait_s
+                final[ch.article_id] = ch.op  # the last change of an id wins
+                if not held:
+                    upto = ch.seq
+            present = [i for i, op in final.items() if op == "upsert"]
+            ids, vecs = self.store.embeddings(present) if present else ([], None)
+            gone = [i for i in final if i not in set(ids)]
+            if ids and vecs is not None:
+                self.index.add(ids, vecs)
+            if gone:
+                self.index.remove(gone)
+            self._seq = upto
+            self._gaps = {k: v for k, v in self._gaps.items() if k > upto}
+            return len(final)
 
     # -- ingest ----------------------------------------------------------------------
     def ingest(self, articles: Sequence[Article], *, assign_stories: bool = True) -> IngestReport:

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
 
     # -- summaries -----------------------------------------------------------------
     summary_words: int = Field(80, ge=10, le=1000)
+    replica_sync_s: float = Field(
+        0.0, ge=0, le=3600,
+        description="poll the store's change feed this often to keep the index current with "
+        "other processes' writes (0 = off; set it on API replicas sharing one store)",
+    )
     warm_stories: bool = Field(
         True, description="recompute changed stories' summaries + stances while the service is idle"
     )

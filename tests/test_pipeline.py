@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from storyline.models.errors import InvalidInput, NotFound
@@ -131,3 +132,52 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     pipeline.settings = pipeline.settings.model_copy(update={"analysis_cache_size": 0})
     assert not any(v.cached for v in pipeline.summarise_articles(mixed))
     assert not any(v.cached for v in pipeline.summarise_articles(mixed))
+
+
+def test_replica_follows_another_writers_changes(pipeline: Pipeline, embedder) -> None:  # type: ignore[no-untyped-def]
+    replica = Pipeline(pipeline.settings, embedder=embedder, clusterer=False)
+    try:
+        pipeline.ingest(ARTS[:2])
+        assert len(replica.index) == 0  # nothing seen yet
+        assert replica.follow_changes() == 2
+        assert replica.index.ids == {"court-1", "court-2"}
+        assert replica.applied_seq == pipeline.store.last_seq()
+        assert replica.related("court-1", k=1)[0].id == "court-2"
+        pipeline.ingest(ARTS[2:])
+        pipeline.delete("court-2")
+        assert replica.follow_changes() == 3
+        assert replica.index.ids == {"court-1", "storm-1", "storm-2"}
+        assert replica.follow_changes() == 0  # caught up
+        # An update replaces the vector rather than adding a second one.
+        changed = Article("storm-1", "Floodwater rose across the delta overnight.", "Flood",
+                          "Outlet A", published_at=T)
+        pipeline.ingest([changed])
+        replica.follow_changes()
+        assert len(replica.index) == 3
+        np.testing.assert_allclose(replica.index.reconstruct("storm-1"),
+                                   pipeline.index.reconstruct("storm-1"), atol=1e-6)
+    finally:
+        replica.store.close()
+
+
+def test_replica_waits_at_a_hole_in_the_change_feed(pipeline: Pipeline, embedder) -> None:  # type: ignore[no-untyped-def]
+    from storyline.index.store import SQLiteStore
+
+    if not isinstance(pipeline.store, SQLiteStore):
+        pytest.skip("the hole is made with SQLite SQL; the follower logic is backend-neutral")
+    replica = Pipeline(pipeline.settings, embedder=embedder, clusterer=False)
+    try:
+        pipeline.ingest(ARTS[:1])
+        start = pipeline.store.last_seq()
+        # A writer holding seq start+1 has not committed yet; start+2 already has.
+        pipeline.ingest(ARTS[1:2])
+        with pipeline.store.transaction() as db:
+            db.execute("UPDATE changes SET seq = seq + 1 WHERE seq = ?", (start + 1,))
+        assert replica.follow_changes(gap_wait_s=60) == 2
+        assert "court-2" in replica.index.ids  # applied, but the position stays put
+        assert replica.applied_seq == start
+        # Never filled: after the wait it is taken as a rollback and passed.
+        replica.follow_changes(gap_wait_s=0)
+        assert replica.applied_seq == start + 2
+    finally:
+        replica.store.close()

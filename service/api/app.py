@@ -104,9 +104,11 @@ def _lifespan(runtime: Runtime) -> Any:
         if task is None:
             _model_info(runtime.settings, runtime.pipeline)
         runtime.warmer.start()
+        runtime.follower.start()
         try:
             yield
         finally:
+            await runtime.follower.stop()
             await runtime.warmer.stop()
             if task is not None and not task.done():
                 await task  # a half-loaded pipeline must not be left writing

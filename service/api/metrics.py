@@ -32,6 +32,8 @@ POOL_PENDING = Gauge("storyline_pool_pending", "Calls running or waiting per wor
 REJECTED = Counter("storyline_pool_rejected", "Calls refused with 503, per pool", ["pool"])
 WARM_PENDING = Gauge("storyline_stories_pending_analysis",
                      "Changed stories waiting for their summary + stances to be recomputed")
+REPLICA_LAG = Gauge("storyline_replica_lag_changes",
+                    "Store change-feed entries not yet applied to this process's index")
 MODEL_INFO = Info("storyline_model", "Models and index in use")
 
 _EXAMPLE = """# TYPE storyline_index_size gauge

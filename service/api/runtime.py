@@ -143,6 +143,9 @@ class Runtime:
         from storyline.service.api.warmer import StoryWarmer
 
         self.warmer = StoryWarmer(self, enabled=settings.warm_stories)
+        from storyline.service.api.replica import ChangeFollower
+
+        self.follower = ChangeFollower(self, settings.replica_sync_s)
         self._digests = frozenset(d.strip().lower() for d in settings.api_keys_sha256)
         self._lock = threading.Lock()
 
