@@ -19,6 +19,7 @@ numbers (SQLite's does not); it stays strictly increasing and in commit order.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -204,6 +205,8 @@ class PostgresStore:
             json_serializer=_json_dumps,
             connect_args={"connect_timeout": connect_timeout_s, "options": "-c timezone=UTC"},
         )
+        # Like a sqlite3 connection, a store that is dropped unclosed closes its connections.
+        self._finalizer = weakref.finalize(self, self._engine.dispose)
         try:
             if migrate_schema:
                 migrate(self._engine)
@@ -211,7 +214,7 @@ class PostgresStore:
                 with self._engine.connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as exc:
-            self._engine.dispose()
+            self._finalizer()
             raise StoreError(
                 f"cannot open the database {self.url.render_as_string(hide_password=True)}:"
                 f" {exc}"
@@ -258,7 +261,7 @@ class PostgresStore:
         db.execute(sa.select(sa.func.pg_advisory_xact_lock(_FEED_LOCK)))
 
     def close(self) -> None:
-        self._engine.dispose()
+        self._finalizer()
 
     # -- articles ---------------------------------------------------------------
     def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:

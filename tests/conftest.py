@@ -46,12 +46,121 @@ def data_dir(tmp_path: Path, models_dir: Path) -> Path:
     return d
 
 
+# -- store backends ----------------------------------------------------------------------
+# Tests marked ``both_backends`` that use the ``backend`` fixture (directly or through
+# ``make_store``, ``database_url`` or ``pipeline``) run once per backend; PostgreSQL needs
+# STORYLINE_TEST_DATABASE_URL (e.g. from `eval "$(.ci/pg start)"`) and skips without it.
+# Every other test gets SQLite.
+BACKENDS = ("sqlite", "postgres")
+PG_URL_ENV = "STORYLINE_TEST_DATABASE_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"both_backends: run against SQLite and PostgreSQL (${PG_URL_ENV})"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture()
-def pipeline(data_dir: Path, embedder):  # type: ignore[no-untyped-def]
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+class PgDatabases:
+    """Fresh, empty databases on the test cluster, dropped when the test ends."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        from storyline.index.pg import normalise_url
+
+        self._sa = sa
+        self.base = normalise_url(url)
+        self._admin = sa.create_engine(self.base, isolation_level="AUTOCOMMIT")
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        import uuid
+
+        name = f"t_{uuid.uuid4().hex}"
+        with self._admin.connect() as conn:
+            conn.execute(self._sa.text(f'CREATE DATABASE "{name}"'))
+        self.names.append(name)
+        return self.base.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self._admin.connect() as conn:
+            for name in self.names:
+                conn.execute(self._sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.names.clear()
+        self._admin.dispose()
+
+
+@pytest.fixture()
+def pg_databases(backend: str):  # type: ignore[no-untyped-def]
+    """Creates empty PostgreSQL databases for this test (skips without a test cluster)."""
+    url = os.environ.get(PG_URL_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL tests need ${PG_URL_ENV} (start one: eval \"$(.ci/pg start)\")")
+    try:
+        import alembic  # noqa: F401
+        import psycopg  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        pytest.skip("PostgreSQL tests need the postgres extra: pip install 'storyline[postgres]'")
+    dbs = PgDatabases(url)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture()
+def make_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """``make_store(name="db")``: this test's store called ``name``, empty when first opened;
+    the same name again opens the same database (a restart, or a second replica)."""
+    from storyline.index.store import SQLiteStore
+
+    opened: list[object] = []
+    urls: dict[str, str] = {}
+    dbs = request.getfixturevalue("pg_databases") if backend == "postgres" else None
+
+    def make(name: str = "db"):  # type: ignore[no-untyped-def]
+        if backend == "sqlite":
+            store: object = SQLiteStore(tmp_path / f"{name}.sqlite")
+        else:
+            from storyline.index.pg import PostgresStore
+
+            if name not in urls:
+                urls[name] = dbs.create()
+            store = PostgresStore(urls[name])
+        opened.append(store)
+        return store
+
+    yield make
+    for st in opened:
+        st.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """``Settings.database_url`` for this test: None (SQLite) or a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_databases").create())
+
+
+@pytest.fixture()
+def pipeline(data_dir: Path, embedder, database_url: str | None):  # type: ignore[no-untyped-def]
     from storyline.service.pipeline import Pipeline
     from storyline.service.settings import Settings
 
-    pipe = Pipeline(Settings(data_dir=data_dir), embedder=embedder)
+    pipe = Pipeline(Settings(data_dir=data_dir, database_url=database_url), embedder=embedder)
     yield pipe
     pipe.store.close()
 

@@ -1,15 +1,21 @@
-"""The SQLite store: idempotent ingest, updates, duplicates, atomic batches, persistence."""
+"""The store, on SQLite and PostgreSQL: idempotent ingest, updates, duplicates, atomic batches,
+persistence, outputs, digests and errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from storyline.index.store import IngestItem, SQLiteStore
+from storyline.index.store import IngestItem
+from storyline.index.types import Story
 from storyline.models.errors import InvalidArticle, NotFound
 from storyline.models.types import Article
+
+pytestmark = pytest.mark.both_backends
+MakeStore = Callable[..., Any]
 
 
 def _item(aid: str, text: str, title: str = "", seed: int = 0) -> IngestItem:
@@ -17,8 +23,8 @@ def _item(aid: str, text: str, title: str = "", seed: int = 0) -> IngestItem:
     return IngestItem(Article(id=aid, text=text, title=title), v / np.linalg.norm(v), ("nato",))
 
 
-def test_insert_unchanged_update_duplicate(tmp_path: Path) -> None:
-    st = SQLiteStore(tmp_path / "db.sqlite")
+def test_insert_unchanged_update_duplicate(make_store: MakeStore) -> None:
+    st = make_store()
     r = st.ingest([_item("a", "alpha text"), _item("b", "beta text", seed=1)], "m")
     assert [x.outcome for x in r] == ["inserted", "inserted"]
     r = st.ingest([_item("a", "alpha text")], "m")
@@ -37,8 +43,8 @@ def test_insert_unchanged_update_duplicate(tmp_path: Path) -> None:
     assert [c.op for c in st.changes_since(0)] == ["upsert", "upsert", "upsert"]
 
 
-def test_batch_is_atomic(tmp_path: Path) -> None:
-    st = SQLiteStore(tmp_path / "db.sqlite")
+def test_batch_is_atomic(make_store: MakeStore) -> None:
+    st = make_store()
     bad = IngestItem(Article(id="bad", text="t"), np.array([np.nan, 1.0], np.float32))
     with pytest.raises(InvalidArticle):
         st.ingest([_item("good", "fine"), bad], "m")
@@ -46,12 +52,11 @@ def test_batch_is_atomic(tmp_path: Path) -> None:
     assert st.changes_since(0) == []
 
 
-def test_persistence_and_delete(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite"
-    st = SQLiteStore(path)
+def test_persistence_and_delete(make_store: MakeStore) -> None:
+    st = make_store()
     st.ingest([_item("a", "alpha"), _item("b", "beta", seed=1)], "m")
     st.close()
-    st = SQLiteStore(path)
+    st = make_store()
     assert st.article_ids() == ["a", "b"]
     assert st.entities(["a"]) == {"a": ("nato",)}
     st.delete_article("a")
@@ -64,8 +69,8 @@ def test_persistence_and_delete(tmp_path: Path) -> None:
         st.get_article("a")
 
 
-def test_outputs_and_digests_roundtrip(tmp_path: Path) -> None:
-    st = SQLiteStore(tmp_path / "db.sqlite")
+def test_outputs_and_digests_roundtrip(make_store: MakeStore) -> None:
+    st = make_store()
     assert st.get_output("s1", "summary") is None
     st.put_output("s1", "summary", "h1", '{"x": 1}')
     assert st.get_output("s1", "summary") == ("h1", '{"x": 1}')
@@ -73,3 +78,99 @@ def test_outputs_and_digests_roundtrip(tmp_path: Path) -> None:
     assert st.get_digest("2021-10-18", "md") == "# hi"
     with pytest.raises(NotFound):
         st.get_digest("2021-10-19", "md")
+
+
+def test_unknown_ids_and_bad_input_raise_the_same_errors(make_store: MakeStore) -> None:
+    st = make_store()
+    st.ingest([_item("a", "alpha")], "m")
+    for call in (
+        lambda: st.get_article("nope"),
+        lambda: st.delete_article("nope"),
+        lambda: st.get_story("s_nope"),
+        lambda: st.resolve_story("s_nope"),
+        lambda: st.get_digest("2021-01-01", "md"),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    assert st.get_articles(["nope", "a"])[0].id == "a"
+    assert st.canonical_id("nope") is None
+    assert st.story_of(["nope"]) == {} and st.entities(["nope"]) == {}
+    assert st.embeddings(["nope"])[0] == []
+    flat = IngestItem(Article(id="m", text="matrix"), np.ones((2, 2), np.float32))
+    with pytest.raises(InvalidArticle):
+        st.ingest([flat], "m")
+    assert st.article_ids() == ["a"] and st.last_seq() == 1
+
+
+def test_ordering_and_stories_roundtrip(make_store: MakeStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2024, 3, 5, 6, 0, tzinfo=UTC)
+    st = make_store()
+    # byte order, as SQLite compares: upper case before lower case, '-' before '_'
+    ids = ["b", "B", "a_1", "a-1", "a", "Z9"]
+    st.ingest([_item(i, f"text {k}", seed=k) for k, i in enumerate(ids)], "m")
+    assert st.article_ids() == sorted(ids)
+    assert [a.id for a in st.iter_articles(batch=2)] == sorted(ids)
+    dated = [
+        IngestItem(Article(id=f"d{k}", text=f"dated {k}", published_at=t0 + timedelta(hours=k),
+                           source=f"S{k}"), _item("x", "", seed=k).vector)
+        for k in range(3)
+    ]
+    st.ingest(dated, "m")
+    assert st.articles_between(t0, t0 + timedelta(hours=2)) == ["d0", "d1"]
+    assert st.articles_between(None, None) == ["d0", "d1", "d2"]
+    assert st.get_article("d1").published_at == t0 + timedelta(hours=1)
+    assert st.published_ts(["d0", "a"]) == {"d0": t0.timestamp(), "a": None}
+    centroid = np.arange(4, dtype=np.float32)
+    # an undated member sorts first, as SQLite orders NULL
+    s1 = Story("s_1", "one", ["d2", "a", "d0"], t0, t0 + timedelta(hours=2), {"S2": 1, "S0": 1},
+               centroid=centroid, content_hash="h1", extra={"dirty": False, "size": 3})
+    s2 = Story("s_2", "undated", ["b"], None, None, {})
+    with st.transaction() as db:
+        st.save_story(s1, db)
+        st.save_story(s2, db)
+        st.record_history("s_0", "s_1", "merge", db)
+    got = st.get_story("s_1")
+    assert got.article_ids == ["a", "d0", "d2"]
+    assert (got.label, got.first_at, got.last_at) == ("one", t0, t0 + timedelta(hours=2))
+    assert list(got.outlets.items()) == [("S0", 1), ("S2", 1)]
+    assert got.centroid is not None and np.array_equal(got.centroid, centroid)
+    assert got.extra == {"dirty": False, "size": 3} and got.content_hash == "h1"
+    # an undated story sorts last (SQLite: NULL last in DESC order)
+    assert [s.id for s in st.list_stories()] == ["s_1", "s_2"]
+    assert [s.id for s in st.list_stories(min_size=2)] == ["s_1"]
+    assert [s.id for s in st.list_stories(limit=1, offset=1)] == ["s_2"]
+    assert st.count_stories() == 2 and st.count_stories("merged") == 0
+    assert st.story_of(["d0", "b", "B"]) == {"d0": "s_1", "b": "s_2"}
+    # history: idempotent, and old ids resolve to the active story
+    st.record_history("s_0", "s_1", "merge")
+    assert [(h.old_id, h.new_id, h.kind) for h in st.story_history("s_1")] == [
+        ("s_0", "s_1", "merge")
+    ]
+    st.save_story(Story("s_0", "old", [], t0, t0, {}, status="merged"))
+    assert st.resolve_story("s_0") == ["s_1"]
+    # a rolled-back transaction leaves nothing behind
+    with pytest.raises(RuntimeError), st.transaction() as db:
+        st.save_story(Story("s_3", "gone", ["B"], None, None, {}), db)
+        raise RuntimeError("abort")
+    with pytest.raises(NotFound):
+        st.get_story("s_3")
+    # outputs and digests are replaced in place
+    st.put_output("s_1", "summary", "h1", "a")
+    st.put_output("s_1", "summary", "h2", "b")
+    assert st.get_output("s_1", "summary") == ("h2", "b")
+    st.put_digest("2024-03-05", "md", "one")
+    st.put_digest("2024-03-05", "md", "two")
+    st.put_digest("2024-03-04", "html", "<p>")
+    assert st.get_digest("2024-03-05", "md") == "two"
+    assert st.digest_dates() == ["2024-03-04", "2024-03-05"]
+    # deleting an article drops its membership, vector and duplicates, and feeds a delete
+    st.ingest([_item("d0-copy", "dated 0")], "m")
+    assert st.duplicates_of("d0") == ["d0-copy"] and st.count_duplicates() == 1
+    before = st.last_seq()
+    st.delete_article("d0")
+    assert st.count_duplicates() == 0 and st.get_story("s_1").article_ids == ["a", "d2"]
+    assert [(c.seq, c.article_id, c.op) for c in st.changes_since(before)] == [
+        (before + 1, "d0", "delete")
+    ]
