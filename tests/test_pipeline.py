@@ -1,4 +1,6 @@
-"""The pipeline end to end with the real int8 embedder: ingest, index sync, related, search."""
+"""The pipeline end to end with the real int8 embedder: ingest, index sync, related, search.
+
+Tests marked ``both_backends`` run on SQLite and on PostgreSQL (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ ARTS = [
 ]
 
 
+@pytest.mark.both_backends
 def test_ingest_is_idempotent_and_related_finds_the_same_story(pipeline: Pipeline) -> None:
     rep = pipeline.ingest(ARTS)
     assert rep.count("inserted") == 4
@@ -45,6 +48,7 @@ def test_ingest_is_idempotent_and_related_finds_the_same_story(pipeline: Pipelin
         pipeline.related("court-1", k=0)
 
 
+@pytest.mark.both_backends
 def test_duplicates_are_excluded_and_resolved(pipeline: Pipeline) -> None:
     pipeline.ingest(ARTS)
     dup = Article("court-1-syndicated", ARTS[0].text, ARTS[0].title, "Wire")
@@ -57,6 +61,7 @@ def test_duplicates_are_excluded_and_resolved(pipeline: Pipeline) -> None:
     assert "court-1" not in ids and "court-1-syndicated" not in ids
 
 
+@pytest.mark.both_backends
 def test_update_reembeds_and_delete_removes(pipeline: Pipeline) -> None:
     pipeline.ingest(ARTS)
     changed = Article("storm-2", "The Supreme Court heard arguments about police immunity.",
@@ -68,6 +73,7 @@ def test_update_reembeds_and_delete_removes(pipeline: Pipeline) -> None:
     assert "storm-2" not in [h.id for h in pipeline.related("court-1", k=3)]
 
 
+@pytest.mark.both_backends
 def test_index_is_repaired_from_the_store_after_a_crash(pipeline: Pipeline) -> None:
     pipeline.ingest(ARTS[:2])
     pipeline.save_index()
@@ -75,15 +81,21 @@ def test_index_is_repaired_from_the_store_after_a_crash(pipeline: Pipeline) -> N
     pipeline.ingest(ARTS[2:])
     # simulate a crash after the DB commit but before the index file was written
     pipeline.settings.index_path.write_bytes(stale)
-    again = Pipeline(Settings(data_dir=pipeline.settings.data_dir), embedder=pipeline.embedder)
+    settings = Settings(
+        data_dir=pipeline.settings.data_dir, database_url=pipeline.settings.database_url
+    )
+    again = Pipeline(settings, embedder=pipeline.embedder)
     assert again.index.ids == {a.id for a in ARTS}
+    again.store.close()
     # an unreadable index file is rebuilt from stored embeddings
     pipeline.settings.index_path.write_bytes(b"junk")
-    again = Pipeline(Settings(data_dir=pipeline.settings.data_dir), embedder=pipeline.embedder)
+    again = Pipeline(settings, embedder=pipeline.embedder)
     assert len(again.index) == 4
     assert again.related("storm-1", k=1)[0].id == "storm-2"
+    again.store.close()
 
 
+@pytest.mark.both_backends
 def test_story_signal_ranks_the_query_story_first(pipeline: Pipeline) -> None:
     pipeline.ingest(ARTS)
     sid = pipeline.store.story_of(["court-1"])["court-1"]
@@ -101,6 +113,7 @@ def test_story_signal_ranks_the_query_story_first(pipeline: Pipeline) -> None:
     assert all(h.score == pytest.approx(h.similarity, abs=1e-5) for h in top)
 
 
+@pytest.mark.both_backends
 def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     import dataclasses
 
@@ -134,6 +147,7 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     assert not any(v.cached for v in pipeline.summarise_articles(mixed))
 
 
+@pytest.mark.both_backends
 def test_replica_follows_another_writers_changes(pipeline: Pipeline, embedder) -> None:  # type: ignore[no-untyped-def]
     replica = Pipeline(pipeline.settings, embedder=embedder, clusterer=False)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storyline.index.store import IngestItem, SQLiteStore
+from storyline.index.store import IngestItem, Store
 from storyline.index.stories import ClusterParams, StoryClusterer, title_tokens
 from storyline.models.errors import InvalidInput, NotFound
 from storyline.models.types import Article
@@ -31,6 +31,9 @@ from storyline.service.evaluation.clustering import (
 )
 from storyline.service.pipeline import Pipeline, article_text
 from storyline.service.settings import Settings
+
+# store-backed tests run on SQLite and on PostgreSQL (see conftest.py)
+pytestmark = pytest.mark.both_backends
 
 T0 = datetime(2024, 3, 5, 6, 0, tzinfo=UTC)
 
@@ -85,7 +88,7 @@ def _articles() -> list[Article]:
     ]
 
 
-def _partition(store: SQLiteStore, arts: list[Article]) -> dict[str, str]:
+def _partition(store: Store, arts: list[Article]) -> dict[str, str]:
     story = store.story_of([a.id for a in arts])
     return {a.id: story[a.id] for a in arts}
 
@@ -109,15 +112,18 @@ def vectors(models_dir: Path) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def refining(data_dir: Path, embedder: Any) -> Any:
+def refining(data_dir: Path, embedder: Any, database_url: str | None) -> Any:
     """A pipeline that refines after every ingest batch (as the periodic job would)."""
-    pipe = Pipeline(Settings(data_dir=data_dir, cluster_refine_every=1), embedder=embedder)
+    pipe = Pipeline(
+        Settings(data_dir=data_dir, database_url=database_url, cluster_refine_every=1),
+        embedder=embedder,
+    )
     yield pipe
     pipe.store.close()
 
 
-def _store(tmp_path: Path, vectors: dict[str, Any], arts: list[Article]) -> SQLiteStore:
-    store = SQLiteStore(tmp_path / "stories.db")
+def _store(make_store: Any, vectors: dict[str, Any], arts: list[Article]) -> Store:
+    store: Store = make_store("stories")
     store.ingest([IngestItem(a, *vectors[a.id]) for a in arts], "test")
     return store
 
@@ -230,9 +236,9 @@ def test_updated_article_is_reassigned(refining: Pipeline) -> None:
 
 
 # -- refine: merge and split with id history -------------------------------------------------
-def test_refine_merges_and_old_ids_resolve(tmp_path: Path, vectors: dict[str, Any]) -> None:
+def test_refine_merges_and_old_ids_resolve(make_store: Any, vectors: dict[str, Any]) -> None:
     arts = _articles()
-    store = _store(tmp_path, vectors, arts)
+    store = _store(make_store, vectors, arts)
     # online assignment that never joins: every article opens its own story
     params = ClusterParams(join_threshold=99.0, refine_every=0)
     clusterer = StoryClusterer(store, params=params)
@@ -259,12 +265,12 @@ def test_refine_merges_and_old_ids_resolve(tmp_path: Path, vectors: dict[str, An
 
 
 def test_refine_splits_and_largest_part_keeps_the_id(
-    tmp_path: Path, vectors: dict[str, Any]
+    make_store: Any, vectors: dict[str, Any]
 ) -> None:
     vol = [a for a in _articles() if a.story_id == "volcano"]
     final = [a for a in _articles() if a.story_id == "final"][:2]
     arts = vol + final
-    store = _store(tmp_path, vectors, arts)
+    store = _store(make_store, vectors, arts)
     # online assignment that always joins the best candidate: one story for everything
     clusterer = StoryClusterer(
         store, params=ClusterParams(join_threshold=-99.0, refine_every=0)
@@ -285,19 +291,21 @@ def test_refine_splits_and_largest_part_keeps_the_id(
     assert store.get_story(sid).size == 3
 
 
-def test_unknown_story_id_does_not_resolve(tmp_path: Path, vectors: dict[str, Any]) -> None:
-    store = _store(tmp_path, vectors, _articles()[:1])
+def test_unknown_story_id_does_not_resolve(make_store: Any, vectors: dict[str, Any]) -> None:
+    store = _store(make_store, vectors, _articles()[:1])
     StoryClusterer(store).assign([_articles()[0].id])
     with pytest.raises(NotFound):
         store.resolve_story("s_missing")
 
 
 # -- persistence and order -----------------------------------------------------------------------
-def test_restart_continues_the_same_stories(data_dir: Path, embedder: Any) -> None:
+def test_restart_continues_the_same_stories(
+    data_dir: Path, embedder: Any, database_url: str | None
+) -> None:
     arts = _articles()
     early = [a for a in arts if a.id.endswith(("-0", "-3", "-6", "-1", "-4", "-7"))]
     late = [a for a in arts if a not in early]
-    settings = Settings(data_dir=data_dir, cluster_refine_every=1)
+    settings = Settings(data_dir=data_dir, database_url=database_url, cluster_refine_every=1)
     pipe = Pipeline(settings, embedder=embedder)
     pipe.ingest(early)
     before = _partition(pipe.store, early)
@@ -314,10 +322,10 @@ def test_restart_continues_the_same_stories(data_dir: Path, embedder: Any) -> No
 
 
 def test_articles_stored_without_clustering_are_placed_by_refine(
-    tmp_path: Path, vectors: dict[str, Any]
+    make_store: Any, vectors: dict[str, Any]
 ) -> None:
     arts = _articles()
-    store = _store(tmp_path, vectors, arts)  # nobody assigned these
+    store = _store(make_store, vectors, arts)  # nobody assigned these
     clusterer = StoryClusterer(store, params=ClusterParams(refine_every=0))
     stats = clusterer.refine()
     assert stats["unassigned_placed"] == len(arts)
@@ -326,16 +334,14 @@ def test_articles_stored_without_clustering_are_placed_by_refine(
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ingest_order_does_not_change_the_stories(
-    tmp_path: Path, vectors: dict[str, Any], seed: int
+    make_store: Any, vectors: dict[str, Any], seed: int
 ) -> None:
     arts = _articles()
     results = []
     for run, order in enumerate((sorted(range(len(arts)), key=lambda i: arts[i].published_at
                                         or T0),
                                  list(np.random.default_rng(seed).permutation(len(arts))))):
-        d = tmp_path / f"run{run}"
-        d.mkdir()
-        store = SQLiteStore(d / "s.db")
+        store = make_store(f"run{run}")
         clusterer = StoryClusterer(store, params=ClusterParams(refine_every=0))
         for i in order:  # one article at a time, as a live feed would deliver them
             a = arts[int(i)]
@@ -347,9 +353,9 @@ def test_ingest_order_does_not_change_the_stories(
     _assert_gold(results[0], arts)
 
 
-def test_undated_articles_cluster_by_content(tmp_path: Path, vectors: dict[str, Any]) -> None:
+def test_undated_articles_cluster_by_content(make_store: Any, vectors: dict[str, Any]) -> None:
     arts = [replace(a, published_at=None) for a in _articles()]
-    store = SQLiteStore(tmp_path / "s.db")
+    store = make_store()
     store.ingest([IngestItem(a, *vectors[a.id]) for a in arts], "test")
     clusterer = StoryClusterer(store)
     clusterer.assign([a.id for a in arts])
@@ -360,8 +366,8 @@ def test_undated_articles_cluster_by_content(tmp_path: Path, vectors: dict[str, 
     assert st.first_at is None and st.last_at is None
 
 
-def test_vectors_of_another_dimension_are_refused(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
+def test_vectors_of_another_dimension_are_refused(make_store: Any) -> None:
+    store = make_store()
     a, b = _articles()[:2]
     store.ingest([IngestItem(a, np.ones(8, np.float32) / np.sqrt(8))], "small")
     clusterer = StoryClusterer(store)  # follows the stored dimension (8)
