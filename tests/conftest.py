@@ -104,7 +104,7 @@ class PgDatabases:
 
 
 @pytest.fixture()
-def pg_databases(backend: str):  # type: ignore[no-untyped-def]
+def pg_databases():  # type: ignore[no-untyped-def]
     """Creates empty PostgreSQL databases for this test (skips without a test cluster)."""
     url = os.environ.get(PG_URL_ENV)
     if not url:
