@@ -336,7 +336,7 @@ def digest(
     start, end = resolve_period(date, _dt(since), _dt(until))
     fmts = parse_formats(fmt)
     s = settings(data_dir)
-    if not s.db_path.exists():
+    if s.database_url is None and not s.db_path.exists():
         raise StoreError(f"no database at {s.db_path}: ingest articles first")
     try:
         pipe = open_pipeline(data_dir)
