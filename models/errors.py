@@ -10,6 +10,7 @@ __all__ = [
     "ConflictError",
     "InvalidArticle",
     "InvalidInput",
+    "MissingDependency",
     "ModelBuildError",
     "ModelUnavailable",
     "NotFound",
@@ -109,3 +110,15 @@ class NotImplementedStage(StorylineError):
     status_code = 501
     exit_code = 9
     title = "Not implemented"
+
+
+class MissingDependency(StorylineError):
+    """An optional extra is not installed; ``extra`` names it (``pip install 'storyline[X]'``)."""
+
+    status_code = 501
+    exit_code = 10
+    title = "Missing dependency"
+
+    def __init__(self, detail: str, *, extra: str, **kw: object) -> None:
+        super().__init__(detail, extra=extra, **kw)
+        self.extra_name = extra

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -249,10 +249,18 @@ class Pipeline:
             return len(final)
 
     # -- ingest ----------------------------------------------------------------------
-    def ingest(self, articles: Sequence[Article], *, assign_stories: bool = True) -> IngestReport:
+    def ingest(
+        self,
+        articles: Sequence[Article],
+        *,
+        assign_stories: bool = True,
+        precomputed: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    ) -> IngestReport:
         """Store a batch (idempotent by id), index it, and assign stories.
 
-        Returns after the batch is durably committed to the database.
+        ``precomputed``: vectors of ``article_text(a)`` by article id, from a batch job (the
+        Ray ingest); articles it lacks are embedded here. Returns after the batch is durably
+        committed to the database.
         """
         t0 = time.perf_counter()
         latest: dict[str, Article] = {}
@@ -272,7 +280,7 @@ class Pipeline:
                     continue
                 first_of_hash.setdefault(h, a.id)
                 need.append(a)
-            vectors = self._embed_articles(need)
+            vectors = self._embed_articles(need, precomputed)
             ents = self.entity_keys([article_text(a) for a in need]) if need else []
             vec_of = {a.id: (vectors[i], ents[i]) for i, a in enumerate(need)}
             dim = self.embedder.dim
@@ -300,9 +308,17 @@ class Pipeline:
             ]
         return IngestReport(results, time.perf_counter() - t0)
 
-    def _embed_articles(self, arts: Sequence[Article]) -> npt.NDArray[np.float32]:
+    def _embed_articles(
+        self,
+        arts: Sequence[Article],
+        precomputed: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    ) -> npt.NDArray[np.float32]:
         if not arts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        if precomputed:
+            rest = iter(self._embed_articles([a for a in arts if a.id not in precomputed]))
+            return np.stack([np.asarray(precomputed[a.id], dtype=np.float32)
+                             if a.id in precomputed else next(rest) for a in arts])
         with STAGE_SECONDS.labels(stage="embed").time():
             vecs = self.embedder.embed([article_text(a) for a in arts])
         return np.asarray(vecs, dtype=np.float32)
@@ -499,7 +515,7 @@ class Pipeline:
             )
         budget = budget_words or self.settings.summary_words
         articles = self.store.get_articles(story.article_ids)
-        key = f"{story.content_hash}:{budget}:{self._models_key()}"
+        key = self.analysis_key(story.content_hash, budget)
         cached = self.store.get_output(story.id, "analysis")
         if cached is not None and cached[0] == key:
             summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
@@ -603,6 +619,11 @@ class Pipeline:
         if missing:
             raise NotFound(f"unknown article ids: {', '.join(missing[:10])}")
         return sorted(set(self.store.story_of([c for c in canon if c]).values()))
+
+    def analysis_key(self, content_hash: str, budget_words: int) -> str:
+        """The cache key of an analysis (summary + stances) of articles with this content
+        hash: stored outputs under another key (other content, budget or models) are stale."""
+        return f"{content_hash}:{budget_words}:{self._models_key()}"
 
     def _models_key(self) -> str:
         # Read once: a rebuilt model means a restart (the sessions are loaded once too).
