@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[build,eval,dev,postgres]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[build,eval,dev,postgres,ray]'
 	touch $@
 
 models: $(MODELS)

@@ -35,6 +35,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object as 
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="overrides STORYLINE_DATA_DIR")
 ]
+EngineOpt = Annotated[
+    str, typer.Option(help="local, or ray: a Ray Data batch job (needs storyline[ray])")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address",
+                 help="Ray cluster to use with --engine ray (auto: this node's cluster); "
+                 "default: an embedded single-node Ray"),
+]
+RayWorkersOpt = Annotated[
+    int | None,
+    typer.Option("--ray-workers", min=1, help="Ray actors [default: one per cluster CPU]"),
+]
 
 
 def settings(data_dir: Path | None = None) -> Settings:
@@ -159,35 +172,63 @@ def ingest(
     ],
     data_dir: DataDirOpt = None,
     batch: Annotated[int, typer.Option(help="articles per transaction")] = 256,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest articles. Bad lines are reported and skipped; exit 2 if any line failed."""
+    """Ingest articles. Bad lines are reported and skipped; exit 2 if any line failed.
+
+    With --engine ray the new and changed articles are embedded by a Ray Data job (in
+    chunks of 10,000), then stored as usual."""
+    import contextlib
+
     from storyline.service.ingest import read_source
 
+    if engine not in ("local", "ray"):
+        from storyline.models.errors import InvalidInput
+
+        raise InvalidInput(f"unknown engine '{engine}' (use local or ray)")
     pipe = open_pipeline(data_dir)
     errors: list[str] = []
     totals = {"inserted": 0, "updated": 0, "unchanged": 0, "duplicate": 0, "failed": 0}
     pending: list[Any] = []
+    chunk = batch
+    session: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if engine == "ray":
+        from storyline.service import ray_engine
 
-    def flush() -> None:
-        if pending:
-            rep = pipe.ingest(pending)
+        chunk = max(batch, 10_000)
+        session = ray_engine.ray_session(ray_address, num_cpus=pipe.settings.threads)
+
+    def flush(ray: Any) -> None:
+        vecs: dict[str, Any] = {}
+        if ray is not None and pending:
+            s = pipe.settings
+            vecs = ray_engine.embed_articles(
+                ray, ray_engine.needs_embedding(pipe, pending), models_dir=s.models_dir,
+                threads=s.threads, embed_batch_size=s.embed_batch_size, workers=ray_workers)
+        for i in range(0, len(pending), batch):
+            rep = pipe.ingest(pending[i:i + batch], precomputed=vecs or None)
             for key, val in rep.as_dict().items():
                 if key in totals:
                     totals[key] += val
-            pending.clear()
+        pending.clear()
 
-    for src in sources:
-        for parsed in read_source(src, max_chars=pipe.settings.max_article_chars):
-            if parsed.error is not None:
-                errors.append(f"{src}: {parsed.error.detail}")
-                totals["failed"] += 1
-                continue
-            pending.append(parsed.article)
-            if len(pending) >= batch:
-                flush()
-    flush()
-    pipe.close()
+    try:
+        with session as ray:
+            for src in sources:
+                for parsed in read_source(src, max_chars=pipe.settings.max_article_chars):
+                    if parsed.error is not None:
+                        errors.append(f"{src}: {parsed.error.detail}")
+                        totals["failed"] += 1
+                        continue
+                    pending.append(parsed.article)
+                    if len(pending) >= chunk:
+                        flush(ray)
+            flush(ray)
+    finally:
+        pipe.close()
     for e in errors:
         typer.echo(f"error: {e}", err=True)
     if not as_json:
@@ -323,11 +364,16 @@ def digest(
         Path | None, typer.Option(help="output folder [default: <data_dir>/digests]")
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="stories to feature")] = 10,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the digest of a day or period: ranked stories with cited summaries and stances,
-    as HTML, Markdown and JSON; stored for GET /v1/digests/{key} and written to --out."""
+    as HTML, Markdown and JSON; stored for GET /v1/digests/{key} and written to --out.
+
+    With --engine ray the summaries and stances not computed yet run as a Ray Data job."""
     import sqlite3
 
     from storyline.models.errors import StoreError
@@ -345,7 +391,8 @@ def digest(
     progress = make_progress()
     try:
         res = build_digest(pipe, since=start, until=end, top=top, formats=fmts,
-                           out_dir=out or s.data_dir / "digests", progress=progress)
+                           out_dir=out or s.data_dir / "digests", progress=progress,
+                           engine=engine, ray_address=ray_address, ray_workers=ray_workers)
     finally:
         progress.close()
         pipe.close()

@@ -14,7 +14,9 @@
    stopped (each story's output is committed as soon as it is computed). A story that has
    grown past ``until`` since is analysed as of ``until`` (its members published before it),
    cached the same way under its own key, so an old date's digest does not change when later
-   coverage arrives.
+   coverage arrives. With ``engine="ray"`` the stories not analysed yet are first analysed
+   as one Ray Data job (:mod:`storyline.service.ray_engine`; workers load the models, the
+   driver stores the results under the same keys), so the loop then finds every one cached.
 4. **render**: one JSON document (the schema is ``digest_schema.json`` beside this file) and,
    from it, the HTML page (Jinja2 with autoescaping: every article-derived string is escaped;
    the page is self-contained: inline CSS and SVG, no script, a CSP that forbids any
@@ -75,12 +77,15 @@ from storyline.models.errors import InvalidInput, NotFound
 from storyline.models.types import ActorStance, Article, Stance, Summary
 
 __all__ = [
+    "ENGINES",
     "FORMATS",
     "NOVELTY_FLOOR",
+    "AnalysisPlan",
     "DigestResult",
     "PlainProgress",
     "Progress",
     "RichProgress",
+    "analysis_plan",
     "build_digest",
     "day_period",
     "importance",
@@ -94,6 +99,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMATS = ("html", "md", "json")
+#: where the analysis stage runs: in this process, or as a Ray Data job (service/ray_engine.py)
+ENGINES = ("local", "ray")
 SCHEMA_ID = "storyline.digest/1"
 W_ARTICLES = 1.0
 W_OUTLETS = 1.0
@@ -412,30 +419,86 @@ def members_hash(articles: Sequence[Article]) -> str:
     return h.hexdigest()
 
 
-def _analyse(pipeline: Any, story: Story, until: datetime, budget: int | None) -> _Analysed:
-    """Summary and stances of ``story`` as of ``until`` (cached in the store)."""
+@dataclass(frozen=True, slots=True)
+class AnalysisPlan:
+    """Where one featured story's analysis lives in the store, and what it reads.
+
+    ``current``: the story's own view (``Pipeline.story_view``, kind ``analysis``); else the
+    story as of ``until`` (kind ``analysis@<until>``). Both engines use this, so the local
+    loop finds what the Ray engine stored."""
+
+    story_id: str
+    articles: list[Article]
+    budget: int
+    kind: str
+    key: str
+    current: bool
+
+    def is_cached(self, store: Any) -> bool:
+        got = store.get_output(self.story_id, self.kind)
+        return got is not None and got[0] == self.key
+
+
+def analysis_plan(pipeline: Any, story: Story, until: datetime, budget: int | None
+                  ) -> AnalysisPlan:
     arts = pipeline.store.get_articles(story.article_ids)
     asof = [a for a in arts if a.published_at is not None and _utc(a.published_at) < until]
     chash = members_hash(asof)
+    words = budget or pipeline.settings.summary_words
     if len(asof) == len(arts) and chash == story.content_hash:
-        view = pipeline.story_view(story.id, budget_words=budget)
-        return _Analysed(view.summary, list(view.actors), list(view.articles), view.cached,
-                         dict(view.timing))
+        return AnalysisPlan(story.id, arts, words, "analysis",
+                            pipeline.analysis_key(story.content_hash, words), True)
     # The story grew after the period (or its stored hash is stale: articles updated while no
     # clusterer ran): analyse the members as they are and as the period knew them, cached
     # under a key of its own so the story's current view (the API's) is left alone.
-    words = budget or pipeline.settings.summary_words
-    models = pipeline._models_key() if hasattr(pipeline, "_models_key") else ""
-    key = f"{chash}:{words}:{models}"
-    kind = f"analysis@{until.isoformat()}"
-    cached = pipeline.store.get_output(story.id, kind)
-    if cached is not None and cached[0] == key:
+    return AnalysisPlan(story.id, asof, words, f"analysis@{until.isoformat()}",
+                        pipeline.analysis_key(chash, words), False)
+
+
+def _analyse(pipeline: Any, story: Story, until: datetime, budget: int | None) -> _Analysed:
+    """Summary and stances of ``story`` as of ``until`` (cached in the store)."""
+    plan = analysis_plan(pipeline, story, until, budget)
+    if plan.current:
+        view = pipeline.story_view(story.id, budget_words=budget)
+        return _Analysed(view.summary, list(view.actors), list(view.articles), view.cached,
+                         dict(view.timing))
+    cached = pipeline.store.get_output(story.id, plan.kind)
+    if cached is not None and cached[0] == plan.key:
         summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
-        return _Analysed(summary, list(stances), asof, True, {})
-    summary, stances, timing = pipeline.analyse(asof, words)
-    pipeline.store.put_output(story.id, kind, key,
+        return _Analysed(summary, list(stances), plan.articles, True, {})
+    summary, stances, timing = pipeline.analyse(plan.articles, plan.budget)
+    pipeline.store.put_output(story.id, plan.kind, plan.key,
                               msgspec.json.encode((summary, stances)).decode())
-    return _Analysed(summary, list(stances), asof, False, dict(timing))
+    return _Analysed(summary, list(stances), plan.articles, False, dict(timing))
+
+
+def _analyse_on_ray(pipeline: Any, stories: Sequence[Story], until: datetime,
+                    budget: int | None, *, address: str | None, workers: int | None,
+                    prog: Progress, stages: dict[str, float]) -> list[str]:
+    """The Ray engine: analyse the stories whose analysis is not stored yet on Ray actors
+    and store the results (the driver alone writes), so the ordinary loop finds every one
+    cached. Returns the ids analysed."""
+    from storyline.service import ray_engine
+
+    plans = [analysis_plan(pipeline, st, until, budget) for st in stories]
+    todo = [p for p in plans if not p.is_cached(pipeline.store)]
+    prog.log(f"ray: {len(todo)} of {len(plans)} stories to analyse")
+    if not todo:
+        return []
+    s = pipeline.settings
+    rows = [{"story_id": p.story_id, "articles": ray_engine.encode_articles(p.articles),
+             "budget": p.budget, "kind": p.kind, "key": p.key} for p in todo]
+    with ray_engine.ray_session(address, num_cpus=s.threads) as ray:
+        results = ray_engine.analyse_stories(
+            ray, rows, models_dir=s.models_dir, threads=s.threads,
+            embed_batch_size=s.embed_batch_size, workers=workers)
+    done = set()
+    for r in results:
+        pipeline.store.put_output(r["story_id"], r["kind"], r["key"], r["payload"])
+        done.add(r["story_id"])
+        for name in ("summarise", "actors", "stance"):
+            stages[name] = stages.get(name, 0.0) + r[name]
+    return [p.story_id for p in todo if p.story_id in done]
 
 
 # ----------------------------------------------------------------------------- the document
@@ -849,11 +912,19 @@ def build_digest(
     lookback_days: int = 14,
     budget_words: int | None = None,
     refine: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
 ) -> DigestResult:
     """Build, store and (with ``out_dir``) write the digest of ``[since, until)``.
 
-    Raises ``InvalidInput`` for a bad period / top / format and ``NotFound`` when no article
-    was published in the period.
+    ``engine="ray"`` runs the analysis of the featured stories not analysed yet as a Ray
+    Data job (``ray_address``: an existing cluster, e.g. ``auto``; default an embedded
+    single-node Ray; ``ray_workers`` actors, default one per CPU) and stores the results
+    first; the digest is byte-identical to the local engine's.
+
+    Raises ``InvalidInput`` for a bad period / top / format / engine and ``NotFound`` when
+    no article was published in the period.
     """
     t0 = time.perf_counter()
     since, until = _utc(since), _utc(until)
@@ -863,6 +934,12 @@ def build_digest(
     if top < 1:
         raise InvalidInput("top must be >= 1")
     fmts = parse_formats(formats)
+    if engine not in ENGINES:
+        raise InvalidInput(f"unknown engine '{engine}' (use {' or '.join(ENGINES)})")
+    if engine == "ray":  # fail before any work when the extra is missing
+        from storyline.service.ray_engine import import_ray
+
+        import_ray()
     prog: Progress = progress or _Silent()
     store = pipeline.store
     key = period_key(since, until)
@@ -904,6 +981,13 @@ def build_digest(
         featured = ranked[:top]
     prog.log(f"{len(ids)} articles, {len(stories)} stories; featuring {len(featured)}")
 
+    on_ray: set[str] = set()
+    if engine == "ray":
+        prog.stage("summarise and tag stances (ray)")
+        with _timed(stages, "ray"):
+            on_ray = set(_analyse_on_ray(
+                pipeline, [c.story for c in featured], until, budget_words,
+                address=ray_address, workers=ray_workers, prog=prog, stages=stages))
     prog.stage("summarise and tag stances", len(featured))
     entries = []
     recomputed: list[str] = []
@@ -911,10 +995,11 @@ def build_digest(
         an = _analyse(pipeline, cand.story, until, budget_words)
         for name, secs in an.timing.items():
             stages[name] = stages.get(name, 0.0) + secs
-        if not an.cached:
+        if not an.cached or cand.story.id in on_ray:
             recomputed.append(cand.story.id)
         entries.append(_story_entry(i, cand, an))
-        prog.advance(("cached " if an.cached else "") + cand.story.id)
+        prog.advance(("cached " if an.cached and cand.story.id not in on_ray else "")
+                     + cand.story.id)
 
     prog.stage("render")
     with _timed(stages, "render"):
