@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +32,10 @@ import numpy.typing as npt
 from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.registry import EMBEDDER, Manifest
 
-__all__ = ["MAX_TOKENS", "OnnxEmbedder", "load_tokenizer", "make_session"]
+if TYPE_CHECKING:
+    from storyline.models.protocols import Embedder
+
+__all__ = ["MAX_TOKENS", "CachingEmbedder", "OnnxEmbedder", "load_tokenizer", "make_session"]
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +241,57 @@ class OnnxEmbedder:
                 w.result()
         if errors:
             raise errors[0]
+
+
+class CachingEmbedder:
+    """An ``Embedder`` that remembers the vectors of the last ``size`` distinct texts.
+
+    Sound because a text's vector does not depend on what else is embedded with it (each
+    text runs alone, unpadded). Stories change one article at a time, and the summariser
+    re-embeds every sentence of a story whenever it changes: with this in front only the
+    new article's sentences reach the model.
+    """
+
+    def __init__(self, inner: Embedder, size: int = 20_000) -> None:
+        if size < 0:
+            raise InvalidInput("cache size must be >= 0")
+        self._inner = inner
+        self._size = size
+        self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self._inner.dim)
+
+    @property
+    def model_id(self) -> str:
+        return str(self._inner.model_id)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        items = OnnxEmbedder._check(texts)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}
+        with self._lock:
+            for i, t in enumerate(items):
+                vec = self._cache.get(t)
+                if vec is None:
+                    todo.setdefault(t, []).append(i)
+                else:
+                    self._cache.move_to_end(t)
+                    out[i] = vec
+            # A text repeated within the call is embedded once: the repeats count as hits.
+            self.hits += len(items) - len(todo)
+            self.misses += len(todo)
+        if todo:
+            fresh = self._inner.embed(list(todo))
+            with self._lock:
+                for (t, rows), vec in zip(todo.items(), fresh, strict=True):
+                    out[rows] = vec
+                    if self._size:
+                        self._cache[t] = np.array(vec, dtype=np.float32)
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+        return out

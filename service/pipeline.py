@@ -93,6 +93,10 @@ class RelatedHit:
     story_id: str | None = None
 
 
+#: most members of the query's story added to the related-coverage candidates
+MAX_STORY_CANDIDATES = 500
+
+
 class Pipeline:
     """The product's core, used by the CLI, the HTTP app and the digest job."""
 
@@ -391,12 +395,21 @@ class Pipeline:
         pool = min(len(self.index), max(50, 5 * k) * (4 if filtered else 1) + len(exclude))
         hits = self.index.search(vec[None, :], pool)[0]
         cand = [(i, s) for i, s in hits if i not in exclude]
+        s = self.settings
+        w_story = s.related_story_weight if story is not None else 0.0
+        if w_story and story is not None:
+            # The query's story members are candidates whatever their cosine rank: the
+            # story signal is worth most exactly for the siblings the vectors rank low
+            # (train recall@2 0.918 -> 0.929 over a 50-candidate pool).
+            seen = {i for i, _ in cand} | exclude
+            members = [m for m in self.store.get_story(story).article_ids if m not in seen]
+            if members:
+                mids, mvecs = self.store.embeddings(members[:MAX_STORY_CANDIDATES])
+                cand += [(i, float(mvecs[j] @ vec)) for j, i in enumerate(mids)]
         if not cand:
             return []
         arts = {a.id: a for a in self.store.get_articles([i for i, _ in cand])}
         cand_ents = self.store.entities([i for i, _ in cand]) if ents else {}
-        s = self.settings
-        w_story = s.related_story_weight if story is not None else 0.0
         cand_story = self.store.story_of([i for i, _ in cand]) if w_story else {}
         scored = []
         for i, sim in cand:
@@ -430,10 +443,12 @@ class Pipeline:
     @property
     def summariser(self) -> Summariser:
         if self._summariser is None:
+            from storyline.models.embedder import CachingEmbedder
             from storyline.models.summariser import ExtractiveSummariser
 
+            sentences = CachingEmbedder(self.embedder, self.settings.sentence_cache_size)
             self._summariser = ExtractiveSummariser(
-                self.settings.models_dir, embedder=self.embedder, threads=self.settings.threads
+                self.settings.models_dir, embedder=sentences, threads=self.settings.threads
             )
         return self._summariser
 

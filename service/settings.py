@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     warm_stories: bool = Field(
         True, description="recompute changed stories' summaries + stances while the service is idle"
     )
+    sentence_cache_size: int = Field(
+        20_000, ge=0,
+        description="sentence vectors the summariser keeps (~1.5 kB each): a changed story "
+        "re-embeds only its new sentences",
+    )
     analysis_cache_size: int = Field(
         2048, ge=0, description="ad hoc article sets whose summary + stances stay in memory"
     )

@@ -134,3 +134,26 @@ def test_missing_model_or_tokenizer_is_refused(models_dir: Path, tmp_path: Path)
 def test_unbuilt_models_dir_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="not built"):
         OnnxEmbedder(tmp_path)
+
+
+def test_caching_embedder_returns_the_models_vectors_and_bounds_itself(
+    embedder: OnnxEmbedder, texts: list[str]
+) -> None:
+    from storyline.models.embedder import CachingEmbedder
+
+    cached = CachingEmbedder(embedder, size=4)
+    batch = [texts[0], texts[1], texts[0], texts[2]]
+    ref = embedder.embed(batch)
+    np.testing.assert_array_equal(cached.embed(batch), ref)
+    assert (cached.hits, cached.misses) == (1, 3)  # the repeated text is embedded once
+    np.testing.assert_array_equal(cached.embed(batch[::-1]), ref[::-1])
+    assert cached.hits == 5
+    cached.embed(texts[3:8])  # 5 new texts push the oldest out of a 4-entry cache
+    misses = cached.misses
+    cached.embed([texts[0]])
+    assert cached.misses == misses + 1
+    assert cached.embed([]).shape == (0, embedder.dim)
+    with pytest.raises(InvalidInput):
+        cached.embed("one string")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        CachingEmbedder(embedder, size=-1)

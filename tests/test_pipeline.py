@@ -107,6 +107,12 @@ def test_story_signal_ranks_the_query_story_first(pipeline: Pipeline) -> None:
     for h in hits:
         bonus = 0.3 if h.story_id == sid else 0.0
         assert h.score == pytest.approx(h.similarity + bonus, abs=1e-5)
+    # Story members are candidates even when vector search does not surface them (here:
+    # gone from the index, as a sibling ranked below the candidate pool would be).
+    pipeline.index.remove(["court-2"])
+    again = pipeline.related("court-1", k=3)
+    assert again[0].id == "court-2"
+    assert again[0].similarity == pytest.approx(hits[0].similarity, abs=1e-5)
     # Free-text search has no story: cosine (and time) only.
     pipeline.settings = pipeline.settings.model_copy(update={"related_story_weight": 5.0})
     top = pipeline.search("hurricane power outage", k=4)

@@ -75,7 +75,10 @@ def rank_metrics(ranked: dict[str, list[str]], gold: dict[str, str | None]) -> d
     return out
 
 
-def _run(pipe: Any, ids: Sequence[str], gold: dict[str, str | None], k: int) -> dict[str, Any]:
+def _run(
+    pipe: Any, ids: Sequence[str], gold: dict[str, str | None], k: int,
+    splits: dict[str, str] | None = None,
+) -> dict[str, Any]:
     ranked: dict[str, list[str]] = {}
     lat = []
     for q in ids:
@@ -86,6 +89,12 @@ def _run(pipe: Any, ids: Sequence[str], gold: dict[str, str | None], k: int) -> 
         lat.append((time.perf_counter() - t0) * 1000)
         ranked[q] = [h.id for h in hits]
     res: dict[str, Any] = rank_metrics(ranked, gold)
+    if splits:
+        # The same rankings scored on each split's queries (the pool is always everything).
+        res["by_split"] = {
+            name: rank_metrics({q: r for q, r in ranked.items() if splits.get(q) == name}, gold)
+            for name in sorted(set(splits.values()))
+        }
     res["query_ms_p50"] = float(np.median(lat)) if lat else 0.0
     res["query_ms_p99"] = float(np.percentile(lat, 99)) if lat else 0.0
     return res
@@ -111,7 +120,10 @@ def evaluate_retrieval(
         ingest_s = time.perf_counter() - t0
         # Duplicates are not stored twice: evaluate the ids that were stored.
         stored = [a.id for a in arts if pipe.store.canonical_id(a.id) == a.id]
-        ours = _run(pipe, stored, gold, k)
+        from storyline.service.evaluation.clustering import _read_splits
+
+        splits = _read_splits(articles_file)
+        ours = _run(pipe, stored, gold, k, splits)
         s = pipe.settings
         ours["signals"] = {
             "window_hours": s.related_window_hours, "time_weight": s.related_time_weight,
@@ -126,7 +138,7 @@ def evaluate_retrieval(
                 ("without_time", {"related_time_weight": 0.0}),
             ):
                 pipe.settings = s.model_copy(update=update)
-                ours[name] = _run(pipe, stored, gold, k)
+                ours[name] = _run(pipe, stored, gold, k, splits)
             pipe.settings = s
         pipe.store.close()
     ours["articles"] = len(arts)
