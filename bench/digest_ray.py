@@ -61,6 +61,10 @@ def main() -> None:
         pipe = Pipeline(Settings(data_dir=base))
         t0 = time.perf_counter()
         pipe.ingest(arts)
+        # Settle merges/splits before the copy: refine mints fresh ids for the stories it
+        # creates, so refining each copy separately would name the same stories differently.
+        if pipe.clusterer is not None:
+            pipe.clusterer.refine()
         out["ingest_s"] = round(time.perf_counter() - t0, 2)
         pipe.close()
         shutil.copytree(base, Path(tmp) / "ray", symlinks=True)
