@@ -459,7 +459,9 @@ class StoryClusterer:
                 self._drop_article(h)
             fresh = [aid for aid in ids if aid not in self._handle]
             sids, vecs = self.store.embeddings(fresh) if fresh else ([], None)
-            handles = waiting + (self._add_articles(sids, vecs) if sids else [])
+            handles = waiting + (
+                self._add_articles(sids, vecs) if sids and vecs is not None else []
+            )
             sids = [self._art(h).id for h in handles]
             handles.sort(key=lambda h: (self._art(h).ts, self._art(h).id))
             nbrs = self._neighbours(handles, self.params.candidates)

@@ -560,7 +560,7 @@ def tune_selection(
             for v in values:
                 if getattr(best, name) == v:
                     continue
-                p = replace(best, **{name: v})
+                p = replace(best, **{name: v})  # type: ignore[arg-type]  # grid is typed by name
                 rows = per_story_objective(stories, scored, p, rouge)
                 diff = rows.sum(axis=1) - best_rows.sum(axis=1)
                 se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0

@@ -157,7 +157,9 @@ def models_info(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     from storyline.models.registry import Manifest
 
     recs = Manifest(settings(data_dir).models_dir).load()
-    out = {k: {"files": v.files, "check": v.meta.get("check")} for k, v in recs.items()}
+    out: dict[str, dict[str, Any]] = {
+        k: {"files": v.files, "check": v.meta.get("check")} for k, v in recs.items()
+    }
     if not as_json:
         for name, r in out.items():
             typer.echo(f"{name}: {', '.join(f'{f} {h[:12]}' for f, h in r['files'].items())}")

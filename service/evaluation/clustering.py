@@ -345,7 +345,9 @@ def evaluate_clustering(
             row = {i: k for k, i in enumerate(sids)}
             rows = [row[canon[i]] for i in ids]
             pub = {a.id: a.published_at for a in arts}
-            ts = np.asarray([pub[i].timestamp() if pub[i] else 0.0 for i in ids], np.float64)
+            ts = np.asarray(
+                [t.timestamp() if (t := pub[i]) is not None else 0.0 for i in ids], np.float64
+            )
             res["baselines"] = _baselines(ids, vecs[rows], ts, gold, splits)
         pipe.store.close()
     res["seconds"] = round(time.perf_counter() - t0, 2)
