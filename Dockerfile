@@ -35,8 +35,11 @@ RUN groupadd --system --gid 10001 storyline \
  && useradd --system --uid 10001 --gid storyline --home /data storyline
 COPY --from=builder /wheels /wheels
 COPY constraints.txt /tmp/constraints.txt
-# Runtime dependencies only: the package's base requirements, no torch.
-RUN pip install -c /tmp/constraints.txt /wheels/*.whl && rm -rf /wheels /tmp/constraints.txt
+# Runtime dependencies only: the base requirements plus the PostgreSQL store (SQLAlchemy,
+# Alembic, psycopg; STORYLINE_DATABASE_URL), no torch.
+RUN whl="$(ls /wheels/storyline-*.whl)" \
+ && pip install -c /tmp/constraints.txt "${whl}[postgres]" \
+ && rm -rf /wheels /tmp/constraints.txt
 COPY --from=builder --chown=10001:10001 /opt/storyline/data/models /opt/storyline/models
 COPY seeds /app/seeds
 WORKDIR /app
