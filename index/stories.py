@@ -191,6 +191,15 @@ def _faiss_single_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def members_hash(members: Iterable[tuple[str, str]]) -> str:
+    """A story's content hash from its members' ``(article id, content hash)`` pairs (order
+    does not matter): the key every cached per-story output is checked against."""
+    digest = hashlib.sha256()
+    for aid, chash in sorted(members):
+        digest.update(f"{aid}\x1f{chash}\n".encode())
+    return digest.hexdigest()
+
+
 class StoryClusterer:
     """Assigns articles to stories as they are ingested; see the module docstring."""
 
@@ -509,15 +518,12 @@ class StoryClusterer:
                 label = self._art(titled[int(np.argmax(sims))]).title
         dated = [a.ts for a in arts if a.dated]
         outlets = Counter(a.source for a in arts if a.source)
-        digest = hashlib.sha256()
-        for a in sorted(arts, key=lambda a: a.id):
-            digest.update(f"{a.id}\x1f{a.chash}\n".encode())
         return Story(
             id=s.sid, label=label, article_ids=[a.id for a in arts],
             first_at=datetime.fromtimestamp(min(dated), UTC) if dated else None,
             last_at=datetime.fromtimestamp(max(dated), UTC) if dated else None,
             outlets=dict(sorted(outlets.items())), centroid=centroid, status=status,
-            content_hash=digest.hexdigest() if members else "",
+            content_hash=members_hash((a.id, a.chash) for a in arts) if members else "",
             extra={"dirty": s.dirty, "size": len(members)},
         )
 

@@ -52,7 +52,6 @@ output (no wall-clock time inside; the page says "generated for <period>").
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -72,6 +71,7 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
+from storyline.index.stories import members_hash as stories_members_hash
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput, NotFound
 from storyline.models.types import ActorStance, Article, Stance, Summary
@@ -413,10 +413,7 @@ class _Analysed:
 
 def members_hash(articles: Sequence[Article]) -> str:
     """A story's content hash over ``articles``, computed as the clusterer computes it."""
-    h = hashlib.sha256()
-    for a in sorted(articles, key=lambda a: a.id):
-        h.update(f"{a.id}\x1f{a.content_hash}\n".encode())
-    return h.hexdigest()
+    return stories_members_hash((a.id, a.content_hash) for a in articles)
 
 
 @dataclass(frozen=True, slots=True)

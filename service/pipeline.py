@@ -6,7 +6,6 @@ Protocol) to the store and keeps the FAISS index in step with the database.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -24,6 +23,7 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 
 from storyline.index.store import IngestItem, SQLiteStore
+from storyline.index.stories import members_hash
 from storyline.index.types import IngestResult, Story
 from storyline.index.vectors import VectorIndex
 from storyline.models.errors import InvalidInput, NotFound
@@ -512,7 +512,7 @@ class Pipeline:
     ) -> list[StoryView] | None:
         """``summarise_articles(articles)`` when that is exactly one stored, unchanged story
         whose analysis is current; else None (no model runs)."""
-        sid = self._exact_story(articles)
+        sid = self._exact_story(articles, self._stored_hashes(articles))
         if sid is None:
             return None
         view = self.cached_story_view(sid, budget_words=budget_words)
@@ -560,11 +560,11 @@ class Pipeline:
             return [self.story_view(sid, budget_words=budget_words) for sid in sids]
         from storyline.index.stories import StoryClusterer
 
-        sid = self._exact_story(articles)
+        latest = list({a.id: a for a in articles}.values())
+        stored = self._stored_hashes(latest)
+        sid = self._exact_story(latest, stored)
         if sid is not None:
             return [self.story_view(sid, budget_words=budget_words)]
-        latest = list({a.id: a for a in articles}.values())
-        stored = {a.id: a.content_hash for a in self.store.get_articles([a.id for a in latest])}
         same = [a.id for a in latest if stored.get(a.id) == a.content_hash]
         scratch = SQLiteStore(Path(":memory:"))
         try:
@@ -593,10 +593,14 @@ class Pipeline:
         finally:
             scratch.close()
 
-    def _exact_story(self, articles: Sequence[Article]) -> str | None:
-        """The stored story whose members are exactly ``articles``, unchanged, if any."""
+    def _stored_hashes(self, articles: Sequence[Article]) -> dict[str, str]:
+        """Content hash of each of ``articles`` that is stored under its id."""
+        return {a.id: a.content_hash for a in self.store.get_articles([a.id for a in articles])}
+
+    def _exact_story(self, articles: Sequence[Article], stored: dict[str, str]) -> str | None:
+        """The stored story whose members are exactly ``articles``, unchanged, if any
+        (``stored``: ``_stored_hashes(articles)``)."""
         latest = {a.id: a.content_hash for a in articles}
-        stored = {a.id: a.content_hash for a in self.store.get_articles(list(latest))}
         if stored != latest:
             return None
         owners = set(self.store.story_of(list(latest)).values())
@@ -609,10 +613,7 @@ class Pipeline:
         self, story: Story, articles: list[Article], budget_words: int | None
     ) -> StoryView:
         budget = budget_words or self.settings.summary_words
-        h = hashlib.sha256()
-        for a in sorted(articles, key=lambda a: a.id):
-            h.update(f"{a.id}\0{a.content_hash}\0".encode())
-        key = f"{h.hexdigest()}:{budget}:{self._models_key()}"
+        key = self.analysis_key(members_hash((a.id, a.content_hash) for a in articles), budget)
         with self._analyses_lock:
             while len(self._analyses) > self.settings.analysis_cache_size:
                 self._analyses.popitem(last=False)
