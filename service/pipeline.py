@@ -243,7 +243,8 @@ class Pipeline:
                     upto = ch.seq
             present = [i for i, op in final.items() if op == "upsert"]
             ids, vecs = self.store.embeddings(present) if present else ([], None)
-            gone = [i for i in final if i not in set(ids)]
+            found = set(ids)
+            gone = [i for i in final if i not in found]
             if ids and vecs is not None:
                 self.index.add(ids, vecs)
             if gone:
