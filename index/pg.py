@@ -41,7 +41,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
         f"pip install 'storyline[postgres]' ({_exc})"
     ) from _exc
 
-from storyline.index.store import IngestItem
+from storyline.index.store import IngestItem, resolve_successors
 from storyline.index.types import Change, IngestResult, Story, StoryHistory
 from storyline.models.errors import InvalidArticle, NotFound, StoreError
 from storyline.models.types import Article
@@ -573,24 +573,16 @@ class PostgresStore:
 
     def resolve_story(self, story_id: str) -> list[str]:
         """Active ids that ``story_id`` became, following merges and splits."""
-        seen: set[str] = set()
-        frontier = [story_id]
-        out: list[str] = []
-        while frontier:
-            sid = frontier.pop()
-            if sid in seen:
-                continue
-            seen.add(sid)
+
+        def status(sid: str) -> str | None:
             rows = self._rows(sa.select(stories.c.status).where(stories.c.id == sid))
-            if rows and rows[0]["status"] == "active":
-                out.append(sid)
-                continue
-            frontier += [r["new_id"] for r in self._rows(
-                sa.select(story_history_t.c.new_id).where(story_history_t.c.old_id == sid)
-            )]
-        if not out and not self._rows(sa.select(stories.c.id).where(stories.c.id == story_id)):
-            raise NotFound(f"story '{story_id}' not found")
-        return sorted(out)
+            return str(rows[0]["status"]) if rows else None
+
+        def successors(sid: str) -> list[str]:
+            h = story_history_t.c
+            return [r["new_id"] for r in self._rows(sa.select(h.new_id).where(h.old_id == sid))]
+
+        return resolve_successors(story_id, status, successors)
 
     # -- per-story outputs (summaries, stances) and digests ---------------------------
     def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:

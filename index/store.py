@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -568,24 +568,16 @@ class SQLiteStore:
 
     def resolve_story(self, story_id: str) -> list[str]:
         """Active ids that ``story_id`` became, following merges and splits."""
-        seen: set[str] = set()
-        frontier = [story_id]
-        out: list[str] = []
-        while frontier:
-            sid = frontier.pop()
-            if sid in seen:
-                continue
-            seen.add(sid)
+
+        def status(sid: str) -> str | None:
             rows = self._query("SELECT status FROM stories WHERE id=?", (sid,))
-            if rows and rows[0]["status"] == "active":
-                out.append(sid)
-                continue
-            frontier += [r["new_id"] for r in self._query(
-                "SELECT new_id FROM story_history WHERE old_id=?", (sid,)
-            )]
-        if not out and not self._query("SELECT 1 FROM stories WHERE id=?", (story_id,)):
-            raise NotFound(f"story '{story_id}' not found")
-        return sorted(out)
+            return str(rows[0]["status"]) if rows else None
+
+        def successors(sid: str) -> list[str]:
+            rows = self._query("SELECT new_id FROM story_history WHERE old_id=?", (sid,))
+            return [r["new_id"] for r in rows]
+
+        return resolve_successors(story_id, status, successors)
 
     # -- per-story outputs (summaries, stances) and digests ---------------------------
     def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:
@@ -619,6 +611,30 @@ class SQLiteStore:
 
     def digest_dates(self) -> list[str]:
         return [r["date"] for r in self._query("SELECT DISTINCT date FROM digests ORDER BY date")]
+
+
+def resolve_successors(
+    story_id: str,
+    status: Callable[[str], str | None],
+    successors: Callable[[str], list[str]],
+) -> list[str]:
+    """The active stories ``story_id`` became, following the merge/split history (shared by
+    the store backends; each supplies its two lookups). ``NotFound`` for an unknown id."""
+    seen: set[str] = set()
+    frontier = [story_id]
+    out: list[str] = []
+    while frontier:
+        sid = frontier.pop()
+        if sid in seen:
+            continue
+        seen.add(sid)
+        if status(sid) == "active":
+            out.append(sid)
+            continue
+        frontier += successors(sid)
+    if not out and status(story_id) is None:
+        raise NotFound(f"story '{story_id}' not found")
+    return sorted(out)
 
 
 def _article(r: sqlite3.Row) -> Article:
