@@ -23,7 +23,9 @@ No torch here: onnxruntime, tokenizers (via the embedder) and numpy only. For on
 4. Greedy MMR under the budget: relevance = expected number of *new* matched n-grams per
    word (coverage, hence redundancy, counted the way ROUGE clips counts), optionally mixed
    with the sentence score (``mu``) and an embedding-similarity penalty (``mmr_lambda``);
-   near-copies (cosine >= ``max_redundancy``) are never added twice.
+   near-copies (cosine >= ``max_redundancy``) are never added twice. With ``beam`` > 0 a
+   beam search over sentence sets then looks for a set with more expected matches in the
+   text as read (ordered, cut at the budget); the greedy set competes, so it only helps.
 5. Ordering: chronological by article ``published_at`` (unknown last), then article input
    order, then position in the article. Headline: the member title nearest the centroid.
 
@@ -743,6 +745,8 @@ class SelectionParams:
     support_threshold: float = 0.6
     #: headline rule: "centroid" (title nearest the sentence centroid) or "title_centroid"
     headline: str = "centroid"
+    #: beam width of the coverage search (0 = the greedy MMR above only); see ``_beam_select``
+    beam: int = 0
 
     def to_json(self) -> str:
         return json.dumps({k: getattr(self, k) for k in self.__slots__}, sort_keys=True)
@@ -829,7 +833,112 @@ def select_sentences(
         if concepts is not None:
             for g, m in concepts.sent_counts[i].items():
                 have[g] = have.get(g, 0) + m
-    return [cands[k] for k in chosen]
+    picked = [cands[k] for k in chosen]
+    if params.beam > 0 and cum is not None and concepts is not None and len(cands) > 1:
+        return _beam_select(story, budget_words, params, concepts, cum, picked)
+    return picked
+
+
+class _Coverage:
+    """Expected n-gram matches of sentence sets, over a story's candidates (by position k)."""
+
+    def __init__(self, story: PreparedStory, concepts: StoryConcepts,
+                 cum: npt.NDArray[np.float64], bigram_weight: float) -> None:
+        cands = story.candidates
+        self.story, self.cum = story, cum
+        self.rows = np.arange(len(concepts.grams))
+        self.w = np.where([len(g) == 2 for g in concepts.grams], bigram_weight, 1.0)
+        self.counts = np.zeros((len(cands), len(concepts.grams)), dtype=np.int64)
+        for k, i in enumerate(cands):
+            for g, m in concepts.sent_counts[i].items():
+                self.counts[k, g] = m
+        self.n_words = [story.sentences[i].n_words for i in cands]
+        self.texts = [story.sentences[i].text for i in cands]
+        self.order = [order_key(story, i) for i in cands]
+        self.index = {g: n for n, g in enumerate(concepts.grams)}
+
+    def value(self, h: npt.NDArray[np.int64]) -> float:
+        """Expected matches of a summary holding gram g ``h[g]`` times (ROUGE clipping)."""
+        return float((self.w * self.cum[self.rows, np.minimum(h, KMAX)]).sum())
+
+    def extensions(self, h: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """``value(h + counts[k])`` for every candidate k at once."""
+        ext = np.minimum(h[None, :] + self.counts, KMAX)
+        return np.asarray((self.w[None, :] * self.cum[self.rows[None, :], ext]).sum(axis=1))
+
+    def as_read(self, sel: Sequence[int], budget_words: int) -> float:
+        """Expected matches of the set's text in summary order, cut at the budget."""
+        h = np.zeros(len(self.rows), dtype=np.int64)
+        words = 0
+        for k in sorted(sel, key=self.order.__getitem__):
+            room = budget_words - words
+            if self.n_words[k] <= room:
+                h += self.counts[k]
+                words += self.n_words[k]
+                continue
+            toks = [t for word in self.texts[k].split()[:room] for t in concept_tokens(word)]
+            for gram in itertools.chain(((t,) for t in toks), itertools.pairwise(toks)):
+                g = self.index.get(gram)
+                if g is not None:
+                    h[g] += 1
+            break
+        return self.value(h)
+
+
+def _beam_select(
+    story: PreparedStory,
+    budget_words: int,
+    params: SelectionParams,
+    concepts: StoryConcepts,
+    cum: npt.NDArray[np.float64],
+    greedy: list[int],
+) -> list[int]:
+    """Beam search for the sentence set with the most expected n-gram matches *as read*.
+
+    Greedy gain-per-word picks well early but commits to it; and what a reader (or a
+    budget cut) sees is the set in summary order, where the sentence that crosses the
+    budget is the chronologically last one, not the last one picked. So: partial sets
+    under the budget are ranked by expected matches per word and the best ``beam`` of each
+    size are extended; a set that reaches the budget is scored exactly on its ordered text
+    cut at the budget. The greedy set competes too, so the result never scores below it
+    under the model. Redundancy, duplicate-text and ``min_fit`` rules are the greedy ones.
+    """
+    cands = story.candidates
+    cov = _Coverage(story, concepts, cum, params.bigram_weight)
+    n_words, texts = cov.n_words, cov.texts
+    sims = story.emb[cands] @ story.emb[cands].T
+    pos = {i: k for k, i in enumerate(cands)}
+    best_sel = tuple(sorted(pos[i] for i in greedy))
+    best_val = cov.as_read(best_sel, budget_words)
+    seen: set[tuple[int, ...]] = {best_sel}
+    frontier: list[tuple[tuple[int, ...], npt.NDArray[np.int64], int]] = [
+        ((), np.zeros(len(cov.rows), dtype=np.int64), 0)]
+    while frontier:
+        grown: list[tuple[float, tuple[int, ...], npt.NDArray[np.int64], int]] = []
+        for sel, h, words in frontier:
+            vals = cov.extensions(h)
+            for k in range(len(cands)):
+                if k in sel:
+                    continue
+                key = tuple(sorted((*sel, k)))
+                if key in seen:
+                    continue
+                if sel and (max(float(sims[k, j]) for j in sel) >= params.max_redundancy
+                            or any(texts[k] == texts[j] for j in sel)):
+                    continue
+                total = words + n_words[k]
+                if total < budget_words:
+                    seen.add(key)
+                    grown.append((float(vals[k]) / total, key, h + cov.counts[k], total))
+                elif not sel or budget_words - words >= params.min_fit * n_words[k]:
+                    # min_fit depends on which member comes last: mark only sets that pass
+                    seen.add(key)
+                    v = cov.as_read(key, budget_words)
+                    if v > best_val + 1e-9:
+                        best_val, best_sel = v, key
+        grown.sort(key=lambda t: (-t[0], t[1]))  # ties by index: deterministic
+        frontier = [(key, h, words) for _, key, h, words in grown[: params.beam]]
+    return [cands[k] for k in best_sel]
 
 
 def _published_key(a: Article) -> float:
