@@ -211,9 +211,18 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
-        # One connection shared by threads: sqlite3 objects are not safe to use
-        # concurrently, so every call holds this lock.
+        self._timeout_s = timeout_s
+        # Writes: one connection shared by threads (sqlite3 objects are not safe to use
+        # concurrently), every transaction holding this lock. Reads: one read-only
+        # connection per thread, so under WAL a lookup never waits for a write
+        # transaction or its fsync, nor for another thread's read.
         self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        # an in-memory database exists only on its one connection
+        self._one_connection = str(path) == ":memory:"
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -232,6 +241,7 @@ class SQLiteStore:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"database unavailable: {exc}") from exc
+            self._local.in_tx = getattr(self._local, "in_tx", 0) + 1
             try:
                 yield self._db
             except BaseException:
@@ -243,15 +253,41 @@ class SQLiteStore:
                 except sqlite3.Error as exc:
                     self._db.execute("ROLLBACK")
                     raise StoreError(f"commit failed: {exc}") from exc
+            finally:
+                self._local.in_tx -= 1
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=self._timeout_s,
+                                   check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                if self._closed:
+                    conn.close()
+                    raise StoreError("the store is closed")
+                self._readers.append(conn)
+            self._local.reader = conn
+        return conn
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"query failed: {exc}") from exc
+        in_tx: int = getattr(self._local, "in_tx", 0)
+        try:
+            if self._one_connection or in_tx:
+                # (or inside this thread's own transaction: read its uncommitted writes)
+                with self._lock:
+                    return self._db.execute(sql, params).fetchall()
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
 
     def close(self) -> None:
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
         with self._lock:
             self._db.close()
 

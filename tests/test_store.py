@@ -43,6 +43,35 @@ def test_insert_unchanged_update_duplicate(make_store: MakeStore) -> None:
     assert [c.op for c in st.changes_since(0)] == ["upsert", "upsert", "upsert"]
 
 
+def test_reads_do_not_wait_for_an_open_write_transaction(make_store: MakeStore) -> None:
+    """Lookups (related coverage, stored summaries) must not queue behind a writer's
+    transaction and its fsync: a read answers while another thread holds one open."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = make_store()
+    st.ingest([_item("a", "alpha")], "m")
+    inside, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with st.transaction():
+            inside.set()
+            release.wait(10)
+
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(writer)
+        try:
+            assert inside.wait(5)
+            read = pool.submit(st.count_articles)
+            assert read.result(timeout=5) == 1
+            assert st.get_article("a").text == "alpha"
+        finally:
+            release.set()
+        held.result(timeout=10)
+    st.ingest([_item("b", "beta", seed=1)], "m")  # and writes still go through afterwards
+    assert st.count_articles() == 2
+
+
 def test_batch_is_atomic(make_store: MakeStore) -> None:
     st = make_store()
     bad = IngestItem(Article(id="bad", text="t"), np.array([np.nan, 1.0], np.float32))
