@@ -6,6 +6,8 @@ callers (the HTTP layer, the CLI) map them to problem details / exit codes in on
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConflictError",
     "InvalidArticle",
@@ -33,6 +35,19 @@ class StorylineError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled across the model process: rebuild from the state, not by calling
+        # ``__init__`` again (subclasses take keyword-only arguments, and prefix details).
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[StorylineError], args: tuple[Any, ...],
+             state: dict[str, Any]) -> StorylineError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class InvalidInput(StorylineError):

@@ -58,7 +58,8 @@ most support the label (for mixed alternately the most positive and the most neg
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,7 @@ __all__ = [
     "SUPPORTIVE_VERBS",
     "ActorStanceTagger",
     "AggregationRule",
+    "CachingTargetScorer",
     "SpeechAttributor",
     "TargetScorer",
     "VaderTargetScorer",
@@ -184,6 +186,57 @@ class VaderTargetScorer:
                 cache[text] = float(sia.polarity_scores(text)["compound"])
             c = cache[text]
             out[i] = (max(0.0, -c), 1.0 - abs(c), max(0.0, c))
+        return out
+
+
+class CachingTargetScorer:
+    """A ``TargetScorer`` that remembers the probabilities of the last ``size`` targets.
+
+    Sound because the served model scores each target alone, unpadded (an answer depends on
+    that target only). Stories change an article at a time and ad hoc article sets reuse
+    stored articles, while stance is the costliest stage of an analysis: with this in front
+    only mentions never scored before reach the model.
+    """
+
+    def __init__(self, inner: TargetScorer, size: int = 50_000) -> None:
+        if size < 0:
+            raise InvalidInput("cache size must be >= 0")
+        self._inner = inner
+        self._size = size
+        self._cache: OrderedDict[tuple[str, int, int], npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.model_id = str(getattr(inner, "model_id", type(inner).__name__))
+
+    def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]:
+        if not all(isinstance(it, tuple) and len(it) == 3 and isinstance(it[0], str)
+                   and isinstance(it[1], int) and isinstance(it[2], int) for it in items):
+            return self._inner.predict(items)  # the model names what is wrong
+        out = np.empty((len(items), 3), dtype=np.float32)
+        todo: dict[tuple[str, int, int], list[int]] = {}
+        with self._lock:
+            for i, key in enumerate(items):
+                probs = self._cache.get(key)
+                if probs is None:
+                    todo.setdefault(key, []).append(i)
+                else:
+                    self._cache.move_to_end(key)
+                    out[i] = probs
+            # a target repeated within the call is scored once: the repeats count as hits
+            self.hits += len(items) - len(todo)
+            self.misses += len(todo)
+        if todo:
+            fresh = np.asarray(self._inner.predict(list(todo)), dtype=np.float32)
+            if fresh.shape != (len(todo), 3):
+                return fresh  # ActorStanceTagger reports the wrong shape
+            with self._lock:
+                for (key, rows), probs in zip(todo.items(), fresh, strict=True):
+                    out[rows] = probs
+                    if self._size:
+                        self._cache[key] = probs.copy()
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
         return out
 
 

@@ -843,7 +843,7 @@ class _Coverage:
     """Expected n-gram matches of sentence sets, over a story's candidates (by position k)."""
 
     def __init__(self, story: PreparedStory, concepts: StoryConcepts,
-                 cum: npt.NDArray[np.float64], bigram_weight: float) -> None:
+                 cum: npt.NDArray[np.floating[Any]], bigram_weight: float) -> None:
         cands = story.candidates
         self.story, self.cum = story, cum
         self.rows = np.arange(len(concepts.grams))
@@ -890,7 +890,7 @@ def _beam_select(
     budget_words: int,
     params: SelectionParams,
     concepts: StoryConcepts,
-    cum: npt.NDArray[np.float64],
+    cum: npt.NDArray[np.floating[Any]],
     greedy: list[int],
 ) -> list[int]:
     """Beam search for the sentence set with the most expected n-gram matches *as read*.

@@ -109,6 +109,10 @@ def models_build(
         list[str] | None, typer.Option(help="embedder | summariser | stance (repeatable)")
     ] = None,
     data_dir: DataDirOpt = None,
+    with_fusion: Annotated[
+        bool, typer.Option("--with-fusion", help="also convert SmolLM2-135M-Instruct for the "
+                           "optional fusion summary mode (needs the fusion extra)")
+    ] = False,
 ) -> None:
     """Build every model artefact from the pip-installed weight packages (cached).
 
@@ -135,6 +139,31 @@ def models_build(
         from storyline.models.stance_train import build_stance
 
         build_stance(s.models_dir, data_dir=data / "newsmtsc", force=force, log=typer.echo)
+    if with_fusion:  # the optional fusion mode (models/llm_build.py)
+        from storyline.models.llm_build import build_fusion
+
+        build_fusion(s.models_dir, force=force, log=typer.echo)
+
+
+# -- a user's own seq2seq summariser (models/seq2seq*.py) ---------------------------------
+@models_app.command("export-seq2seq")
+def models_export_seq2seq(
+    src: Annotated[Path, typer.Argument(help="local Hugging Face seq2seq model folder")],
+    quantise: Annotated[bool, typer.Option(help="int8 dynamic quantisation")] = True,
+    prefix: Annotated[
+        str | None, typer.Option(help="input prefix, e.g. 'summarize: ' [default: the model's]")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="cap on generated tokens")] = 256,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a local seq2seq model to ONNX for `Seq2SeqSummariser`, checked against torch."""
+    from storyline.models.seq2seq_build import export_seq2seq
+
+    meta = export_seq2seq(src, settings(data_dir).models_dir, quantise=quantise, prefix=prefix,
+                          max_new_tokens=max_new_tokens, log=typer.echo)
+    emit({"config": meta["config"], "check": meta["check"]}, as_json)
+# -- end of seq2seq -------------------------------------------------------------------------
 
 
 @models_app.command("train-stance")
@@ -418,6 +447,9 @@ def serve(
 
     s = settings(data_dir)
     s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    # Model threads run Python between onnxruntime calls; a request thread waiting for the
+    # GIL waits up to this interval per hand-off (CPython's default is 5 ms).
+    sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level.lower(),
                 timeout_graceful_shutdown=30)
 
@@ -562,6 +594,14 @@ def eval_summaries(
     baselines: Annotated[
         bool, typer.Option("--baselines", help="also lead, LexRank, TextRank, centroid+MMR")
     ] = False,
+    mode: Annotated[
+        str, typer.Option(help="extractive, or fusion: both modes side by side (needs "
+                          "`storyline models build --with-fusion`)")
+    ] = "extractive",
+    tune: Annotated[
+        bool, typer.Option("--tune", help="fusion: sweep the guard threshold (train only)")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="first N stories only")] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -569,8 +609,21 @@ def eval_summaries(
     from storyline.service.evaluation.summaries import evaluate_summaries, format_table
 
     s = settings(data_dir)
+    if mode not in ("extractive", "fusion"):
+        raise typer.BadParameter("mode must be extractive or fusion")
+    if tune and (mode != "fusion" or split != "train"):
+        raise typer.BadParameter("--tune needs --mode fusion --split train")
+    if mode == "fusion":  # both modes on the same stories (service/evaluation/fusion.py)
+        from storyline.service.evaluation.fusion import evaluate_fusion, format_fusion_table
+
+        fres = evaluate_fusion(articles, stories, split=split, models_dir=s.models_dir,
+                               threads=s.threads, limit=limit, tune=tune)
+        if not as_json:
+            typer.echo(format_fusion_table(fres))
+        emit(fres, as_json)
+        return
     res = evaluate_summaries(articles, stories, split=split, baselines=baselines,
-                             models_dir=s.models_dir, threads=s.threads)
+                             models_dir=s.models_dir, threads=s.threads, limit=limit)
     if not as_json:
         typer.echo(format_table(res))
     emit(res, as_json)

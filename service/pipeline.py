@@ -97,6 +97,38 @@ class RelatedHit:
 MAX_STORY_CANDIDATES = 500
 
 
+# -- the model stages, as this process loads them (also the model process's loaders) -----
+def load_embedder(settings: Settings) -> Embedder:
+    from storyline.models.embedder import OnnxEmbedder
+
+    return OnnxEmbedder(settings.models_dir, threads=settings.threads,
+                        batch_size=settings.embed_batch_size)
+
+
+def load_summariser(settings: Settings, embedder: Embedder) -> Summariser:
+    from storyline.models.embedder import CachingEmbedder
+    from storyline.models.summariser import ExtractiveSummariser
+
+    sentences = CachingEmbedder(embedder, settings.sentence_cache_size)
+    return ExtractiveSummariser(settings.models_dir, embedder=sentences,
+                                threads=settings.threads)
+
+
+def load_actor_extractor(settings: Settings) -> ActorExtractor:
+    from storyline.models.actors import SpacyActorExtractor
+
+    return SpacyActorExtractor(cache_size=settings.parse_cache_size)
+
+
+def load_stance_tagger(settings: Settings, actors: ActorExtractor) -> StanceTagger:
+    from storyline.models.stance import ActorStanceTagger, CachingTargetScorer, load_target_scorer
+
+    scorer = CachingTargetScorer(load_target_scorer(settings.models_dir, fallback=False),
+                                 settings.stance_cache_size)
+    # Share the extractor so each article is parsed by spaCy once.
+    return ActorStanceTagger(scorer, attributor=actors)  # type: ignore[arg-type]
+
+
 class Pipeline:
     """The product's core, used by the CLI, the HTTP app and the digest job."""
 
@@ -122,9 +154,12 @@ class Pipeline:
             clusterer = StoryClusterer(self.store, params=settings.cluster_params())
         self._clusterer = clusterer
         self._summariser = summariser
+        self._fusion: Summariser | None = None  # the optional fusion mode, loaded on demand
         self._actors = actors
         self._stance = stance
         self._write_lock = threading.Lock()
+        #: called by ``close`` after the store (e.g. a model process the stages live in)
+        self.closers: list[Callable[[], None]] = []
         # Ad hoc article sets (POST /v1/summarise) have no stored story to keep their
         # analysis in, and the same set is asked for again and again: keep the latest
         # results in memory, keyed by content, not by request.
@@ -143,13 +178,7 @@ class Pipeline:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from storyline.models.embedder import OnnxEmbedder
-
-            self._embedder = OnnxEmbedder(
-                self.settings.models_dir,
-                threads=self.settings.threads,
-                batch_size=self.settings.embed_batch_size,
-            )
+            self._embedder = load_embedder(self.settings)
         return self._embedder
 
     def entity_keys(self, texts: list[str]) -> list[tuple[str, ...]]:
@@ -356,7 +385,9 @@ class Pipeline:
         sid = self.store.story_of([cid]).get(cid)
         if exclude_same_story and sid is not None:
             exclude |= set(self.store.get_story(sid).article_ids)
-        ents = self.store.entities([cid]).get(cid, ())
+        # shared entities only count with a weight (0 by default: no measured gain)
+        ents = self.store.entities([cid]).get(cid, ()) if self.settings.related_entity_weight \
+            else ()
         return self._rank(vecs[0], query.published_at, set(ents), k=k, exclude=exclude,
                           since=since, until=until, source=source, story=sid)
 
@@ -372,7 +403,7 @@ class Pipeline:
         if not text.strip():
             raise InvalidInput("search text must not be empty")
         vec = self.embedder.embed([text])[0]
-        ents = set(self.entity_keys([text])[0])
+        ents = set(self.entity_keys([text])[0]) if self.settings.related_entity_weight else set()
         return self._rank(vec, None, ents, k=k, exclude=set(), since=since, until=until,
                           source=source)
 
@@ -444,41 +475,46 @@ class Pipeline:
     @property
     def summariser(self) -> Summariser:
         if self._summariser is None:
-            from storyline.models.embedder import CachingEmbedder
-            from storyline.models.summariser import ExtractiveSummariser
-
-            sentences = CachingEmbedder(self.embedder, self.settings.sentence_cache_size)
-            self._summariser = ExtractiveSummariser(
-                self.settings.models_dir, embedder=sentences, threads=self.settings.threads
-            )
+            self._summariser = load_summariser(self.settings, self.embedder)
         return self._summariser
+
+    def summariser_for(self, mode: str = "extractive") -> Summariser:
+        """The summariser of a summary mode: ``extractive`` (default) or ``fusion`` (guarded
+        SmolLM2 rewrites; NotImplementedStage, HTTP 501, when its model is not built)."""
+        if mode == "extractive":
+            return self.summariser
+        if mode != "fusion":
+            raise InvalidInput(f"unknown summary mode '{mode}' (use extractive or fusion)")
+        if self._fusion is None:
+            from storyline.models.fusion import FusionSummariser
+
+            ext = self.summariser
+            self._fusion = FusionSummariser(  # wraps the extractive one (a stand-in: its own)
+                self.settings.models_dir, extractive=ext if hasattr(ext, "select") else None,
+                threads=self.settings.threads)
+        return self._fusion
 
     @property
     def actor_extractor(self) -> ActorExtractor:
         if self._actors is None:
-            from storyline.models.actors import SpacyActorExtractor
-
-            self._actors = SpacyActorExtractor()
+            self._actors = load_actor_extractor(self.settings)
         return self._actors
 
     @property
     def stance_tagger(self) -> StanceTagger:
         if self._stance is None:
-            from storyline.models.stance import ActorStanceTagger, load_target_scorer
-
-            scorer = load_target_scorer(self.settings.models_dir, fallback=False)
-            # Share the extractor so each article is parsed by spaCy once.
-            self._stance = ActorStanceTagger(scorer, attributor=self.actor_extractor)  # type: ignore[arg-type]
+            self._stance = load_stance_tagger(self.settings, self.actor_extractor)
         return self._stance
 
     def analyse(
-        self, articles: Sequence[Article], budget_words: int | None = None
+        self, articles: Sequence[Article], budget_words: int | None = None,
+        mode: str = "extractive",
     ) -> tuple[Summary, list[ActorStance], dict[str, float]]:
         """Summary and actor stances for one story's articles (no storage)."""
         budget = budget_words or self.settings.summary_words
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
-        summary = self.summariser.summarise(articles, budget)
+        summary = self.summariser_for(mode).summarise(articles, budget)
         t1 = time.perf_counter()
         actors = self.actor_extractor.extract(articles)
         t2 = time.perf_counter()
@@ -489,13 +525,14 @@ class Pipeline:
             STAGE_SECONDS.labels(stage=key).observe(val)
         return summary, stances, timing
 
-    def story_view(self, story_id: str, *, budget_words: int | None = None) -> StoryView:
+    def story_view(self, story_id: str, *, budget_words: int | None = None,
+                   mode: str = "extractive") -> StoryView:
         """A stored story with its summary and stances, computed once per story content.
 
         Cached outputs are keyed by the story's content hash (member ids and their
-        content) and the budget, so only changed stories are recomputed.
+        content), the budget and the summary mode, so only changed stories are recomputed.
         """
-        view = self._story_view(story_id, budget_words, compute=True)
+        view = self._story_view(story_id, budget_words, compute=True, mode=mode)
         assert view is not None
         return view
 
@@ -520,7 +557,8 @@ class Pipeline:
         return None if view is None else [view]
 
     def _story_view(
-        self, story_id: str, budget_words: int | None, *, compute: bool
+        self, story_id: str, budget_words: int | None, *, compute: bool,
+        mode: str = "extractive",
     ) -> StoryView | None:
         story = self.store.get_story(story_id)
         if story.status != "active":
@@ -530,21 +568,25 @@ class Pipeline:
                 moved_to=moved,
             )
         budget = budget_words or self.settings.summary_words
+        if compute:
+            self.summariser_for(mode)  # an unavailable mode fails before any store work
         articles = self.store.get_articles(story.article_ids)
-        key = self.analysis_key(story.content_hash, budget)
-        cached = self.store.get_output(story.id, "analysis")
+        key = self.analysis_key(story.content_hash, budget, mode)
+        kind = "analysis" if mode == "extractive" else f"analysis:{mode}"
+        cached = self.store.get_output(story.id, kind)
         if cached is not None and cached[0] == key:
             summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
             return StoryView(story, articles, summary, list(stances), cached=True)
         if not compute:
             return None
-        summary, stances, timing = self.analyse(articles, budget)
+        summary, stances, timing = self.analyse(articles, budget, mode)
         payload = msgspec.json.encode((summary, stances)).decode()
-        self.store.put_output(story.id, "analysis", key, payload)
+        self.store.put_output(story.id, kind, key, payload)
         return StoryView(story, articles, summary, stances, timing)
 
     def summarise_articles(
-        self, articles: Sequence[Article], *, budget_words: int | None = None, store: bool = False
+        self, articles: Sequence[Article], *, budget_words: int | None = None, store: bool = False,
+        mode: str = "extractive",
     ) -> list[StoryView]:
         """Cluster an ad hoc article set into stories and summarise each.
 
@@ -555,17 +597,18 @@ class Pipeline:
         """
         if not articles:
             raise InvalidInput("no articles to summarise")
+        self.summariser_for(mode)  # an unavailable mode fails before any work
         if store:
             rep = self.ingest(articles)
             sids = sorted({r.story_id for r in rep.results if r.story_id})
-            return [self.story_view(sid, budget_words=budget_words) for sid in sids]
+            return [self.story_view(sid, budget_words=budget_words, mode=mode) for sid in sids]
         from storyline.index.stories import StoryClusterer
 
         latest = list({a.id: a for a in articles}.values())
         stored = self._stored_hashes(latest)
         sid = self._exact_story(latest, stored)
         if sid is not None:
-            return [self.story_view(sid, budget_words=budget_words)]
+            return [self.story_view(sid, budget_words=budget_words, mode=mode)]
         same = [a.id for a in latest if stored.get(a.id) == a.content_hash]
         scratch = SQLiteStore(Path(":memory:"))
         try:
@@ -589,7 +632,7 @@ class Pipeline:
                            key=lambda st: (-len(st.article_ids), min(st.article_ids)))
             for st in found:
                 arts = scratch.get_articles(st.article_ids)
-                views.append(self._cached_analysis(st, arts, budget_words))
+                views.append(self._cached_analysis(st, arts, budget_words, mode))
             return views
         finally:
             scratch.close()
@@ -611,10 +654,12 @@ class Pipeline:
         return sid if set(self.store.get_story(sid).article_ids) == set(latest) else None
 
     def _cached_analysis(
-        self, story: Story, articles: list[Article], budget_words: int | None
+        self, story: Story, articles: list[Article], budget_words: int | None,
+        mode: str = "extractive",
     ) -> StoryView:
         budget = budget_words or self.settings.summary_words
-        key = self.analysis_key(members_hash((a.id, a.content_hash) for a in articles), budget)
+        key = self.analysis_key(members_hash((a.id, a.content_hash) for a in articles), budget,
+                                mode)
         with self._analyses_lock:
             while len(self._analyses) > self.settings.analysis_cache_size:
                 self._analyses.popitem(last=False)
@@ -623,7 +668,7 @@ class Pipeline:
                 self._analyses.move_to_end(key)
         if hit is not None:
             return StoryView(story, articles, hit[0], list(hit[1]), cached=True)
-        summary, stances, timing = self.analyse(articles, budget)
+        summary, stances, timing = self.analyse(articles, budget, mode)
         with self._analyses_lock:
             self._analyses[key] = (summary, stances)
             while len(self._analyses) > self.settings.analysis_cache_size:
@@ -637,10 +682,13 @@ class Pipeline:
             raise NotFound(f"unknown article ids: {', '.join(missing[:10])}")
         return sorted(set(self.store.story_of([c for c in canon if c]).values()))
 
-    def analysis_key(self, content_hash: str, budget_words: int) -> str:
+    def analysis_key(self, content_hash: str, budget_words: int,
+                     mode: str = "extractive") -> str:
         """The cache key of an analysis (summary + stances) of articles with this content
-        hash: stored outputs under another key (other content, budget or models) are stale."""
-        return f"{content_hash}:{budget_words}:{self._models_key()}"
+        hash: stored outputs under another key (other content, budget, mode or models) are
+        stale. Extractive keys carry no mode (unchanged from before the fusion mode)."""
+        key = f"{content_hash}:{budget_words}:{self._models_key()}"
+        return key if mode == "extractive" else f"{key}:{mode}"
 
     def _models_key(self) -> str:
         # Read once: a rebuilt model means a restart (the sessions are loaded once too).
@@ -673,8 +721,12 @@ class Pipeline:
         }
 
     def close(self) -> None:
-        self.save_index()
-        self.store.close()
+        try:
+            self.save_index()
+            self.store.close()
+        finally:
+            for close in self.closers:
+                close()
 
 
 def relatedness(

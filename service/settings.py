@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(32, ge=1, le=512)
     inference_workers: int = Field(1, ge=1, le=16, description="threads running model calls")
     inference_queue: int = Field(32, ge=1, description="waiting requests before 503")
+    model_process: bool = Field(
+        False, description="HTTP service: run the models in a child process (at "
+        "inference_nice), so lookups never wait for the interpreter lock inference holds; "
+        "no measured gain on one 2-core box (bench/RESULTS.md), off by default",
+    )
+    inference_nice: int = Field(
+        10, ge=0, le=19,
+        description="Linux: how much lower the CPU priority of the inference threads is than "
+        "the request threads' (0 = same), so lookups get the cores first",
+    )
 
     # -- related coverage ranking (tuned on the AllSides train split) ----------------
     related_window_hours: float = Field(
@@ -68,6 +78,20 @@ class Settings(BaseSettings):
     )
     analysis_cache_size: int = Field(
         2048, ge=0, description="ad hoc article sets whose summary + stances stay in memory"
+    )
+    gil_switch_interval_ms: float = Field(
+        1.0, gt=0, le=100,
+        description="`storyline serve`: how long a thread may hold the GIL while another "
+        "waits (CPython default 5): shorter keeps reads responsive beside model threads",
+    )
+    stance_cache_size: int = Field(
+        50_000, ge=0,
+        description="target-sentiment answers kept (sentence + target span -> 3 floats): "
+        "a changed story or an ad hoc set of stored articles scores only new mentions",
+    )
+    parse_cache_size: int = Field(
+        2048, ge=0,
+        description="spaCy parses of articles kept for actors and statements (~70 kB each)",
     )
 
     # -- story clustering (index/stories.py; defaults = ClusterParams, tuned on AllSides train) --

@@ -14,10 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from storyline.models.errors import InvalidInput, ModelUnavailable
@@ -248,6 +250,38 @@ def test_order_and_batching_do_not_change_answers(model: TargetSentimentModel) -
     # (padded batches let dynamic int8's per-tensor scales leak between items).
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c)
+
+
+def test_caching_scorer_answers_as_the_model_and_scores_each_target_once(
+    model: TargetSentimentModel,
+) -> None:
+    from storyline.models.stance import CachingTargetScorer
+
+    calls: list[int] = []
+
+    class Counting:
+        def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]:
+            calls.append(len(items))
+            return model.predict(items)
+
+    items = [_span(s, t) for s, t, _ in CLEAR]
+    cached = CachingTargetScorer(Counting(), size=len(items))
+    first = cached.predict(items + items[:2])  # repeats inside one call are scored once
+    assert calls == [len(items)]
+    np.testing.assert_array_equal(first, model.predict(items + items[:2]))
+    np.testing.assert_array_equal(cached.predict(items[::-1]), first[: len(items)][::-1])
+    assert calls == [len(items)] and cached.misses == len(items)
+    cached.predict([("Critics slammed Biden.", 16, 21)])  # a new target evicts the oldest
+    assert calls[-1] == 1
+    n_calls = len(calls)
+    cached.predict(items[:1])  # used last by the reversed call: still cached
+    assert len(calls) == n_calls
+    cached.predict(items[-1:])
+    assert len(calls) == n_calls + 1, "the least recently used entry was evicted and scored again"
+    with pytest.raises(InvalidInput):
+        cached.predict([("Biden spoke.", 3, 2)])
+    with pytest.raises(InvalidInput):
+        CachingTargetScorer(model, size=-1)
 
 
 def test_long_sentence_target_at_the_end(model: TargetSentimentModel) -> None:

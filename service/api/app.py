@@ -59,12 +59,26 @@ def open_pipeline(settings: Settings) -> Any:
     """
     from storyline.service.pipeline import Pipeline
 
-    pipe = Pipeline(settings)
+    if settings.model_process:
+        from storyline.service.model_process import ModelProcess
+
+        proc = ModelProcess(settings, preload=("summariser", "actors", "stance"))
+        try:
+            pipe = Pipeline(settings, embedder=proc.embedder, entities=proc.entity_keys,
+                            summariser=proc.summariser, actors=proc.actors, stance=proc.stance)
+        except BaseException:
+            proc.close()
+            raise
+        pipe.closers.append(proc.close)
+    else:
+        pipe = Pipeline(settings)
     try:
         pipe.embedder.embed(["warm up"])
         pipe.entity_keys(["Warm up in Paris."])
     except BaseException:
         pipe.store.close()
+        for close in pipe.closers:
+            close()
         raise
     for stage in ("summariser", "actor_extractor", "stance_tagger"):
         try:
@@ -91,7 +105,9 @@ def _lifespan(runtime: Runtime) -> Any:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                runtime.pipeline = await asyncio.to_thread(open_pipeline, runtime.settings)
+                # on an inference thread, so the model runtimes' own threads inherit its
+                # (lower) CPU priority
+                runtime.pipeline = await runtime.inference.run(open_pipeline, runtime.settings)
                 _model_info(runtime.settings, runtime.pipeline)
                 log.info("storyline ready")
             except Exception as exc:

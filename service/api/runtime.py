@@ -4,7 +4,9 @@ Blocking work never runs on the event loop. Model calls (embedding, summaries) g
 ``inference`` pool: ``inference_workers`` threads plus at most ``inference_queue`` waiting
 calls; one more is refused at once with 503 + Retry-After instead of stalling the loop.
 Store and index reads (related, lookups, listings) and deletes go to a separate ``io`` pool
-so a long summary never delays a millisecond lookup.
+so a long summary never delays a millisecond lookup. On Linux the inference threads also
+run at a lower CPU priority (``inference_nice``): on a small box they would otherwise take
+the cores from the lookups whenever both are runnable (threads they start inherit it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -72,17 +75,35 @@ def one_search_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def lower_priority(nice: int) -> None:
+    """Raise the calling *thread's* nice value by ``nice`` (Linux: nice is per thread)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+    except OSError as exc:  # not permitted in some sandboxes: run at normal priority
+        log.warning("could not lower the priority of %s: %s",
+                    threading.current_thread().name, exc)
+
+
 class BoundedPool:
     """A thread pool that refuses work beyond ``workers + queue`` instead of queueing it."""
 
-    def __init__(self, name: str, workers: int, queue: int) -> None:
+    def __init__(self, name: str, workers: int, queue: int, nice: int = 0) -> None:
         self.name = name
         self.workers = workers
         self.capacity = workers + queue
         self.pending = 0  # touched only on the event loop thread
         self._run_s = 0.05  # moving average of one call's run time, for Retry-After
+
+        def init() -> None:
+            one_search_thread()
+            lower_priority(nice)
+
         self._exec = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sl-{name}",
-                                        initializer=one_search_thread)
+                                        initializer=init)
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -138,7 +159,7 @@ class Runtime:
         self.load_error: str | None = None
         self.loading = pipeline is None
         self.inference = BoundedPool("inference", settings.inference_workers,
-                                     settings.inference_queue)
+                                     settings.inference_queue, nice=settings.inference_nice)
         self.io = BoundedPool("io", IO_WORKERS, IO_QUEUE)
         from storyline.service.api.warmer import StoryWarmer
 
