@@ -109,10 +109,6 @@ def models_build(
         list[str] | None, typer.Option(help="embedder | summariser | stance (repeatable)")
     ] = None,
     data_dir: DataDirOpt = None,
-    with_fusion: Annotated[
-        bool, typer.Option("--with-fusion", help="also convert SmolLM2-135M-Instruct for the "
-                           "optional fusion summary mode (needs the fusion extra)")
-    ] = False,
 ) -> None:
     """Build every model artefact from the pip-installed weight packages (cached).
 
@@ -139,10 +135,6 @@ def models_build(
         from storyline.models.stance_train import build_stance
 
         build_stance(s.models_dir, data_dir=data / "newsmtsc", force=force, log=typer.echo)
-    if with_fusion:  # the optional fusion mode (models/llm_build.py)
-        from storyline.models.llm_build import build_fusion
-
-        build_fusion(s.models_dir, force=force, log=typer.echo)
 
 
 # -- a user's own seq2seq summariser (models/seq2seq*.py) ---------------------------------
@@ -163,7 +155,6 @@ def models_export_seq2seq(
     meta = export_seq2seq(src, settings(data_dir).models_dir, quantise=quantise, prefix=prefix,
                           max_new_tokens=max_new_tokens, log=typer.echo)
     emit({"config": meta["config"], "check": meta["check"]}, as_json)
-# -- end of seq2seq -------------------------------------------------------------------------
 
 
 @models_app.command("train-stance")
@@ -594,13 +585,6 @@ def eval_summaries(
     baselines: Annotated[
         bool, typer.Option("--baselines", help="also lead, LexRank, TextRank, centroid+MMR")
     ] = False,
-    mode: Annotated[
-        str, typer.Option(help="extractive, or fusion: both modes side by side (needs "
-                          "`storyline models build --with-fusion`)")
-    ] = "extractive",
-    tune: Annotated[
-        bool, typer.Option("--tune", help="fusion: sweep the guard threshold (train only)")
-    ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="first N stories only")] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
@@ -609,19 +593,6 @@ def eval_summaries(
     from storyline.service.evaluation.summaries import evaluate_summaries, format_table
 
     s = settings(data_dir)
-    if mode not in ("extractive", "fusion"):
-        raise typer.BadParameter("mode must be extractive or fusion")
-    if tune and (mode != "fusion" or split != "train"):
-        raise typer.BadParameter("--tune needs --mode fusion --split train")
-    if mode == "fusion":  # both modes on the same stories (service/evaluation/fusion.py)
-        from storyline.service.evaluation.fusion import evaluate_fusion, format_fusion_table
-
-        fres = evaluate_fusion(articles, stories, split=split, models_dir=s.models_dir,
-                               threads=s.threads, limit=limit, tune=tune)
-        if not as_json:
-            typer.echo(format_fusion_table(fres))
-        emit(fres, as_json)
-        return
     res = evaluate_summaries(articles, stories, split=split, baselines=baselines,
                              models_dir=s.models_dir, threads=s.threads, limit=limit)
     if not as_json:

@@ -114,10 +114,7 @@ class SummariseRequest(Struct, forbid_unknown_fields=True, kw_only=True):
         description="summary length budget in words, 10..1000 (default: server setting)",
     )] | None = None
     mode: Annotated[
-        Literal["extractive", "fusion", "fused"],
-        _doc("extractive sentences, or fusion: extracted sentences rewritten by a small LLM "
-             "behind a faithfulness guard (501 unless built with `storyline models build "
-             "--with-fusion`); fused is an alias of fusion"),
+        Literal["extractive", "fused"], _doc("extractive sentences, or fused (guarded rewrite)")
     ] = "extractive"
 
 

@@ -41,7 +41,6 @@ def _stage(pipe: Any, name: str, what: str) -> Any:
 
 def _mode_kwargs(fn: Any, mode: str) -> dict[str, Any]:
     """Pass ``mode`` only to a stage that takes it; asking a stage without it for more is 501."""
-    mode = "fusion" if mode == "fused" else mode  # the older name of the mode
     try:
         takes_mode = "mode" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
