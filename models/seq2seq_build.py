@@ -29,12 +29,11 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from storyline.models.errors import ModelBuildError
-from storyline.models.registry import Manifest, sha256_file
+from storyline.models.registry import Manifest, package_versions, sha256_file
 from storyline.models.seq2seq import (
     CONFIG_FILE,
     DECODER_INIT_FILE,
@@ -86,13 +85,7 @@ def _require_build_extra() -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
+    return package_versions("torch", "transformers", "onnx", "onnxruntime", "tokenizers")
 
 
 def _load(src: Path) -> tuple[Any, Any]:

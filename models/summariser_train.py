@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from storyline.models.registry import (
     SUMMARISER,
     Manifest,
     atomic_write_bytes,
+    package_versions,
     sha256_file,
 )
 from storyline.models.summariser import (
@@ -707,13 +707,9 @@ def _check_export(
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxruntime", "numpy", "rouge-score"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "missing"
-    return out
+    return {"python": platform.python_version(),
+            **package_versions("torch", "onnx", "onnxruntime", "numpy", "rouge-score",
+                               missing="missing")}
 
 
 def _embedder_digest(models_dir: Path) -> str:
