@@ -102,6 +102,9 @@ MAX_SENTENCES_PER_ARTICLE: Final = 40
 MAX_SENTENCE_WORDS: Final = 90
 #: Sentences shorter than this ("Here's why.") say nothing on their own.
 MIN_SENTENCE_WORDS: Final = 4
+#: the beam search keeps a dense [candidates, grams] count table; above this many cells
+#: (~20-article stories stay well below) a story keeps the greedy selection
+MAX_BEAM_CELLS: Final = 4_000_000
 #: characters of one sentence handed to the embedder (MiniLM reads <= 256 word pieces anyway)
 MAX_EMBED_CHARS: Final = 1500
 
@@ -848,7 +851,7 @@ class _Coverage:
         self.story, self.cum = story, cum
         self.rows = np.arange(len(concepts.grams))
         self.w = np.where([len(g) == 2 for g in concepts.grams], bigram_weight, 1.0)
-        self.counts = np.zeros((len(cands), len(concepts.grams)), dtype=np.int64)
+        self.counts = np.zeros((len(cands), len(concepts.grams)), dtype=np.int16)
         for k, i in enumerate(cands):
             for g, m in concepts.sent_counts[i].items():
                 self.counts[k, g] = m
@@ -904,6 +907,8 @@ def _beam_select(
     under the model. Redundancy, duplicate-text and ``min_fit`` rules are the greedy ones.
     """
     cands = story.candidates
+    if len(cands) * len(concepts.grams) > MAX_BEAM_CELLS:
+        return greedy  # a huge story: the dense [candidates, grams] table would not pay
     cov = _Coverage(story, concepts, cum, params.bigram_weight)
     n_words, texts = cov.n_words, cov.texts
     sims = story.emb[cands] @ story.emb[cands].T

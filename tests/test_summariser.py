@@ -12,6 +12,7 @@ import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -418,3 +419,31 @@ def test_beam_search_never_reads_worse_than_greedy_under_the_model(
         assert picks["beam"] >= picks["greedy"] - 1e-9
         better += picks["beam"] > picks["greedy"] + 1e-9
     assert better >= 1, "on a dozen real stories the search finds a better set at least once"
+
+
+def test_beam_search_falls_back_to_greedy_beyond_its_table_limit(
+    summariser: ExtractiveSummariser, dev_stories: list[AllSidesStory],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import storyline.models.summariser as summ_mod
+
+    scorer = summariser._scorer
+    checked = 0
+    for story in dev_stories:
+        prepared = summariser.prepare(list(story.articles))
+        scores = scorer.sentence_scores(story_features(prepared))
+        concepts = story_concepts(prepared)
+        weights = scorer.concept_weights(concepts.features(scorer.prior))
+
+        def pick(beam: int, p: Any = prepared, s: Any = scores, c: Any = concepts,
+                 w: Any = weights, b: int = story.budget) -> list[int]:
+            return select_sentences(p, s, b, replace(summariser.params, beam=beam), c, w)
+
+        greedy, beam = pick(0), pick(4)
+        if beam == greedy:
+            continue  # only a story where the search changes the pick tells anything
+        with monkeypatch.context() as m:
+            m.setattr(summ_mod, "MAX_BEAM_CELLS", 1)
+            assert pick(4) == greedy
+        checked += 1
+    assert checked, "no dev story where the beam changed the selection"
