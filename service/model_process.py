@@ -95,7 +95,11 @@ class ModelProcess:
         self._settings = settings
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
-        info = self.call_info()
+        try:
+            info = self.call_info()  # loads the embedder: the one stage that must load
+        except BaseException:
+            self.close()
+            raise
         self.dim: int = info["dim"]
         self.model_id: str = info["model_id"]
         self.pid: int = info["pid"]

@@ -110,3 +110,12 @@ def test_the_app_serves_through_the_model_process(settings: Settings) -> None:
         assert stories and all(s["summary"] for s in stories)
         bad = c.post("/v1/summarise", json={"articles": [{"id": "x", "text": " "}]})
         assert bad.status_code == 422
+
+
+def test_a_worker_that_cannot_load_the_embedder_is_stopped(tmp_path: Path) -> None:
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ModelUnavailable):
+        ModelProcess(Settings(data_dir=tmp_path / "empty"))  # no models there
+    assert set(multiprocessing.active_children()) <= before
