@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     model_process: bool = Field(
         False, description="HTTP service: run the models in a child process (at "
         "inference_nice), so lookups never wait for the interpreter lock inference holds; "
-        "no measured gain on one 2-core box (bench/RESULTS.md), off by default",
+        "off until repeated load runs confirm its gain (bench/RESULTS.md)",
     )
     inference_nice: int = Field(
         10, ge=0, le=19,
