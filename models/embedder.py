@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storyline.models.errors import InvalidInput, ModelUnavailable
+from storyline.models.memo import RowMemo
 from storyline.models.registry import EMBEDDER, Manifest
 
 if TYPE_CHECKING:
@@ -253,14 +252,16 @@ class CachingEmbedder:
     """
 
     def __init__(self, inner: Embedder, size: int = 20_000) -> None:
-        if size < 0:
-            raise InvalidInput("cache size must be >= 0")
         self._inner = inner
-        self._size = size
-        self._cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self._memo: RowMemo[str] = RowMemo(size)
+
+    @property
+    def hits(self) -> int:
+        return self._memo.hits
+
+    @property
+    def misses(self) -> int:
+        return self._memo.misses
 
     @property
     def dim(self) -> int:
@@ -272,26 +273,4 @@ class CachingEmbedder:
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         items = OnnxEmbedder._check(texts)
-        out = np.empty((len(items), self.dim), dtype=np.float32)
-        todo: dict[str, list[int]] = {}
-        with self._lock:
-            for i, t in enumerate(items):
-                vec = self._cache.get(t)
-                if vec is None:
-                    todo.setdefault(t, []).append(i)
-                else:
-                    self._cache.move_to_end(t)
-                    out[i] = vec
-            # A text repeated within the call is embedded once: the repeats count as hits.
-            self.hits += len(items) - len(todo)
-            self.misses += len(todo)
-        if todo:
-            fresh = self._inner.embed(list(todo))
-            with self._lock:
-                for (t, rows), vec in zip(todo.items(), fresh, strict=True):
-                    out[rows] = vec
-                    if self._size:
-                        self._cache[t] = np.array(vec, dtype=np.float32)
-                while len(self._cache) > self._size:
-                    self._cache.popitem(last=False)
-        return out
+        return self._memo.get(items, self.dim, self._inner.embed)

@@ -58,8 +58,7 @@ most support the label (for mixed alternately the most positive and the most neg
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +68,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storyline.models.errors import InvalidInput, ModelUnavailable
+from storyline.models.memo import RowMemo
 from storyline.models.types import (
     Actor,
     ActorStance,
@@ -199,45 +199,23 @@ class CachingTargetScorer:
     """
 
     def __init__(self, inner: TargetScorer, size: int = 50_000) -> None:
-        if size < 0:
-            raise InvalidInput("cache size must be >= 0")
         self._inner = inner
-        self._size = size
-        self._cache: OrderedDict[tuple[str, int, int], npt.NDArray[np.float32]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self._memo: RowMemo[tuple[str, int, int]] = RowMemo(size)
         self.model_id = str(getattr(inner, "model_id", type(inner).__name__))
+
+    @property
+    def hits(self) -> int:
+        return self._memo.hits
+
+    @property
+    def misses(self) -> int:
+        return self._memo.misses
 
     def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]:
         if not all(isinstance(it, tuple) and len(it) == 3 and isinstance(it[0], str)
                    and isinstance(it[1], int) and isinstance(it[2], int) for it in items):
             return self._inner.predict(items)  # the model names what is wrong
-        out = np.empty((len(items), 3), dtype=np.float32)
-        todo: dict[tuple[str, int, int], list[int]] = {}
-        with self._lock:
-            for i, key in enumerate(items):
-                probs = self._cache.get(key)
-                if probs is None:
-                    todo.setdefault(key, []).append(i)
-                else:
-                    self._cache.move_to_end(key)
-                    out[i] = probs
-            # a target repeated within the call is scored once: the repeats count as hits
-            self.hits += len(items) - len(todo)
-            self.misses += len(todo)
-        if todo:
-            fresh = np.asarray(self._inner.predict(list(todo)), dtype=np.float32)
-            if fresh.shape != (len(todo), 3):
-                return fresh  # ActorStanceTagger reports the wrong shape
-            with self._lock:
-                for (key, rows), probs in zip(todo.items(), fresh, strict=True):
-                    out[rows] = probs
-                    if self._size:
-                        self._cache[key] = probs.copy()
-                while len(self._cache) > self._size:
-                    self._cache.popitem(last=False)
-        return out
+        return self._memo.get(items, 3, self._inner.predict)
 
 
 def load_target_scorer(models_dir: Path | None, *, fallback: bool = True) -> TargetScorer:
