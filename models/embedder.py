@@ -274,3 +274,7 @@ class CachingEmbedder:
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         items = OnnxEmbedder._check(texts)
         return self._memo.get(items, self.dim, self._inner.embed)
+
+    def remember(self, texts: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+        """Seed the cache with vectors already computed for ``texts`` by the same model."""
+        self._memo.put(list(texts), vectors)

@@ -31,6 +31,17 @@ class RowMemo(Generic[K]):
         self.hits = 0
         self.misses = 0
 
+    def put(self, keys: Sequence[K], rows: npt.ArrayLike) -> None:
+        """Remember rows computed elsewhere (the most recent last)."""
+        arr = np.asarray(rows, dtype=np.float32)
+        with self._lock:
+            for key, row in zip(keys, arr, strict=True):
+                if self._size:
+                    self._rows[key] = row.copy()
+                    self._rows.move_to_end(key)
+            while len(self._rows) > self._size:
+                self._rows.popitem(last=False)
+
     def get(
         self, keys: Sequence[K], width: int, compute: Callable[[list[K]], npt.ArrayLike]
     ) -> npt.NDArray[np.float32]:

@@ -157,3 +157,7 @@ def test_caching_embedder_returns_the_models_vectors_and_bounds_itself(
         cached.embed("one string")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
         CachingEmbedder(embedder, size=-1)
+    seeded = CachingEmbedder(embedder, size=4)
+    seeded.remember(texts[:2], ref[[0, 1]])  # vectors computed elsewhere are served as hits
+    np.testing.assert_array_equal(seeded.embed(texts[:3]), embedder.embed(texts[:3]))
+    assert (seeded.hits, seeded.misses) == (2, 1)

@@ -183,29 +183,6 @@ def _by_split(
 
 
 # -- our system through the pipeline ------------------------------------------------------------
-class _CachedEmbedder:
-    """Serves vectors already computed for these exact texts; embeds anything else."""
-
-    def __init__(self, inner: Any, cache: dict[str, npt.NDArray[np.float32]]) -> None:
-        self._inner = inner
-        self._cache = cache
-
-    @property
-    def dim(self) -> int:
-        return int(self._inner.dim)
-
-    @property
-    def model_id(self) -> str:
-        return str(self._inner.model_id)
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        todo = [t for t in texts if t not in self._cache]
-        if todo:
-            for t, v in zip(todo, self._inner.embed(todo), strict=True):
-                self._cache[t] = v
-        return np.stack([self._cache[t] for t in texts]).astype(np.float32)
-
-
 def _ordered(arts: list[Article], order: str, seed: int) -> list[Article]:
     if order == "date":
         return sorted(arts, key=lambda a: (a.published_at is None, a.published_at or 0, a.id))
@@ -314,8 +291,13 @@ def evaluate_clustering(
         pipe = run["pipe"]
         if robustness:
             other = "shuffle" if order == "date" else "date"
+            from storyline.models.embedder import CachingEmbedder
+
             cache = run["vectors"]
-            emb = _CachedEmbedder(pipe.embedder, dict(cache))
+            # every text of the second run was embedded by the first: nothing is evicted
+            emb = CachingEmbedder(pipe.embedder, size=len(cache) + len(arts))
+            if cache:
+                emb.remember(list(cache), np.stack(list(cache.values())))
             ent_cache = run["entities"]
             def ents(texts: list[str]) -> list[tuple[str, ...]]:
                 todo = [t for t in texts if t not in ent_cache]
