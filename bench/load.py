@@ -110,6 +110,14 @@ class Server:
                 await asyncio.sleep(0.25)
         raise SystemExit("server not ready in time:\n" + self.logfile.read_text()[-2000:])
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -128,6 +136,7 @@ class Stats:
         self.error_samples: list[str] = []
         self.accepted: set[str] = set()
         self.summarise_cached = 0
+        self.sub_lat: dict[str, list[float]] = defaultdict(list)
 
     def record(self, op: str, ms: float, ok: bool, what: str = "") -> None:
         self.requests += 1
@@ -153,12 +162,18 @@ async def seed(url: str, arts: list[dict[str, Any]], batch: int, stats: Stats) -
 async def client(
     n: int, url: str, deadline: float, mix: dict[str, float], seeded: list[str],
     stories: list[list[str]], held_out: list[dict[str, Any]],
-    held_all: list[dict[str, Any]], stats: Stats,
+    held_all: list[dict[str, Any]], stats: Stats, think_ms: float = 0.0,
 ) -> None:
     rng = random.Random(n)
     ops, weights = zip(*mix.items(), strict=True)
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         while time.monotonic() < deadline:
+            if think_ms > 0:
+                # A user's pause between requests (exponential, mean think_ms): an open
+                # offered load instead of a closed loop that only measures saturation.
+                await asyncio.sleep(rng.expovariate(1000.0 / think_ms))
+                if time.monotonic() >= deadline:
+                    break
             op = rng.choices(ops, weights)[0]
             t0 = time.perf_counter()
             try:
@@ -168,8 +183,11 @@ async def client(
                 elif op == "summarise":
                     r = await c.post("/v1/summarise",
                                      json={"article_ids": rng.choice(stories)})
-                    if r.status_code == 200 and all(x["cached"] for x in r.json()["stories"]):
-                        stats.summarise_cached += 1
+                    hit = r.status_code == 200 and all(x["cached"] for x in r.json()["stories"])
+                    stats.summarise_cached += hit
+                    # Cache hits and computed analyses have different costs: keep both.
+                    sub = "summarise_cached" if hit else "summarise_computed"
+                    stats.sub_lat[sub].append((time.perf_counter() - t0) * 1000)
                 else:
                     batch = [held_out.pop() for _ in range(min(2, len(held_out)))]
                     if not batch:  # all held-out articles in: re-send (idempotent)
@@ -258,11 +276,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + args.duration
         seeded_ids = [a["id"] for a in seed_arts]
         t0 = time.perf_counter()
+        cpu0_server, cpu0_self = server.cpu_seconds(), time.process_time()
         await asyncio.gather(*(
-            client(n, server.url, deadline, mix, seeded_ids, three, held_out, held_all, stats)
+            client(n, server.url, deadline, mix, seeded_ids, three, held_out, held_all, stats,
+                   args.think_ms)
             for n in range(args.clients)
         ))
         wall = time.perf_counter() - t0
+        # Where the two cores went: the server, or this load generator beside it.
+        cpu = {"server_cpu_s": round(server.cpu_seconds() - cpu0_server, 1),
+               "loadgen_cpu_s": round(time.process_time() - cpu0_self, 1)}
         stored = await verify(server.url, stats.accepted)
     finally:
         server.stop()
@@ -281,13 +304,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_summarise_ms": pct(stats.lat.get("summarise", []), 0.50),
         "p99_summarise_ms": pct(stats.lat.get("summarise", []), 0.99),
         "summarise_cached_share": round(stats.summarise_cached / n_sum, 3) if n_sum else None,
+        **{f"p{q}_{k}_ms": pct(v, q / 100) for k, v in sorted(stats.sub_lat.items())
+           for q in (50, 99)},
         "warm_wait_s": warm_s,
         "p50_ingest_ms": pct(ing, 0.50),
         "p99_ingest_ms": pct(ing, 0.99),
         "by_op": {k: len(v) for k, v in sorted(stats.lat.items())},
         "duration_s": round(wall, 1),
+        **cpu,
         "rps": round(stats.requests / wall, 1) if wall else None,
         "clients": args.clients,
+        "think_ms": args.think_ms,
         "inference_workers": args.workers,
         "summarise_note": probe_note,
         "error_samples": stats.error_samples,
@@ -309,6 +336,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--clients", type=int, default=16, help="concurrent async clients")
+    p.add_argument("--think-ms", type=float, default=0.0,
+                   help="mean pause of each client between requests (exponential; default 0: "
+                        "closed loop, every client sends its next request at once)")
     p.add_argument("--mix", type=parse_mix, default=parse_mix(
         "related=0.7,summarise=0.2,ingest=0.1"), help="operation weights")
     p.add_argument("--workers", type=int, default=1, help="STORYLINE_INFERENCE_WORKERS")
