@@ -8,6 +8,7 @@ summarise HTTP contract (the real stages are exercised when their models are bui
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -404,6 +405,49 @@ def test_saturated_queue_answers_503_at_once(
         assert first.result(30).status_code == 200
         assert second.result(30).status_code == 200
     assert 'storyline_pool_rejected_total{pool="inference"}' in _metric_text()
+
+
+def test_pool_runs_waiting_calls_by_priority_then_arrival() -> None:
+    from storyline.service.api.runtime import (
+        PRIORITY_BACKGROUND,
+        PRIORITY_READ,
+        PRIORITY_WRITE,
+        BoundedPool,
+    )
+
+    pool = BoundedPool("order-test", workers=1, queue=8)
+    gate, ran = threading.Event(), []
+
+    def blocker() -> None:
+        assert gate.wait(30)
+
+    def note(tag: str) -> str:
+        ran.append(tag)
+        return tag
+
+    async def scenario() -> list[str]:
+        first = asyncio.ensure_future(pool.run(blocker))
+        while pool.pending < 1:
+            await asyncio.sleep(0.005)
+        calls = [pool.run(note, "warm", priority=PRIORITY_BACKGROUND),
+                 pool.run(note, "ingest-1", priority=PRIORITY_WRITE),
+                 pool.run(note, "ingest-2", priority=PRIORITY_WRITE),
+                 pool.run(note, "read", priority=PRIORITY_READ)]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        await asyncio.sleep(0.05)  # all four are waiting behind the blocker
+        assert ran == []
+        gate.set()
+        await first
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        gate.set()
+        pool.shutdown()
+    assert results == ["warm", "ingest-1", "ingest-2", "read"]  # each caller gets its own
+    assert ran == ["read", "ingest-1", "ingest-2", "warm"]
+    assert pool.pending == 0
 
 
 def _metric_text() -> str:

@@ -10,7 +10,7 @@ from litestar.params import Body, FromPath, QueryParameter
 
 from storyline.models.errors import InvalidInput, NotFound
 from storyline.service.api.docs import BEARER, ok, responses
-from storyline.service.api.runtime import Rt, check_range, query_time
+from storyline.service.api.runtime import PRIORITY_WRITE, Rt, check_range, query_time
 from storyline.service.api.schemas import (
     ARTICLE_EXAMPLE,
     ArticleOut,
@@ -65,7 +65,7 @@ class ArticlesController(Controller):
                                errors=[{"field": "articles", "message": msg, "source": "body"}])
         arts = to_articles(data.articles, max_chars=s.max_article_chars)
         pipe = rt.get_pipeline()
-        report = await rt.inference.run(pipe.ingest, arts)
+        report = await rt.inference.run(pipe.ingest, arts, priority=PRIORITY_WRITE)
         rt.warmer.mark(r.story_id for r in report.results if r.outcome in ("inserted", "updated"))
         counts = report.as_dict()
         return IngestResponse(

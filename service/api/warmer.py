@@ -19,6 +19,7 @@ from typing import Any
 
 from storyline.models.errors import Overloaded, StorylineError
 from storyline.service.api import metrics
+from storyline.service.api.runtime import PRIORITY_BACKGROUND
 
 __all__ = ["StoryWarmer"]
 
@@ -83,7 +84,7 @@ class StoryWarmer:
                 continue
             self._running = sid
             try:
-                await pool.run(pipe.story_view, sid)
+                await pool.run(pipe.story_view, sid, priority=PRIORITY_BACKGROUND)
                 self.done += 1
             except Overloaded:  # a burst arrived between the check and the call
                 self._dirty.setdefault(sid, None)
