@@ -42,7 +42,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
     ) from _exc
 
 from storyline.index.store import IngestItem, resolve_successors
-from storyline.index.types import Change, IngestResult, Story, StoryHistory
+from storyline.index.types import ArticleBrief, Change, IngestResult, Story, StoryHistory
 from storyline.models.errors import InvalidArticle, NotFound, StoreError
 from storyline.models.types import Article
 
@@ -350,6 +350,20 @@ class PostgresStore:
             for r in self._rows(sa.select(articles).where(articles.c.id.in_(chunk))):
                 found[r["id"]] = _article(r)
         return [found[i] for i in ids if i in found]
+
+    def briefs(self, ids: Sequence[str]) -> dict[str, ArticleBrief]:
+        """Title, source, time and story of each known id (unknown ids are left out)."""
+        out: dict[str, ArticleBrief] = {}
+        joined = articles.outerjoin(story_members, story_members.c.article_id == articles.c.id)
+        for chunk in _chunks(list(ids)):
+            for r in self._rows(
+                sa.select(articles.c.id, articles.c.title, articles.c.source,
+                          articles.c.published_at, story_members.c.story_id)
+                .select_from(joined).where(articles.c.id.in_(chunk))
+            ):
+                out[r["id"]] = ArticleBrief(r["id"], r["title"], r["source"],
+                                            _utc(r["published_at"]), r["story_id"])
+        return out
 
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
         last = ""

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from storyline.index.types import Change, IngestResult, Story, StoryHistory
+from storyline.index.types import ArticleBrief, Change, IngestResult, Story, StoryHistory
 from storyline.models.errors import InvalidArticle, NotFound, StoreError
 from storyline.models.types import Article
 
@@ -158,6 +158,7 @@ class Store(Protocol):
     def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]: ...
     def get_article(self, article_id: str) -> Article: ...
     def get_articles(self, ids: Sequence[str]) -> list[Article]: ...
+    def briefs(self, ids: Sequence[str]) -> dict[str, ArticleBrief]: ...
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]: ...
     def articles_between(self, since: datetime | None, until: datetime | None) -> list[str]: ...
     def delete_article(self, article_id: str) -> None: ...
@@ -387,6 +388,20 @@ class SQLiteStore:
             for r in self._query(f"SELECT * FROM articles WHERE id IN ({_qs(chunk)})", chunk):
                 found[r["id"]] = _article(r)
         return [found[i] for i in ids if i in found]
+
+    def briefs(self, ids: Sequence[str]) -> dict[str, ArticleBrief]:
+        """Title, source, time and story of each known id (unknown ids are left out)."""
+        out: dict[str, ArticleBrief] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._query(
+                "SELECT a.id, a.title, a.source, a.published_at, m.story_id FROM articles a"
+                " LEFT JOIN story_members m ON m.article_id = a.id"
+                f" WHERE a.id IN ({_qs(chunk)})",
+                chunk,
+            ):
+                out[r["id"]] = ArticleBrief(r["id"], r["title"], r["source"],
+                                            _parse(r["published_at"]), r["story_id"])
+        return out
 
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
         last = ""

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Change", "IngestOutcome", "IngestResult", "Story", "StoryHistory"]
+__all__ = ["ArticleBrief", "Change", "IngestOutcome", "IngestResult", "Story", "StoryHistory"]
 
 IngestOutcome = Literal["inserted", "updated", "unchanged", "duplicate"]
 
@@ -48,6 +48,18 @@ class StoryHistory:
     new_id: str
     kind: str  # merge | split
     at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ArticleBrief:
+    """What ranking and result lists need of a stored article: no text, one query."""
+
+    id: str
+    title: str
+    source: str | None
+    published_at: datetime | None
+    #: the story the article belongs to (None before clustering)
+    story_id: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,10 @@ class Pipeline:
         # analysis in, and the same set is asked for again and again: keep the latest
         # results in memory, keyed by content, not by request.
         self._analyses: OrderedDict[str, tuple[Summary, list[ActorStance]]] = OrderedDict()
+        # The whole answer for an ad hoc set (its scratch clustering included), so a repeat
+        # is a cache read that never queues behind inference: the answer depends only on
+        # the set's content, the budget, the mode and the loaded models.
+        self._set_views: OrderedDict[str, list[StoryView]] = OrderedDict()
         self._analyses_lock = threading.Lock()
         self._models_key_cache: str | None = None
         # Change-feed position this process's index reflects; read before the index is
@@ -378,10 +382,10 @@ class Pipeline:
         cid = self.store.canonical_id(article_id)
         if cid is None:
             raise NotFound(f"article '{article_id}' not found")
-        query = self.store.get_article(cid)
+        query = self.store.briefs([cid])[cid]
         _, vecs = self.store.embeddings([cid])
         exclude = {cid, article_id, *self.store.duplicates_of(cid)}
-        sid = self.store.story_of([cid]).get(cid)
+        sid = query.story_id
         if exclude_same_story and sid is not None:
             exclude |= set(self.store.get_story(sid).article_ids)
         # shared entities only count with a weight (0 by default: no measured gain)
@@ -439,9 +443,9 @@ class Pipeline:
                 cand += [(i, float(mvecs[j] @ vec)) for j, i in enumerate(mids)]
         if not cand:
             return []
-        arts = {a.id: a for a in self.store.get_articles([i for i, _ in cand])}
+        # Briefs, not articles: ranking needs no text, and they carry the story.
+        arts = self.store.briefs([i for i, _ in cand])
         cand_ents = self.store.entities([i for i, _ in cand]) if ents else {}
-        cand_story = self.store.story_of([i for i, _ in cand]) if w_story else {}
         scored = []
         for i, sim in cand:
             a = arts.get(i)
@@ -458,16 +462,14 @@ class Pipeline:
                 window_h=s.related_window_hours, w_time=s.related_time_weight,
                 w_ent=s.related_entity_weight,
             )
-            if w_story and cand_story.get(i) == story:
+            if w_story and a.story_id == story:
                 score += w_story
             scored.append((score, sim, a))
         scored.sort(key=lambda t: (-t[0], t[2].id))
-        top = scored[:k]
-        story_of = self.store.story_of([a.id for _, _, a in top])
         return [
             RelatedHit(a.id, round(sc, 6), round(sim, 6), a.title, a.source, a.published_at,
-                       story_of.get(a.id))
-            for sc, sim, a in top
+                       a.story_id)
+            for sc, sim, a in scored[:k]
         ]
 
     # -- summaries and stances ---------------------------------------------------------
@@ -541,11 +543,34 @@ class Pipeline:
     ) -> list[StoryView] | None:
         """``summarise_articles(articles)`` when that is exactly one stored, unchanged story
         whose analysis is current; else None (no model runs)."""
-        sid = self._exact_story(articles, self._stored_hashes(articles))
+        latest = list({a.id: a for a in articles}.values())
+        sid = self._exact_story(latest, self._stored_hashes(latest))
         if sid is None:
-            return None
+            return self._cached_set(self._set_key(latest, budget_words, "extractive"))
         view = self.cached_story_view(sid, budget_words=budget_words)
         return None if view is None else [view]
+
+    def _set_key(self, articles: Sequence[Article], budget_words: int | None, mode: str) -> str:
+        budget = budget_words or self.settings.summary_words
+        return self.analysis_key(members_hash((a.id, a.content_hash) for a in articles),
+                                 budget, mode)
+
+    def _cached_set(self, key: str) -> list[StoryView] | None:
+        with self._analyses_lock:
+            while len(self._set_views) > self.settings.analysis_cache_size:
+                self._set_views.popitem(last=False)
+            views = self._set_views.get(key)
+            if views is not None:
+                self._set_views.move_to_end(key)
+        if views is None:
+            return None
+        return [replace(v, timing={}, cached=True) for v in views]
+
+    def _keep_set(self, key: str, views: list[StoryView]) -> None:
+        with self._analyses_lock:
+            self._set_views[key] = views
+            while len(self._set_views) > self.settings.analysis_cache_size:
+                self._set_views.popitem(last=False)
 
     def _story_view(
         self, story_id: str, budget_words: int | None, *, compute: bool,
@@ -600,6 +625,10 @@ class Pipeline:
         sid = self._exact_story(latest, stored)
         if sid is not None:
             return [self.story_view(sid, budget_words=budget_words, mode=mode)]
+        set_key = self._set_key(latest, budget_words, mode)
+        hit = self._cached_set(set_key)
+        if hit is not None:
+            return hit
         same = [a.id for a in latest if stored.get(a.id) == a.content_hash]
         scratch = SQLiteStore(Path(":memory:"))
         try:
@@ -624,6 +653,7 @@ class Pipeline:
             for st in found:
                 arts = scratch.get_articles(st.article_ids)
                 views.append(self._cached_analysis(st, arts, budget_words, mode))
+            self._keep_set(set_key, views)
             return views
         finally:
             scratch.close()

@@ -143,6 +143,13 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     assert a and not any(v.cached for v in a)
     b = pipeline.summarise_articles(mixed)
     assert all(v.cached for v in b) and [v.summary for v in b] == [v.summary for v in a]
+    # The whole answer (scratch clustering included) is a cache read the API runs on
+    # its I/O pool, never behind inference.
+    probe = pipeline.cached_summaries(mixed)
+    assert probe is not None and all(v.cached and not v.timing for v in probe)
+    assert [(v.story.article_ids, v.summary) for v in probe] == [
+        (v.story.article_ids, v.summary) for v in a]
+    assert pipeline.cached_summaries(mixed, budget_words=33) is None
     edited = [dataclasses.replace(mixed[0], text=mixed[0].text + " Officials declined to comment.")]
     c = pipeline.summarise_articles([*edited, mixed[1]])
     changed = [v for v in c if "court-1" in v.story.article_ids]

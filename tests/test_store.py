@@ -4,13 +4,14 @@ persistence, outputs, digests and errors."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
 
 from storyline.index.store import IngestItem
-from storyline.index.types import Story
+from storyline.index.types import ArticleBrief, Story
 from storyline.models.errors import InvalidArticle, NotFound
 from storyline.models.types import Article
 
@@ -203,3 +204,19 @@ def test_ordering_and_stories_roundtrip(make_store: MakeStore) -> None:
     assert [(c.seq, c.article_id, c.op) for c in st.changes_since(before)] == [
         (before + 1, "d0", "delete")
     ]
+
+
+def test_briefs_carry_title_source_time_and_story_without_text(make_store: MakeStore) -> None:
+    st = make_store()
+    t0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    arts = [Article("a", "alpha text", "Alpha", "Outlet A", published_at=t0),
+            Article("b", "beta text", "", None)]
+    st.ingest([IngestItem(a, _item(a.id, a.text, seed=i).vector, ())
+               for i, a in enumerate(arts)], "m")
+    with st.transaction() as db:
+        st.save_story(Story("s_1", "one", ["a"], t0, t0, {"Outlet A": 1}), db)
+    got = st.briefs(["b", "missing", "a"])
+    assert set(got) == {"a", "b"}
+    assert got["a"] == ArticleBrief("a", "Alpha", "Outlet A", t0, "s_1")
+    assert got["b"] == ArticleBrief("b", "", None, None, None)
+    assert st.briefs([]) == {}
