@@ -803,21 +803,24 @@ class SpacyActorExtractor:
         if not surfaces:
             return []
         longest = max(len(k) for k in surfaces)
+        firsts = {k[0] for k in surfaces}
         out: list[_Mention] = []
         for d, doc in enumerate(story_docs):
             title_end = max((st.span.end for st in sents[d] if st.in_title), default=0)
             skip_to = self._title_case_headline_end(sents[d])
             covered = {t.i for e in doc.ents if e.start >= skip_to for t in e}
+            # Token attributes read once: indexing a Doc builds a Token object each time.
+            words = [t.text for t in doc]
             i = 0
-            while i < len(doc):
+            while i < len(words):
                 hit = None
                 # a capitalised match is a name if tagged PROPN, if it is not the first word
                 # of its sentence, or if it is in the headline (title case, tags unreliable)
-                if i not in covered and (
+                if words[i] in firsts and i not in covered and (
                     doc[i].pos_ == "PROPN" or not doc[i].is_sent_start or i < title_end
                 ):
-                    for n in range(min(longest, len(doc) - i), 0, -1):
-                        toks = tuple(t.text for t in doc[i : i + n])
+                    for n in range(min(longest, len(words) - i), 0, -1):
+                        toks = tuple(words[i : i + n])
                         if toks in surfaces and not any(j in covered for j in range(i, i + n)):
                             hit = (n, surfaces[toks])
                             break

@@ -653,10 +653,12 @@ def story_concepts(story: PreparedStory) -> StoryConcepts:
     art_of = np.array([s.article for s in sents], dtype=np.int64)
     centrality = story.emb @ _unit(story.emb.mean(axis=0))
     support = _max_other_support(story, story.emb @ story.emb.T, art_of)
-    title_sets: list[set[Gram]] = []
+    # per gram: how many member titles hold it
+    in_titles: dict[Gram, int] = {}
     for a in story.articles:
         tt = concept_tokens(a.title)
-        title_sets.append({(t,) for t in tt} | set(itertools.pairwise(tt)))
+        for gram in {(t,) for t in tt} | set(itertools.pairwise(tt)):
+            in_titles[gram] = in_titles.get(gram, 0) + 1
 
     index: dict[Gram, int] = {}
     stats: list[list[float]] = []  # per gram: running statistics, see order below
@@ -697,7 +699,7 @@ def story_concepts(story: PreparedStory) -> StoryConcepts:
         st = stats[g]
         tf = st[0]
         df = len(arts[g])
-        in_title = sum(gram in ts for ts in title_sets)
+        in_title = in_titles.get(gram, 0)
         n_stop = sum(w in _STOP for w in gram)
         all_stop = float(n_stop == len(gram))
         base = [
