@@ -654,6 +654,16 @@ def test_summarise_with_the_real_stages(loaded: TestClient[Litestar], pipeline: 
     assert stories
     cited = {i for s in stories for x in s["summary"]["sentences"] for i in x["article_ids"]}
     assert cited and cited <= {"court-1", "court-2"}
+    # Inline articles, not stored: computed once, then the same answer from the cache.
+    inline = {"articles": [{"id": "x-1", "title": "Court rules on appeal", "text":
+                            "The appeals court upheld the ruling on Tuesday. Lawyers for the "
+                            "city said they would appeal again."}], "budget_words": 30}
+    first = loaded.post("/v1/summarise", json=inline)
+    again = loaded.post("/v1/summarise", json=inline)
+    assert first.status_code == again.status_code == 200, first.text
+    assert not first.json()["stories"][0]["cached"] and again.json()["stories"][0]["cached"]
+    assert again.json()["stories"][0]["summary"] == first.json()["stories"][0]["summary"]
+    assert loaded.get("/v1/articles/x-1").status_code == 404  # still not stored
 
 
 # -- digests -------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ class SummariseController(Controller):
             fn = _stage(pipe, "summarise_articles", "summarisation")
             extra = _mode_kwargs(fn, data.mode)
             cached = None
-            if name == "article_ids":
+            if not data.store:  # a stored story, or an ad hoc set answered before
                 cached = await _cached(rt, pipe, "cached_summaries", data.mode, arts, budget)
             views = cached if cached is not None else await rt.inference.run(
                 fn, arts, budget_words=budget, store=data.store, **extra)
