@@ -657,8 +657,9 @@ def story_concepts(story: PreparedStory) -> StoryConcepts:
     in_titles: dict[Gram, int] = {}
     for a in story.articles:
         tt = concept_tokens(a.title)
-        for gram in {(t,) for t in tt} | set(itertools.pairwise(tt)):
-            in_titles[gram] = in_titles.get(gram, 0) + 1
+        title_grams: set[Gram] = {(t,) for t in tt} | set(itertools.pairwise(tt))
+        for tg in title_grams:
+            in_titles[tg] = in_titles.get(tg, 0) + 1
 
     index: dict[Gram, int] = {}
     stats: list[list[float]] = []  # per gram: running statistics, see order below
