@@ -555,22 +555,27 @@ class Pipeline:
         return self.analysis_key(members_hash((a.id, a.content_hash) for a in articles),
                                  budget, mode)
 
-    def _cached_set(self, key: str) -> list[StoryView] | None:
+    def _lru_get(self, cache: OrderedDict[str, Any], key: str) -> Any:
+        """``cache[key]`` or None; both in-memory caches hold ``analysis_cache_size``."""
         with self._analyses_lock:
-            while len(self._set_views) > self.settings.analysis_cache_size:
-                self._set_views.popitem(last=False)
-            views = self._set_views.get(key)
-            if views is not None:
-                self._set_views.move_to_end(key)
+            while len(cache) > self.settings.analysis_cache_size:
+                cache.popitem(last=False)
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+        return hit
+
+    def _lru_put(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+        with self._analyses_lock:
+            cache[key] = value
+            while len(cache) > self.settings.analysis_cache_size:
+                cache.popitem(last=False)
+
+    def _cached_set(self, key: str) -> list[StoryView] | None:
+        views: list[StoryView] | None = self._lru_get(self._set_views, key)
         if views is None:
             return None
         return [replace(v, timing={}, cached=True) for v in views]
-
-    def _keep_set(self, key: str, views: list[StoryView]) -> None:
-        with self._analyses_lock:
-            self._set_views[key] = views
-            while len(self._set_views) > self.settings.analysis_cache_size:
-                self._set_views.popitem(last=False)
 
     def _story_view(
         self, story_id: str, budget_words: int | None, *, compute: bool,
@@ -653,7 +658,7 @@ class Pipeline:
             for st in found:
                 arts = scratch.get_articles(st.article_ids)
                 views.append(self._cached_analysis(st, arts, budget_words, mode))
-            self._keep_set(set_key, views)
+            self._lru_put(self._set_views, set_key, views)
             return views
         finally:
             scratch.close()
@@ -678,22 +683,13 @@ class Pipeline:
         self, story: Story, articles: list[Article], budget_words: int | None,
         mode: str = "extractive",
     ) -> StoryView:
-        budget = budget_words or self.settings.summary_words
-        key = self.analysis_key(members_hash((a.id, a.content_hash) for a in articles), budget,
-                                mode)
-        with self._analyses_lock:
-            while len(self._analyses) > self.settings.analysis_cache_size:
-                self._analyses.popitem(last=False)
-            hit = self._analyses.get(key)
-            if hit is not None:
-                self._analyses.move_to_end(key)
+        key = self._set_key(articles, budget_words, mode)
+        hit = self._lru_get(self._analyses, key)
         if hit is not None:
             return StoryView(story, articles, hit[0], list(hit[1]), cached=True)
+        budget = budget_words or self.settings.summary_words
         summary, stances, timing = self.analyse(articles, budget, mode)
-        with self._analyses_lock:
-            self._analyses[key] = (summary, stances)
-            while len(self._analyses) > self.settings.analysis_cache_size:
-                self._analyses.popitem(last=False)
+        self._lru_put(self._analyses, key, (summary, stances))
         return StoryView(story, articles, summary, stances, timing)
 
     def stories_for_ids(self, article_ids: Sequence[str]) -> list[str]:
