@@ -6,6 +6,7 @@ Protocol) to the store and keeps the FAISS index in step with the database.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -382,7 +383,9 @@ class Pipeline:
         cid = self.store.canonical_id(article_id)
         if cid is None:
             raise NotFound(f"article '{article_id}' not found")
-        query = self.store.briefs([cid])[cid]
+        query = self.store.briefs([cid]).get(cid)
+        if query is None:  # deleted since it was resolved
+            raise NotFound(f"article '{article_id}' not found")
         _, vecs = self.store.embeddings([cid])
         exclude = {cid, article_id, *self.store.duplicates_of(cid)}
         sid = query.story_id
@@ -551,9 +554,14 @@ class Pipeline:
         return None if view is None else [view]
 
     def _set_key(self, articles: Sequence[Article], budget_words: int | None, mode: str) -> str:
+        """Key of an ad hoc set's answer: every field of every article counts, not only the
+        content hash (title + text): time orders the summary and outlet and lean split the
+        portrayal, and inline articles may repeat a text under other metadata."""
         budget = budget_words or self.settings.summary_words
-        return self.analysis_key(members_hash((a.id, a.content_hash) for a in articles),
-                                 budget, mode)
+        prints = ((a.id, hashlib.sha256(msgspec.json.encode(
+            (a.title, a.text, a.source, a.url, a.published_at, a.lang, a.lean))).hexdigest())
+            for a in articles)
+        return self.analysis_key(members_hash(prints), budget, mode)
 
     def _lru_get(self, cache: OrderedDict[str, Any], key: str) -> Any:
         """``cache[key]`` or None; both in-memory caches hold ``analysis_cache_size``."""

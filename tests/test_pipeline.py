@@ -150,6 +150,10 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     assert [(v.story.article_ids, v.summary) for v in probe] == [
         (v.story.article_ids, v.summary) for v in a]
     assert pipeline.cached_summaries(mixed, budget_words=33) is None
+    # Same texts under another outlet or time is another answer (portrayal, order).
+    moved = [dataclasses.replace(mixed[0], source="Another Outlet"), mixed[1]]
+    assert pipeline.cached_summaries(moved) is None
+    assert not all(v.cached for v in pipeline.summarise_articles(moved))
     edited = [dataclasses.replace(mixed[0], text=mixed[0].text + " Officials declined to comment.")]
     c = pipeline.summarise_articles([*edited, mixed[1]])
     changed = [v for v in c if "court-1" in v.story.article_ids]
