@@ -206,6 +206,47 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def op_profile(texts: Sequence[str], models_dir: Path) -> dict[str, Any]:
+    """Share of kernel time per operator type in our graph, one thread, each text alone
+    (as served): where the time goes, for deciding what is worth optimising."""
+    import tempfile
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from storyline.models.embedder import DISABLED_OPTIMIZERS, load_tokenizer
+    from storyline.models.registry import EMBEDDER, Manifest
+
+    folder = Manifest(models_dir).verify(EMBEDDER)
+    tok = load_tokenizer(folder / "tokenizer.json")
+    ids = [e.ids for e in tok.encode_batch(list(texts))]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "embed")
+        sess = ort.InferenceSession(str(folder / EMBEDDER.file), opts,
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(DISABLED_OPTIMIZERS))
+        t0 = time.perf_counter()
+        for one in ids:
+            sess.run(None, {"input_ids": np.asarray([one], dtype=np.int64)})
+        wall = time.perf_counter() - t0
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values()) or 1
+    return {
+        "n_texts": len(ids),
+        "mean_tokens": round(float(np.mean([len(i) for i in ids])), 1),
+        "ms_per_text_1_thread": round(wall / len(ids) * 1000, 2),
+        "op_share": {k: round(v / total, 3) for k, v in per_op.most_common()},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--articles", type=Path, help="JSONL with title/text (default: AllSides)")
@@ -216,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="use only the first N texts")
     ap.add_argument("--batch1-n", type=int, default=50, help="single texts for latency")
     ap.add_argument("--json", action="store_true", help="print one JSON object as last line")
+    ap.add_argument("--profile", type=int, metavar="N",
+                    help="instead of the comparison: kernel time per operator type of our "
+                         "graph over the first N texts (one thread, each text alone)")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.threads < 1 or args.batch_size < 1:
         ap.error("--repeats, --threads and --batch-size must be >= 1")
@@ -231,6 +275,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     log(f"{len(texts)} texts from {source}; models from {args.models_dir}")
+    if args.profile:
+        prof = op_profile(texts[: args.profile], args.models_dir)
+        for op, share in prof["op_share"].items():
+            print(f"{op:<32} {share * 100:5.1f} %")
+        print(f"{prof['ms_per_text_1_thread']} ms per text on one thread, "
+              f"mean {prof['mean_tokens']} tokens")
+        if args.json:
+            print(json.dumps(prof))
+        return 0
     res = run(
         texts,
         models_dir=args.models_dir,
