@@ -48,10 +48,12 @@ per article are considered, and a "sentence" over 90 words is only a last resort
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -542,6 +544,7 @@ CONCEPT_FEATURE_NAMES: Final = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _stem(w: str) -> str:
     """A light, deterministic suffix stripper (the concept vocabulary, not linguistics)."""
     if len(w) <= 3 or w.isdigit():
@@ -626,7 +629,10 @@ class StoryConcepts:
         return np.concatenate([self.base, pg[idx]], axis=1).astype(np.float32)
 
 
-def sentence_grams(text: str) -> list[tuple[Gram, bool, bool]]:
+# Stories are re-analysed as they grow and the same stored sentences recur in ad hoc sets,
+# so a sentence's grams are computed once (a pure function of its text).
+@functools.lru_cache(maxsize=1 << 15)
+def sentence_grams(text: str) -> tuple[tuple[Gram, bool, bool], ...]:
     """(gram, capitalised, inside quotes) for every unigram and bigram of a sentence."""
     toks: list[str] = []
     caps: list[bool] = []
@@ -643,7 +649,15 @@ def sentence_grams(text: str) -> list[tuple[Gram, bool, bool]]:
             inside = False
     out: list[tuple[Gram, bool, bool]] = [((t,), caps[p], quoted[p]) for p, t in enumerate(toks)]
     out += [((a, b), caps[p], quoted[p]) for p, (a, b) in enumerate(itertools.pairwise(toks))]
-    return out
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _gram_shape(gram: Gram) -> tuple[float, float, float]:
+    """(stop words, has a digit, longest word length) of a gram: the same in every story."""
+    return (float(sum(w in _STOP for w in gram)),
+            float(any(ch.isdigit() for w in gram for ch in w)),
+            float(max(len(w) for w in gram)))
 
 
 def story_concepts(story: PreparedStory) -> StoryConcepts:
@@ -661,55 +675,70 @@ def story_concepts(story: PreparedStory) -> StoryConcepts:
         for tg in title_grams:
             in_titles[tg] = in_titles.get(tg, 0) + 1
 
+    # Every gram occurrence in one flat list; per-gram statistics then come from numpy
+    # reductions instead of eight Python updates per occurrence.
     index: dict[Gram, int] = {}
-    stats: list[list[float]] = []  # per gram: running statistics, see order below
-    arts: list[set[int]] = []
-    leads: list[set[int]] = []
+    occ_g: list[int] = []
+    occ_j: list[int] = []
+    occ_cap: list[bool] = []
+    occ_quoted: list[bool] = []
     sent_counts: list[dict[int, int]] = []
     for j, s in enumerate(sents):
-        counts: dict[int, int] = {}
-        lean_c = float((story.articles[s.article].lean or "").lower() == "center")
-        rel = s.position / max(1, s.n_in_article - 1)
-        for gram, cap, quoted in sentence_grams(s.text):
-            g = index.get(gram)
-            if g is None:
-                g = index[gram] = len(stats)
-                # tf, min_pos, cap, max_centrality, max_support, quoted, center, min_rel
-                stats.append([0.0, 99.0, 0.0, -1.0, -1.0, 0.0, 0.0, 1.0])
-                arts.append(set())
-                leads.append(set())
-            st = stats[g]
-            st[0] += 1
-            st[1] = min(st[1], s.position)
-            st[2] += cap
-            st[3] = max(st[3], float(centrality[j]))
-            st[4] = max(st[4], float(support[j]))
-            st[5] += quoted
-            st[6] += lean_c
-            st[7] = min(st[7], rel)
-            arts[g].add(s.article)
-            if s.position <= 1:
-                leads[g].add(s.article)
-            counts[g] = counts.get(g, 0) + 1
-        sent_counts.append(counts)
+        found = sentence_grams(s.text)
+        ids = [index.setdefault(gram, len(index)) for gram, _, _ in found]
+        occ_g += ids
+        occ_j += [j] * len(ids)
+        occ_cap += [cap for _, cap, _ in found]
+        occ_quoted += [quoted for _, _, quoted in found]
+        sent_counts.append(dict(Counter(ids)))  # first-occurrence order, as summed later
+    n_grams = len(index)
+    g_of = np.asarray(occ_g, dtype=np.int64)
+    j_of = np.asarray(occ_j, dtype=np.int64)
+    pos = np.asarray([float(s.position) for s in sents], dtype=np.float64)
+    rel = np.asarray([s.position / max(1, s.n_in_article - 1) for s in sents], dtype=np.float64)
+    center = np.asarray([float((story.articles[s.article].lean or "").lower() == "center")
+                         for s in sents], dtype=np.float64)
+
+    def total(weights: npt.NDArray[np.float64] | None) -> list[float]:
+        sums = np.bincount(g_of, weights=weights, minlength=n_grams).astype(np.float64)
+        return list(sums.tolist())
+
+    def extreme(ufunc: Any, start: float, values: npt.NDArray[np.float64]) -> list[float]:
+        out = np.full(n_grams, start, dtype=np.float64)
+        ufunc.at(out, g_of, values[j_of])
+        return list(out.tolist())
+
+    def distinct_articles(mask: npt.NDArray[np.bool_] | None) -> list[int]:
+        g, a = (g_of, art_of[j_of]) if mask is None else (g_of[mask], art_of[j_of][mask])
+        pairs = np.unique(g * max(1, n_art) + a)
+        return list(np.bincount(pairs // max(1, n_art), minlength=n_grams).tolist())
+
+    tf_of = total(None)
+    cap_of = total(np.asarray(occ_cap, dtype=np.float64))
+    quoted_of = total(np.asarray(occ_quoted, dtype=np.float64))
+    center_of = total(center[j_of])
+    min_pos = extreme(np.minimum, 99.0, pos)
+    max_cent = extreme(np.maximum, -1.0, centrality.astype(np.float64))
+    max_sup = extreme(np.maximum, -1.0, support.astype(np.float64))
+    min_rel = extreme(np.minimum, 1.0, rel)
+    df_of = distinct_articles(None)
+    leads_of = distinct_articles(pos[j_of] <= 1)
 
     grams = list(index)
     rows: list[tuple[int, int]] = []
     feats: list[list[float]] = []
     for g, gram in enumerate(grams):
-        st = stats[g]
-        tf = st[0]
-        df = len(arts[g])
+        tf = tf_of[g]
+        df = df_of[g]
         in_title = in_titles.get(gram, 0)
-        n_stop = sum(w in _STOP for w in gram)
+        n_stop, has_digit, longest = _gram_shape(gram)
         all_stop = float(n_stop == len(gram))
         base = [
             df / n_art, float(df), min(tf, 8.0), in_title / n_art, float(in_title),
-            min(st[1], 6.0), float(len(gram) == 2),
-            float(any(ch.isdigit() for w in gram for ch in w)),
-            st[2] / tf, st[3], float(min(n_art, 10)), float(n_stop), all_stop,
-            len(leads[g]) / n_art, st[4], st[5] / tf, st[6] / tf, st[7],
-            float(max(len(w) for w in gram)),
+            min(min_pos[g], 6.0), float(len(gram) == 2), has_digit,
+            cap_of[g] / tf, max_cent[g], float(min(n_art, 10)), n_stop, all_stop,
+            leads_of[g] / n_art, max_sup[g], quoted_of[g] / tf, center_of[g] / tf, min_rel[g],
+            longest,
         ]
         for k in range(1, min(KMAX, int(tf)) + 1):
             rows.append((g, k))
