@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -45,7 +46,23 @@ log = logging.getLogger(__name__)
 _STAGES: dict[str, Any] = {}
 
 
-def _init(settings_json: str, nice: int) -> None:
+#: how often the worker checks that the process that started it is still alive
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit when the parent is gone. A parent killed outright (SIGKILL, OOM) cannot shut
+    the pool down, and the worker would otherwise wait on its call queue forever, holding
+    the models' memory (found as orphans after the crash test)."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _init(settings_json: str, nice: int, parent: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="sl-parent-watch",
+                     daemon=True).start()
     if nice > 0 and hasattr(os, "nice"):
         try:
             os.nice(nice)
@@ -119,7 +136,8 @@ class ModelProcess:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_init,
-                    initargs=(self._settings.model_dump_json(), self._settings.inference_nice),
+                    initargs=(self._settings.model_dump_json(), self._settings.inference_nice,
+                              os.getpid()),
                 )
             return self._pool
 

@@ -43,6 +43,24 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield d
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    return {int(d.name) for d in Path("/proc").iterdir()
+            if d.name.isdigit() and (st := _stat(int(d.name))) and st[1] == str(pid)}
+
+
+def _alive(pid: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
+
+
 @pytest.mark.slow
 def test_acknowledged_ingests_survive_sigkill(
     data_dir: Path, workdir: Path, articles: list[dict[str, Any]]
@@ -78,8 +96,16 @@ def test_acknowledged_ingests_survive_sigkill(
         while len(acked) < 24:
             assert time.monotonic() < deadline, "ingest too slow"
             time.sleep(0.02)
+        children = _children(server.proc.pid)  # the model process (STORYLINE_MODEL_PROCESS)
+        assert children, "serve runs its models in a child process by default"
         server.proc.kill()  # SIGKILL while both writers have a batch in flight
         server.proc.wait(30)
+        # A killed server cannot stop its model process: the child notices and exits
+        # rather than holding the models' memory as an orphan.
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in children):
+            assert time.monotonic() < deadline, f"orphaned children: {children}"
+            time.sleep(0.2)
         stop.set()
         for t in threads:
             t.join(30)
