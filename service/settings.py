@@ -78,7 +78,8 @@ class Settings(BaseSettings):
         "re-embeds only its new sentences",
     )
     analysis_cache_size: int = Field(
-        2048, ge=0, description="ad hoc article sets whose summary + stances stay in memory"
+        2048, ge=0, description="ad hoc article sets whose summary + stances, and whose "
+        "whole answers (their articles' text included), stay in memory"
     )
     gil_switch_interval_ms: float = Field(
         1.0, gt=0, le=100,
