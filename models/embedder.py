@@ -33,6 +33,7 @@ from storyline.models.registry import EMBEDDER, Manifest
 
 if TYPE_CHECKING:
     from storyline.models.protocols import Embedder
+    from storyline.models.shared_cache import SharedCache
 
 __all__ = ["MAX_TOKENS", "CachingEmbedder", "OnnxEmbedder", "load_tokenizer", "make_session"]
 
@@ -251,9 +252,11 @@ class CachingEmbedder:
     new article's sentences reach the model.
     """
 
-    def __init__(self, inner: Embedder, size: int = 20_000) -> None:
+    def __init__(self, inner: Embedder, size: int = 20_000,
+                 shared: SharedCache | None = None) -> None:
         self._inner = inner
-        self._memo: RowMemo[str] = RowMemo(size)
+        self._memo: RowMemo[str] = RowMemo(
+            size, None if shared is None else (shared, f"embed:{inner.model_id}"))
 
     @property
     def hits(self) -> int:

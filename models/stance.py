@@ -84,6 +84,7 @@ from storyline.models.types import (
 
 if TYPE_CHECKING:
     from storyline.models.actors import AttributedStatement
+    from storyline.models.shared_cache import SharedCache
 
 __all__ = [
     "CRITICAL_VERBS",
@@ -198,10 +199,12 @@ class CachingTargetScorer:
     only mentions never scored before reach the model.
     """
 
-    def __init__(self, inner: TargetScorer, size: int = 50_000) -> None:
+    def __init__(self, inner: TargetScorer, size: int = 50_000,
+                 shared: SharedCache | None = None) -> None:
         self._inner = inner
-        self._memo: RowMemo[tuple[str, int, int]] = RowMemo(size)
         self.model_id = str(getattr(inner, "model_id", type(inner).__name__))
+        self._memo: RowMemo[tuple[str, int, int]] = RowMemo(
+            size, None if shared is None else (shared, f"stance:{self.model_id}"))
 
     @property
     def hits(self) -> int:

@@ -8,15 +8,25 @@ for that lock behind inference; on a 2-core box under load that made ``related``
 and at a lower CPU priority (``inference_nice``) the kernel gives the cores to the
 request process first.
 
-``ModelProcess`` starts one worker (``spawn``: forking a process that already runs
-onnxruntime and threads is unsafe) that loads the stages with the same loaders the
+``ModelProcess`` starts one worker per *lane* (``spawn``: forking a process that already
+runs onnxruntime and threads is unsafe), each loading the stages with the same loaders the
 in-process pipeline uses (``storyline.service.pipeline.load_*``), so the answers are the
-same. The proxies implement ``Embedder``, ``Summariser``, ``ActorExtractor`` and
+same. A call goes to the lane of the thread that makes it (``use_lane``, set by the
+service's pools): the ``read`` lane answers requests, the ``background`` lane
+(``background_process``) runs ingest and the idle-time warmer at a still lower priority
+(``background_nice``). A worker runs one call at a time, so with one lane a summary asked
+for on request waited for a running ingest batch (~130 ms an article) or warmer analysis
+to finish; in its own process the kernel scheduler hands it the core instead. The
+proxies implement ``Embedder``, ``Summariser``, ``ActorExtractor`` and
 ``StanceTagger`` and an entity-key function; the pipeline takes them as it takes any
 stage. Arguments and results are plain dataclasses and arrays (pickled); errors raised in
 the worker (``InvalidInput`` …) are raised again in the caller. Calls are serialised by
-the caller's bounded inference pool; the worker runs one at a time. If the worker dies,
-its calls fail with ``ModelUnavailable`` and the next call starts a fresh one.
+the caller's bounded pools; each worker runs one at a time (the read lane has
+``inference_workers`` workers, the background lane one). The workers share per-article
+results (parses, sentence vectors, mention sentiment) through the feature cache file
+(``storyline.models.shared_cache``), so what the background lane computed for a story a
+read finds. If a worker dies, its calls fail with ``ModelUnavailable`` and the next call
+starts a fresh one.
 """
 
 from __future__ import annotations
@@ -27,18 +37,18 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from storyline.models.errors import ModelUnavailable, StorylineError
+from storyline.models.errors import ModelUnavailable
 from storyline.models.types import Actor, ActorStance, Article, Summary
 from storyline.service.settings import Settings
 
-__all__ = ["ModelProcess"]
+__all__ = ["BACKGROUND_LANE", "READ_LANE", "ModelProcess", "current_lane", "use_lane"]
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +70,28 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _init(settings_json: str, nice: int, parent: int) -> None:
+def _init(settings_json: str, nice: int, parent: int, preload: tuple[str, ...] = ()) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), name="sl-parent-watch",
                      daemon=True).start()
-    if nice > 0 and hasattr(os, "nice"):
+    if hasattr(os, "getpriority"):
+        # Relative to the parent process, not to the thread that happened to start this
+        # worker: a worker started from a lower-priority pool thread inherits that
+        # thread's nice, and both lanes then ended up at 19, the read lane competing as
+        # an equal with the background one.
         try:
-            os.nice(nice)
-        except OSError as exc:  # not permitted: run at normal priority
-            log.warning("model process: could not lower its priority: %s", exc)
+            target = min(19, os.getpriority(os.PRIO_PROCESS, parent) + nice)
+            if target != os.getpriority(os.PRIO_PROCESS, 0):
+                os.setpriority(os.PRIO_PROCESS, 0, target)
+        except OSError as exc:  # raising priority back needs a privilege: keep what it has
+            log.warning("model process: could not set its priority to %s: %s", nice, exc)
     _STAGES["settings"] = Settings.model_validate_json(settings_json)
+    # In the initializer, so every worker of a lane (and one started after a crash) is
+    # ready before it takes a call.
+    for stage in preload:  # optional stages: a failure is logged, the service still serves
+        try:
+            _stage_loaded(stage)
+        except Exception as exc:
+            log.warning("model process: stage %s not loaded: %s", stage, exc)
 
 
 def _stage(name: str) -> Any:
@@ -105,55 +128,87 @@ def _info() -> dict[str, Any]:
 
 
 # -- the caller side ----------------------------------------------------------------------
+READ_LANE = "read"
+BACKGROUND_LANE = "background"
+_THREAD = threading.local()
+
+
+def use_lane(lane: str) -> None:
+    """Send this thread's model calls to ``lane`` (a lane the process lacks means read)."""
+    _THREAD.lane = lane
+
+
+def current_lane() -> str:
+    lane: str = getattr(_THREAD, "lane", READ_LANE)
+    return lane
+
+
 class ModelProcess:
-    """One child process holding the model stages; see the module docstring."""
+    """Child processes holding the model stages, one per lane; see the module docstring."""
 
     def __init__(self, settings: Settings, *, preload: Sequence[str] = ()) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        #: lane -> CPU nice of its worker; the read lane always exists
+        self.lanes: dict[str, int] = {READ_LANE: settings.inference_nice}
+        if settings.background_process:
+            self.lanes[BACKGROUND_LANE] = max(settings.inference_nice, settings.background_nice)
+        #: lane -> worker processes: the read lane runs ``inference_workers`` calls at once
+        self.workers = {lane: settings.inference_workers if lane == READ_LANE else 1
+                        for lane in self.lanes}
+        self._preload = tuple(preload)
+        self._pools: dict[str, ProcessPoolExecutor] = {}
         try:
-            info = self.call_info()  # loads the embedder: the one stage that must load
+            # Every lane loads the embedder (the one stage that must load) at once.
+            infos = _gather({lane: self._start(lane, _info) for lane in self.lanes})
         except BaseException:
             self.close()
             raise
+        info = infos[READ_LANE]
         self.dim: int = info["dim"]
         self.model_id: str = info["model_id"]
-        self.pid: int = info["pid"]
-        for stage in preload:  # optional stages: a failure is logged, the service still serves
-            try:
-                self._submit(_stage_loaded, stage)
-            except StorylineError as exc:
-                log.warning("model process: stage %s not loaded: %s", stage, exc)
+        self.pids: dict[str, int] = {lane: i["pid"] for lane, i in infos.items()}
+        self.pid: int = self.pids[READ_LANE]
         self.embedder = _ProxyEmbedder(self)
         self.summariser = _ProxySummariser(self)
         self.actors = _ProxyActors(self)
         self.stance = _ProxyStance(self)
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self, lane: str) -> ProcessPoolExecutor:
         with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init,
-                    initargs=(self._settings.model_dump_json(), self._settings.inference_nice,
-                              os.getpid()),
+            pool = self._pools.get(lane)
+            if pool is None:
+                pool = self._pools[lane] = ProcessPoolExecutor(
+                    max_workers=self.workers[lane],
+                    mp_context=multiprocessing.get_context("spawn"), initializer=_init,
+                    initargs=(self._settings.model_dump_json(), self.lanes[lane], os.getpid(),
+                              self._preload),
                 )
-            return self._pool
+            return pool
 
-    def _submit(self, fn: Any, *args: Any) -> Any:
-        pool = self._executor()
+    def _start(self, lane: str, fn: Any, *args: Any) -> tuple[ModelProcess, str,
+                                                                ProcessPoolExecutor, Future[Any]]:
+        pool = self._executor(lane)
         try:
-            return pool.submit(fn, *args).result()
+            return self, lane, pool, pool.submit(fn, *args)
         except BrokenProcessPool as exc:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None  # the next call starts a fresh worker
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise ModelUnavailable(f"the model process stopped: {exc}") from exc
+            raise self._broken(lane, pool, exc) from exc
 
-    def call_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = self._submit(_info)
+    def _broken(self, lane: str, pool: ProcessPoolExecutor,
+                exc: BaseException) -> ModelUnavailable:
+        with self._lock:
+            if self._pools.get(lane) is pool:
+                del self._pools[lane]  # the next call starts a fresh worker
+        pool.shutdown(wait=False, cancel_futures=True)
+        return ModelUnavailable(f"the model process stopped ({lane} lane): {exc}")
+
+    def _submit(self, fn: Any, *args: Any, lane: str | None = None) -> Any:
+        lane = lane or current_lane()
+        return _gather({lane: self._start(lane if lane in self.lanes else READ_LANE, fn, *args)})[
+            lane]
+
+    def call_info(self, lane: str = READ_LANE) -> dict[str, Any]:
+        info: dict[str, Any] = self._submit(_info, lane=lane)
         return info
 
     def call(self, stage: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -165,13 +220,45 @@ class ModelProcess:
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
             pool.shutdown(wait=True, cancel_futures=False)
 
 
+def _gather(started: dict[str, tuple[ModelProcess, str, ProcessPoolExecutor, Future[Any]]],
+            ) -> dict[str, Any]:
+    """Wait for calls started on several lanes; a dead worker becomes ``ModelUnavailable``
+    (after every call has finished, so none is left running unobserved)."""
+    out: dict[str, Any] = {}
+    error: BaseException | None = None
+    for key, (proc, lane, pool, fut) in started.items():
+        try:
+            out[key] = fut.result()
+        except BrokenProcessPool as exc:
+            error = error or proc._broken(lane, pool, exc)
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return out
+
+
+_WARM_UP = [Article(id="warm-up", title="Warm up",
+                   text="Mayor Anne Hidalgo said Paris would host the summit. "
+                        "France's president praised the decision on Monday.")]
+
+
 def _stage_loaded(name: str) -> bool:
-    _stage(name)
+    """Load a stage and run it once: some load their parts on first use (the spaCy
+    pipeline), and the first request to a fresh worker would pay ~1 s for it while
+    the requests behind it wait."""
+    stage = _stage(name)
+    if name == "summariser":
+        stage.summarise(_WARM_UP, 20)
+    elif name == "actors":
+        stage.extract(_WARM_UP)
+    elif name == "stance":
+        stage.tag(_stage("actors").extract(_WARM_UP), _WARM_UP)
     return True
 
 

@@ -44,10 +44,22 @@ class Settings(BaseSettings):
         "(+21 % and +22 % requests/s in two paired load runs, bench/RESULTS.md); false "
         "runs them on threads of the service process",
     )
+    background_process: bool = Field(
+        True, description="with model_process: ingest and the idle-time warmer run their "
+        "model calls in a second child process (at background_nice), so a summary computed "
+        "on request never waits for an ingest batch or a warmer analysis to finish "
+        "(costs that process's memory, ~0.5 GB)",
+    )
+    background_nice: int = Field(
+        19, ge=0, le=19,
+        description="Linux: CPU priority (nice) of the background model process; at least "
+        "inference_nice",
+    )
     inference_nice: int = Field(
         10, ge=0, le=19,
-        description="Linux: how much lower the CPU priority of the inference threads is than "
-        "the request threads' (0 = same), so lookups get the cores first",
+        description="Linux: how much lower the CPU priority of the model process answering "
+        "requests (without model_process: of the inference threads) is than the request "
+        "threads' (0 = same), so lookups get the cores first",
     )
 
     # -- related coverage ranking (tuned on the AllSides train split) ----------------
@@ -90,6 +102,12 @@ class Settings(BaseSettings):
         50_000, ge=0,
         description="target-sentiment answers kept (sentence + target span -> 3 floats): "
         "a changed story or an ad hoc set of stored articles scores only new mentions",
+    )
+    feature_cache: bool = Field(
+        True, description="keep per-article model results (spaCy parses, sentence vectors, "
+        "mention sentiment) in <data_dir>/cache, shared by every process on this data dir "
+        "and kept across restarts: an analysis of already-seen articles skips the models "
+        "(derived data: safe to delete; up to ~0.5 GB)",
     )
     parse_cache_size: int = Field(
         2048, ge=0,
@@ -144,6 +162,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.models_path or self.data_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def db_path(self) -> Path:

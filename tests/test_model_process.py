@@ -93,8 +93,10 @@ def test_the_app_serves_through_the_model_process(settings: Settings) -> None:
     from litestar.testing import TestClient
 
     from storyline.service.api.app import create_app
+    from storyline.service.api.runtime import key_digest
 
-    s = settings.model_copy(update={"model_process": True, "warm_stories": False})
+    s = settings.model_copy(update={"model_process": True, "warm_stories": False,
+                                    "api_keys_sha256": [key_digest("k")]})
     app = create_app(s)
     with TestClient(app) as c:
         deadline = time.monotonic() + 120
@@ -110,6 +112,15 @@ def test_the_app_serves_through_the_model_process(settings: Settings) -> None:
         assert stories and all(s["summary"] for s in stories)
         bad = c.post("/v1/summarise", json={"articles": [{"id": "x", "text": " "}]})
         assert bad.status_code == 422
+        # Writes run on the background pool (and its model process), reads do not.
+        reads = rt.inference.calls
+        assert rt.background is not rt.inference and rt.background.calls == 0
+        r = c.post("/v1/articles", headers={"Authorization": "Bearer k"}, json={"articles": [
+            {"id": a.id, "title": a.title, "text": a.text} for a in ARTS]})
+        assert r.status_code == 200, r.text
+        assert rt.background.calls == 1 and rt.inference.calls == reads
+        r = c.post("/v1/summarise", json={"article_ids": [a.id for a in ARTS]})
+        assert r.status_code == 200 and r.json()["stories"]
 
 
 def test_a_worker_that_cannot_load_the_embedder_is_stopped(tmp_path: Path) -> None:
@@ -119,3 +130,60 @@ def test_a_worker_that_cannot_load_the_embedder_is_stopped(tmp_path: Path) -> No
     with pytest.raises(ModelUnavailable):
         ModelProcess(Settings(data_dir=tmp_path / "empty"))  # no models there
     assert set(multiprocessing.active_children()) <= before
+
+
+def test_each_lane_has_its_own_worker_at_its_own_priority(proc: ModelProcess,
+                                                          settings: Settings) -> None:
+    import threading
+
+    from storyline.service.model_process import BACKGROUND_LANE, READ_LANE, use_lane
+
+    assert set(proc.pids) == {READ_LANE, BACKGROUND_LANE}
+    assert proc.pids[READ_LANE] != proc.pids[BACKGROUND_LANE]
+    seen: dict[str, int] = {}
+
+    def on(lane: str) -> None:
+        use_lane(lane)
+        seen[lane] = proc._submit(os.getpid)  # runs in the worker the thread's lane names
+
+    for lane in (READ_LANE, BACKGROUND_LANE, "unknown"):
+        t = threading.Thread(target=on, args=(lane,))
+        t.start()
+        t.join()
+    assert seen == {READ_LANE: proc.pids[READ_LANE],
+                    BACKGROUND_LANE: proc.pids[BACKGROUND_LANE],
+                    "unknown": proc.pids[READ_LANE]}
+    if hasattr(os, "getpriority"):
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        assert os.getpriority(os.PRIO_PROCESS, proc.pids[READ_LANE]) == min(
+            19, base + settings.inference_nice)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pids[BACKGROUND_LANE]) == min(
+            19, base + max(settings.inference_nice, settings.background_nice))
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="Linux priorities")
+def test_priority_is_relative_to_the_service_not_the_starting_thread(
+        settings: Settings) -> None:
+    """The service starts the workers from a pool thread that may run at a lower
+    priority; a worker inherited that thread's nice and added its own, so both lanes sat
+    at 19 and the read lane competed as an equal with ingest."""
+    import threading
+
+    from storyline.service.api.runtime import lower_priority
+
+    box: dict[str, ModelProcess] = {}
+
+    def start() -> None:
+        lower_priority(5)
+        box["mp"] = ModelProcess(settings.model_copy(update={"background_process": False}))
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    mp = box["mp"]
+    try:
+        assert list(mp.pids) == ["read"]
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        assert os.getpriority(os.PRIO_PROCESS, mp.pid) == min(19, base + settings.inference_nice)
+    finally:
+        mp.close()

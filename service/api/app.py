@@ -129,6 +129,8 @@ def _lifespan(runtime: Runtime) -> Any:
             if task is not None and not task.done():
                 await task  # a half-loaded pipeline must not be left writing
             await asyncio.to_thread(runtime.inference.shutdown)
+            if runtime.background is not runtime.inference:
+                await asyncio.to_thread(runtime.background.shutdown)
             await asyncio.to_thread(runtime.io.shutdown)
             if runtime.owns_pipeline and runtime.pipeline is not None:
                 await asyncio.to_thread(runtime.pipeline.close)

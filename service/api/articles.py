@@ -65,7 +65,7 @@ class ArticlesController(Controller):
                                errors=[{"field": "articles", "message": msg, "source": "body"}])
         arts = to_articles(data.articles, max_chars=s.max_article_chars)
         pipe = rt.get_pipeline()
-        report = await rt.inference.run(pipe.ingest, arts, priority=PRIORITY_WRITE)
+        report = await rt.background.run(pipe.ingest, arts, priority=PRIORITY_WRITE)
         rt.warmer.mark(r.story_id for r in report.results if r.outcome in ("inserted", "updated"))
         counts = report.as_dict()
         return IngestResponse(

@@ -111,16 +111,22 @@ class BoundedPool:
     summary computed on request would otherwise wait behind every queued ingest batch.
     """
 
-    def __init__(self, name: str, workers: int, queue: int, nice: int = 0) -> None:
+    def __init__(self, name: str, workers: int, queue: int, nice: int = 0,
+                 lane: str | None = None) -> None:
         self.name = name
         self.workers = workers
         self.capacity = workers + queue
         self.pending = 0  # touched only on the event loop thread
+        self.calls = 0  # calls run so far
         self._run_s = 0.05  # moving average of one call's run time, for Retry-After
 
         def init() -> None:
             one_search_thread()
             lower_priority(nice)
+            if lane is not None:
+                from storyline.service.model_process import use_lane
+
+                use_lane(lane)
 
         self._exec = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"sl-{name}",
                                         initializer=init)
@@ -174,6 +180,7 @@ class BoundedPool:
             _, _, fut, job = heapq.heappop(self._waiting)
         if not fut.set_running_or_notify_cancel():
             return  # its request went away while it waited
+        self.calls += 1
         try:
             result = job()
         except BaseException as exc:
@@ -199,9 +206,21 @@ class Runtime:
         self.owns_pipeline = pipeline is None
         self.load_error: str | None = None
         self.loading = pipeline is None
+        # With the models in child processes the pool threads here only wait on them and
+        # run the store's Python: at a lower nice one that holds the interpreter lock
+        # would be preempted while every request thread waits for that lock.
+        thread_nice = 0 if settings.model_process else settings.inference_nice
         self.inference = BoundedPool("inference", settings.inference_workers,
-                                     settings.inference_queue, nice=settings.inference_nice)
+                                     settings.inference_queue, nice=thread_nice)
         self.io = BoundedPool("io", IO_WORKERS, IO_QUEUE)
+        #: ingest and the warmer; their own pool (and model process) when the models run
+        #: in child processes, else they share ``inference`` (ranked below reads)
+        self.background = self.inference
+        if settings.model_process and settings.background_process:
+            from storyline.service.model_process import BACKGROUND_LANE
+
+            self.background = BoundedPool("background", 1, settings.inference_queue,
+                                          lane=BACKGROUND_LANE)
         from storyline.service.api.warmer import StoryWarmer
 
         self.warmer = StoryWarmer(self, enabled=settings.warm_stories)

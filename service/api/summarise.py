@@ -12,7 +12,7 @@ from msgspec import UNSET, UnsetType
 
 from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
 from storyline.service.api.docs import BEARER, ok, responses
-from storyline.service.api.runtime import Rt, check_write_key
+from storyline.service.api.runtime import PRIORITY_WRITE, Rt, check_write_key
 from storyline.service.api.schemas import (
     ARTICLE_EXAMPLE,
     SummariseRequest,
@@ -116,8 +116,14 @@ class SummariseController(Controller):
             cached = None
             if not data.store:  # a stored story, or an ad hoc set answered before
                 cached = await _cached(rt, pipe, "cached_summaries", data.mode, arts, budget)
-            views = cached if cached is not None else await rt.inference.run(
-                fn, arts, budget_words=budget, store=data.store, **extra)
+            if cached is not None:
+                views = cached
+            elif data.store:  # an ingest first: the write path's pool and priority
+                views = await rt.background.run(fn, arts, budget_words=budget, store=True,
+                                                priority=PRIORITY_WRITE, **extra)
+            else:
+                views = await rt.inference.run(fn, arts, budget_words=budget, store=False,
+                                               **extra)
         return SummariseResponse([story_out(v) for v in views])
 
 

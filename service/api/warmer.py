@@ -2,11 +2,13 @@
 
 An analysis costs ~0.5 s of CPU for a three-article story (stance ~60 %, actors ~20 %,
 summary ~15 %, measured in docs/quality.md), far above what a read should cost. Ingest
-marks the stories it touched; this task recomputes them through the inference pool
-*only when the pool is idle*, one story at a time, so requests never queue behind more
-than one background analysis. ``Pipeline.story_view`` stores the result keyed by the
-story's content, so a later ``POST /v1/summarise`` / ``GET /v1/stories/{id}`` (and the
-digest) read it instead of computing it.
+marks the stories it touched; this task recomputes them through the background pool
+(shared with ingest; with ``background_process`` it has its own low-priority model
+process, else it is the inference pool) *only when that pool is idle*, one story at a
+time, so requests never queue behind more than one background analysis.
+``Pipeline.story_view`` stores the result keyed by the story's content, so a later
+``POST /v1/summarise`` / ``GET /v1/stories/{id}`` (and the digest) read it instead of
+computing it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class StoryWarmer:
             self._task = None
 
     async def _loop(self) -> None:
-        pool = self._rt.inference
+        pool = self._rt.background
         while True:
             if not self._dirty:
                 self._wake.clear()
