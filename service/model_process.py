@@ -160,7 +160,7 @@ class ModelProcess:
         self._pools: dict[str, ProcessPoolExecutor] = {}
         try:
             # Every lane loads the embedder (the one stage that must load) at once.
-            infos = _gather({lane: self._start(lane, _info) for lane in self.lanes})
+            infos = self._gather({lane: self._start(lane, _info) for lane in self.lanes})
         except BaseException:
             self.close()
             raise
@@ -186,13 +186,29 @@ class ModelProcess:
                 )
             return pool
 
-    def _start(self, lane: str, fn: Any, *args: Any) -> tuple[ModelProcess, str,
-                                                                ProcessPoolExecutor, Future[Any]]:
+    def _start(self, lane: str, fn: Any, *args: Any) -> tuple[ProcessPoolExecutor, Future[Any]]:
         pool = self._executor(lane)
         try:
-            return self, lane, pool, pool.submit(fn, *args)
+            return pool, pool.submit(fn, *args)
         except BrokenProcessPool as exc:
             raise self._broken(lane, pool, exc) from exc
+
+    def _gather(self, started: dict[str, tuple[ProcessPoolExecutor, Future[Any]]],
+                ) -> dict[str, Any]:
+        """Wait for calls started on several lanes (by lane); a dead worker becomes
+        ``ModelUnavailable`` (after every call has finished, so none runs unobserved)."""
+        out: dict[str, Any] = {}
+        error: BaseException | None = None
+        for lane, (pool, fut) in started.items():
+            try:
+                out[lane] = fut.result()
+            except BrokenProcessPool as exc:
+                error = error or self._broken(lane, pool, exc)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return out
 
     def _broken(self, lane: str, pool: ProcessPoolExecutor,
                 exc: BaseException) -> ModelUnavailable:
@@ -204,11 +220,12 @@ class ModelProcess:
 
     def _submit(self, fn: Any, *args: Any, lane: str | None = None) -> Any:
         lane = lane or current_lane()
-        return _gather({lane: self._start(lane if lane in self.lanes else READ_LANE, fn, *args)})[
-            lane]
+        if lane not in self.lanes:
+            lane = READ_LANE
+        return self._gather({lane: self._start(lane, fn, *args)})[lane]
 
-    def call_info(self, lane: str = READ_LANE) -> dict[str, Any]:
-        info: dict[str, Any] = self._submit(_info, lane=lane)
+    def call_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self._submit(_info, lane=READ_LANE)
         return info
 
     def call(self, stage: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -225,30 +242,12 @@ class ModelProcess:
             pool.shutdown(wait=True, cancel_futures=False)
 
 
-def _gather(started: dict[str, tuple[ModelProcess, str, ProcessPoolExecutor, Future[Any]]],
-            ) -> dict[str, Any]:
-    """Wait for calls started on several lanes; a dead worker becomes ``ModelUnavailable``
-    (after every call has finished, so none is left running unobserved)."""
-    out: dict[str, Any] = {}
-    error: BaseException | None = None
-    for key, (proc, lane, pool, fut) in started.items():
-        try:
-            out[key] = fut.result()
-        except BrokenProcessPool as exc:
-            error = error or proc._broken(lane, pool, exc)
-        except BaseException as exc:
-            error = error or exc
-    if error is not None:
-        raise error
-    return out
-
-
 _WARM_UP = [Article(id="warm-up", title="Warm up",
                    text="Mayor Anne Hidalgo said Paris would host the summit. "
                         "France's president praised the decision on Monday.")]
 
 
-def _stage_loaded(name: str) -> bool:
+def _stage_loaded(name: str) -> None:
     """Load a stage and run it once: some load their parts on first use (the spaCy
     pipeline), and the first request to a fresh worker would pay ~1 s for it while
     the requests behind it wait."""
@@ -259,7 +258,6 @@ def _stage_loaded(name: str) -> bool:
         stage.extract(_WARM_UP)
     elif name == "stance":
         stage.tag(_stage("actors").extract(_WARM_UP), _WARM_UP)
-    return True
 
 
 class _ProxyEmbedder:

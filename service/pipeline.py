@@ -111,8 +111,9 @@ def load_embedder(settings: Settings) -> Embedder:
 
 #: rows each feature-cache namespace keeps (~16 kB a parse, ~1.5 kB a sentence vector,
 #: 12 bytes a mention's sentiment, plus a 16-byte key each)
-FEATURE_CACHE_CAPS = {"doc": 10_000, "embed": 150_000, "stance": 1_000_000}
-_feature_caches: dict[tuple[Path, Path], Any] = {}
+#: (keys are namespace prefixes: a namespace also names the model that filled it)
+FEATURE_CACHE_CAPS = {"doc:": 10_000, "embed:": 150_000, "stance:": 1_000_000}
+_feature_caches: dict[tuple[Path, Path], SharedCache] = {}
 _feature_lock = threading.Lock()
 
 
@@ -126,11 +127,9 @@ def load_feature_cache(settings: Settings) -> SharedCache | None:
     key = (settings.cache_dir.resolve(), settings.models_dir.resolve())
     with _feature_lock:
         if key not in _feature_caches:
-            caps = {f"{space}:": cap for space, cap in FEATURE_CACHE_CAPS.items()}
             _feature_caches[key] = SharedCache.for_models(
-                settings.cache_dir, settings.models_dir, SPACY_MODEL, caps=caps)
-        cache: SharedCache = _feature_caches[key]
-        return cache
+                settings.cache_dir, settings.models_dir, SPACY_MODEL, caps=FEATURE_CACHE_CAPS)
+        return _feature_caches[key]
 
 
 def load_summariser(settings: Settings, embedder: Embedder) -> Summariser:
