@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from functools import cache
 from typing import Any
 
 from storyline.models.errors import ModelUnavailable
 
-__all__ = ["entity_keys", "load_spacy"]
+__all__ = ["entity_keys", "keep_torch_out", "load_spacy"]
 
 _lock = threading.Lock()
 ENTITY_LABELS = frozenset({"PERSON", "ORG", "GPE", "NORP", "FAC", "EVENT", "LOC"})
+
+
+def keep_torch_out() -> None:
+    """Block torch from this serving process (call it before spaCy is imported).
+
+    spaCy's thinc imports torch whenever it is installed (~2 s and hundreds of MB in a
+    build environment), and nothing served needs it: the runtime set has no torch.
+    Processes that train or export models must not call this.
+    """
+    if "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
 
 
 @cache

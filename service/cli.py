@@ -434,8 +434,10 @@ def serve(
     """Run the HTTP API (litestar on uvicorn) until SIGINT/SIGTERM; OpenAPI at /schema."""
     import uvicorn
 
+    from storyline.models.nlp import keep_torch_out
     from storyline.service.api.app import create_app
 
+    keep_torch_out()  # serving never needs torch; spaCy would import it when installed
     s = settings(data_dir)
     s = s.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     # Model threads run Python between onnxruntime calls; a request thread waiting for the

@@ -71,6 +71,9 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init(settings_json: str, nice: int, parent: int, preload: tuple[str, ...] = ()) -> None:
+    from storyline.models.nlp import keep_torch_out
+
+    keep_torch_out()  # the stages load spaCy, whose thinc imports torch if it is installed
     threading.Thread(target=_exit_with_parent, args=(parent,), name="sl-parent-watch",
                      daemon=True).start()
     if hasattr(os, "getpriority"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storyline.models.errors import MissingDependency
+from storyline.models.nlp import keep_torch_out
 from storyline.models.types import Article
 
 __all__ = [
@@ -91,13 +91,6 @@ def _workers(ray: Any, workers: int | None) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _no_torch() -> None:
-    """Keep torch out of a worker: spaCy's thinc imports it when installed, and nothing
-    the workers run needs it (the runtime set has no torch)."""
-    if "torch" not in sys.modules:
-        sys.modules["torch"] = None  # type: ignore[assignment]
-
-
 def _col(values: Sequence[Any]) -> npt.NDArray[Any]:
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
@@ -109,7 +102,7 @@ class _AnalyseWorker:
     ``Pipeline`` builds them (same models, same thread count)."""
 
     def __init__(self, models_dir: str, threads: int, embed_batch_size: int) -> None:
-        _no_torch()
+        keep_torch_out()
         from storyline.models.actors import SpacyActorExtractor
         from storyline.models.embedder import OnnxEmbedder
         from storyline.models.stance import ActorStanceTagger, load_target_scorer
@@ -149,7 +142,7 @@ class _EmbedWorker:
     """One Ray actor: the int8 ONNX embedder, loaded once."""
 
     def __init__(self, models_dir: str, threads: int, embed_batch_size: int) -> None:
-        _no_torch()
+        keep_torch_out()
         from storyline.models.embedder import OnnxEmbedder
 
         self.embedder = OnnxEmbedder(Path(models_dir), threads=threads,

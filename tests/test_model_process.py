@@ -62,6 +62,19 @@ def test_stages_answer_exactly_as_in_process(proc: ModelProcess, settings: Setti
     assert proc.entity_keys(texts) == entity_keys(texts)
 
 
+def _torch_imported() -> bool:
+    import sys
+
+    return sys.modules.get("torch") is not None  # None: blocked, never imported
+
+
+def test_workers_do_not_import_torch(proc: ModelProcess) -> None:
+    """spaCy's thinc imports torch whenever it is installed (as here, in the build
+    environment); the workers serve only and must not."""
+    proc.actors.extract(ARTS)
+    assert proc._submit(_torch_imported) is False
+
+
 def test_errors_cross_the_process_boundary_intact(proc: ModelProcess) -> None:
     with pytest.raises(InvalidInput) as err:
         proc.summariser.summarise([], 40)
