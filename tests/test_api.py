@@ -126,6 +126,15 @@ def test_health_metrics_and_ready_counts(loaded: TestClient[Litestar]) -> None:
     assert 'storyline_http_requests_total{app_name="storyline",method="POST",path="/v1/articles"' \
         in text
 
+
+def test_every_answer_says_how_long_the_service_took(loaded: TestClient[Litestar]) -> None:
+    # Server-Timing lets a client tell the service's time from its own queueing.
+    for r in (loaded.get("/health/live"), loaded.get("/v1/articles/court-1/related"),
+              loaded.get("/v1/articles/nope")):
+        name, _, dur = r.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0.0 <= float(dur) < 60_000, r.headers["server-timing"]
+    assert loaded.get("/v1/articles/nope").status_code == 404
+
 def test_searches_run_single_threaded_in_the_pools(client: TestClient[Litestar]) -> None:
     import faiss
 

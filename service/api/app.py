@@ -41,6 +41,7 @@ from storyline.service.api.runtime import (
 from storyline.service.api.search import SearchController
 from storyline.service.api.stories import StoriesController
 from storyline.service.api.summarise import SummariseController
+from storyline.service.api.timing import server_timing_middleware
 from storyline.service.settings import Settings
 
 __all__ = ["create_app", "open_pipeline"]
@@ -178,7 +179,7 @@ def create_app(settings: Settings, *, pipeline: Any | None = None) -> Litestar:
         guards=[auth_guard],
         before_request=strict_body,
         exception_handlers={Exception: problem_handler},
-        middleware=[rate_limit.middleware, prometheus.middleware],
+        middleware=[server_timing_middleware, rate_limit.middleware, prometheus.middleware],
         cors_config=cors,
         openapi_config=openapi,
         request_max_body_size=settings.max_body_bytes,

@@ -107,15 +107,18 @@ class SummariseController(Controller):
                 raise _invalid(name, "must not be empty")
             if len(items) > s.max_articles_per_request:
                 raise _invalid(name, f"at most {s.max_articles_per_request} per request")
-            if name == "articles":
-                arts = to_articles(items, max_chars=s.max_article_chars)
-            else:
-                arts = await rt.io.run(_stored, pipe, items)
             fn = _stage(pipe, "summarise_articles", "summarisation")
             extra = _mode_kwargs(fn, data.mode)
+            lookup = _cache_lookup(pipe, "cached_summaries", data.mode)
             cached = None
-            if not data.store:  # a stored story, or an ad hoc set answered before
-                cached = await _cached(rt, pipe, "cached_summaries", data.mode, arts, budget)
+            if name == "articles":
+                arts = to_articles(items, max_chars=s.max_article_chars)
+                if not data.store and lookup is not None:  # an ad hoc set answered before
+                    cached = await rt.io.run(lookup, arts, budget_words=budget)
+            else:
+                # One trip to the I/O pool for the read and the cache lookup: under load
+                # each hop back to the event loop costs more than either read.
+                arts, cached = await rt.io.run(_stored_and_cached, pipe, items, lookup, budget)
             if cached is not None:
                 views = cached
             elif data.store:  # an ingest first: the write path's pool and priority
@@ -127,14 +130,24 @@ class SummariseController(Controller):
         return SummariseResponse([story_out(v) for v in views])
 
 
+def _cache_lookup(pipe: Any, name: str, mode: str) -> Any:
+    """The pipeline's stored-analysis reader ``name`` for ``mode``, or None when it keeps
+    none. Callers run it on the I/O pool, so cache hits never queue behind model calls."""
+    fn = getattr(pipe, name, None)
+    return fn if fn is not None and mode == "extractive" else None
+
+
 async def _cached(rt: Any, pipe: Any, name: str, mode: str, what: Any,
                   budget: int | None) -> Any:
-    """A stored analysis read on the I/O pool, so cache hits never queue behind model
-    calls; None when there is none (or this pipeline keeps none)."""
-    fn = getattr(pipe, name, None)
-    if fn is None or mode != "extractive":
-        return None
-    return await rt.io.run(fn, what, budget_words=budget)
+    """A stored analysis read on the I/O pool; None when there is none."""
+    fn = _cache_lookup(pipe, name, mode)
+    return None if fn is None else await rt.io.run(fn, what, budget_words=budget)
+
+
+def _stored_and_cached(pipe: Any, ids: list[str], lookup: Any,
+                       budget: int | None) -> tuple[list[Any], Any]:
+    arts = _stored(pipe, ids)
+    return arts, (None if lookup is None else lookup(arts, budget_words=budget))
 
 
 def _stored(pipe: Any, ids: list[str]) -> list[Any]:
