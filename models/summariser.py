@@ -823,6 +823,15 @@ def select_sentences(
     rel = _minmax(np.asarray(scores, dtype=np.float32))
     cum = (concept_weight_table(concepts, concept_weights)
            if concepts is not None and concept_weights is not None else None)
+    cov = (_Coverage(story, concepts, cum, params.bigram_weight)
+           if cum is not None and concepts is not None
+           and len(cands) * len(concepts.grams) <= MAX_BEAM_CELLS else None)
+    if cov is not None:
+        picked = _greedy_select(story, rel, budget_words, params, cov)
+        if params.beam > 0 and len(cands) > 1:
+            return _beam_select(story, budget_words, params, cov, picked)
+        return picked
+    # A story too large for the dense [candidates, grams] table: the same rule, per gram.
     have: dict[int, int] = {}
 
     def gain(i: int) -> float:
@@ -869,10 +878,48 @@ def select_sentences(
         if concepts is not None:
             for g, m in concepts.sent_counts[i].items():
                 have[g] = have.get(g, 0) + m
-    picked = [cands[k] for k in chosen]
-    if params.beam > 0 and cum is not None and concepts is not None and len(cands) > 1:
-        return _beam_select(story, budget_words, params, concepts, cum, picked)
-    return picked
+    return [cands[k] for k in chosen]
+
+
+def _greedy_select(story: PreparedStory, rel: F32, budget_words: int,
+                   params: SelectionParams, cov: _Coverage) -> list[int]:
+    """:func:`select_sentences`' greedy rule with every candidate's gain from one sparse
+    pass per step instead of a Python loop over each candidate's grams."""
+    cands = story.candidates
+    emb = story.emb
+    denom = np.asarray(cov.n_words, dtype=np.float64) ** params.alpha
+    h = np.zeros(len(cov.rows), dtype=np.int64)
+    first = cov.gains(h) / denom
+    norm = float(first.max(initial=0.0)) or 1.0
+    red = np.zeros(len(cands), dtype=np.float64)
+    chosen: list[int] = []
+    words = 0
+    remaining = set(range(len(cands)))
+    seen_texts: set[str] = set()
+    while remaining and words < budget_words:
+        g_all = cov.gains(h) / denom if chosen else first
+        best, best_val = -1, -math.inf
+        for k in sorted(remaining):
+            if red[k] >= params.max_redundancy or cov.texts[k] in seen_texts:
+                continue
+            n = cov.n_words[k]
+            room = budget_words - words
+            if n > room and room < params.min_fit * n and chosen:
+                continue
+            relevance = (1 - params.mu) * (float(g_all[k]) / norm) + params.mu * float(rel[k])
+            val = params.mmr_lambda * relevance - (1 - params.mmr_lambda) * float(red[k])
+            if val > best_val + 1e-12:
+                best, best_val = k, val
+        if best < 0:
+            break
+        remaining.discard(best)
+        chosen.append(best)
+        seen_texts.add(cov.texts[best])
+        words += cov.n_words[best]
+        h += cov.counts[best]
+        for k in remaining:  # the same pairwise products the per-gram rule takes
+            red[k] = max(red[k], float(emb[cands[k]] @ emb[cands[best]]))
+    return [cands[k] for k in chosen]
 
 
 class _Coverage:
@@ -888,19 +935,43 @@ class _Coverage:
         for k, i in enumerate(cands):
             for g, m in concepts.sent_counts[i].items():
                 self.counts[k, g] = m
+        # The table is sparse (a sentence holds a few dozen of the story's grams): the
+        # per-step gains only visit the nonzero cells.
+        self.nz_k, self.nz_g = np.nonzero(self.counts)
+        self.nz_c = self.counts[self.nz_k, self.nz_g].astype(np.int64)
+        self.nz_w = self.w[self.nz_g]
         self.n_words = [story.sentences[i].n_words for i in cands]
         self.texts = [story.sentences[i].text for i in cands]
+        # equal texts share an id, so "same text as a member" is one vectorised test
+        first_of: dict[str, int] = {}
+        self.text_ids = np.asarray([first_of.setdefault(t, k) for k, t in enumerate(self.texts)],
+                                   dtype=np.int64)
         self.order = [order_key(story, i) for i in cands]
         self.index = {g: n for n, g in enumerate(concepts.grams)}
+        self._word_tokens: dict[int, list[list[str]]] = {}
 
     def value(self, h: npt.NDArray[np.int64]) -> float:
         """Expected matches of a summary holding gram g ``h[g]`` times (ROUGE clipping)."""
         return float((self.w * self.cum[self.rows, np.minimum(h, KMAX)]).sum())
 
+    def gains(self, h: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """``value(h + counts[k]) - value(h)`` for every candidate k at once."""
+        hg = h[self.nz_g]
+        now = self.cum[self.nz_g, np.minimum(hg, KMAX)]
+        then = self.cum[self.nz_g, np.minimum(hg + self.nz_c, KMAX)]
+        return np.asarray(np.bincount(self.nz_k, weights=self.nz_w * (then - now),
+                                      minlength=len(self.n_words)), dtype=np.float64)
+
     def extensions(self, h: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """``value(h + counts[k])`` for every candidate k at once."""
-        ext = np.minimum(h[None, :] + self.counts, KMAX)
-        return np.asarray((self.w[None, :] * self.cum[self.rows[None, :], ext]).sum(axis=1))
+        return self.value(h) + self.gains(h)
+
+    def word_tokens(self, k: int) -> list[list[str]]:
+        """Concept tokens of each word of candidate k (the budget cuts at a word)."""
+        toks = self._word_tokens.get(k)
+        if toks is None:
+            toks = self._word_tokens[k] = [concept_tokens(w) for w in self.texts[k].split()]
+        return toks
 
     def as_read(self, sel: Sequence[int], budget_words: int) -> float:
         """Expected matches of the set's text in summary order, cut at the budget."""
@@ -912,7 +983,7 @@ class _Coverage:
                 h += self.counts[k]
                 words += self.n_words[k]
                 continue
-            toks = [t for word in self.texts[k].split()[:room] for t in concept_tokens(word)]
+            toks = [t for word in self.word_tokens(k)[:room] for t in word]
             for gram in itertools.chain(((t,) for t in toks), itertools.pairwise(toks)):
                 g = self.index.get(gram)
                 if g is not None:
@@ -925,8 +996,7 @@ def _beam_select(
     story: PreparedStory,
     budget_words: int,
     params: SelectionParams,
-    concepts: StoryConcepts,
-    cum: npt.NDArray[np.floating[Any]],
+    cov: _Coverage,
     greedy: list[int],
 ) -> list[int]:
     """Beam search for the sentence set with the most expected n-gram matches *as read*.
@@ -940,11 +1010,11 @@ def _beam_select(
     under the model. Redundancy, duplicate-text and ``min_fit`` rules are the greedy ones.
     """
     cands = story.candidates
-    if len(cands) * len(concepts.grams) > MAX_BEAM_CELLS:
-        return greedy  # a huge story: the dense [candidates, grams] table would not pay
-    cov = _Coverage(story, concepts, cum, params.bigram_weight)
-    n_words, texts = cov.n_words, cov.texts
-    sims = story.emb[cands] @ story.emb[cands].T
+    n_words = cov.n_words
+    n_words_arr = np.asarray(n_words, dtype=np.int64)
+    text_ids = cov.text_ids
+    # float64, so the threshold compares as the per-pair rule does (not rounded to float32)
+    sims = (story.emb[cands] @ story.emb[cands].T).astype(np.float64)
     pos = {i: k for k, i in enumerate(cands)}
     best_sel = tuple(sorted(pos[i] for i in greedy))
     best_val = cov.as_read(best_sel, budget_words)
@@ -955,20 +1025,25 @@ def _beam_select(
         grown: list[tuple[float, tuple[int, ...], npt.NDArray[np.int64], int]] = []
         for sel, h, words in frontier:
             vals = cov.extensions(h)
-            for k in range(len(cands)):
-                if k in sel:
-                    continue
+            ok = np.ones(len(cands), dtype=bool)
+            if sel:
+                members = list(sel)
+                ok[members] = False
+                ok &= sims[:, members].max(axis=1) < params.max_redundancy
+                ok &= ~np.isin(text_ids, text_ids[members])
+            # the budget rule, vectorised: under it, or (crossing it) enough of it inside
+            room = budget_words - words
+            ok &= (words + n_words_arr < budget_words) | (not sel) | (
+                room >= params.min_fit * n_words_arr)
+            for k in np.flatnonzero(ok).tolist():
                 key = tuple(sorted((*sel, k)))
                 if key in seen:
-                    continue
-                if sel and (max(float(sims[k, j]) for j in sel) >= params.max_redundancy
-                            or any(texts[k] == texts[j] for j in sel)):
                     continue
                 total = words + n_words[k]
                 if total < budget_words:
                     seen.add(key)
                     grown.append((float(vals[k]) / total, key, h + cov.counts[k], total))
-                elif not sel or budget_words - words >= params.min_fit * n_words[k]:
+                else:  # crossing the budget and passing min_fit (the mask above)
                     # min_fit depends on which member comes last: mark only sets that pass
                     seen.add(key)
                     v = cov.as_read(key, budget_words)
