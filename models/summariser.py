@@ -55,7 +55,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import Any, Final
@@ -107,6 +107,8 @@ MIN_SENTENCE_WORDS: Final = 4
 #: the beam search keeps a dense [candidates, grams] count table; above this many cells
 #: (~20-article stories stay well below) a story keeps the greedy selection
 MAX_BEAM_CELLS: Final = 4_000_000
+#: prior feature rows remembered per scorer (~150 B each); the memo restarts when full
+MAX_PRIOR_ROWS: Final = 200_000
 #: characters of one sentence handed to the embedder (MiniLM reads <= 256 word pieces anyway)
 MAX_EMBED_CHARS: Final = 1500
 
@@ -574,6 +576,23 @@ class Prior:
     p0: float
     m: float = 5.0
     min_stories: int = 2
+    #: gram -> its prior feature row (a pure function of the gram; see ``gram_row``)
+    _rows: dict[Gram, list[float]] = field(default_factory=dict, compare=False, repr=False)
+
+    def gram_row(self, gram: Gram) -> list[float]:
+        """The prior columns of a gram: mean / min word rate, mean word log-count, the
+        gram's own rate and log-count (its word's for a unigram). Remembered: most of a
+        story's grams were seen in earlier stories."""
+        row = self._rows.get(gram)
+        if row is None:
+            uni = [self.get(w) for w in gram]
+            gp = self.get(" ".join(gram)) if len(gram) == 2 else uni[0]
+            row = [sum(p for p, _ in uni) / len(uni), min(p for p, _ in uni),
+                   sum(c for _, c in uni) / len(uni), gp[0], gp[1]]
+            if len(self._rows) >= MAX_PRIOR_ROWS:
+                self._rows.clear()
+            self._rows[gram] = row
+        return row
 
     def get(self, key: str, own: tuple[set[str], set[str]] | None = None) -> tuple[float, float]:
         """(shrunk hit rate, log1p(stories)); ``own`` = (source keys, hit keys) of a train
@@ -618,12 +637,15 @@ class StoryConcepts:
         self, prior: Prior, own: tuple[set[str], set[str]] | None = None
     ) -> F32:
         """Full features: the base columns plus the lexical-prior columns."""
-        per_gram = []
-        for gram in self.grams:
-            uni = [prior.get(w, own) for w in gram]
-            gp = prior.get(" ".join(gram), own) if len(gram) == 2 else uni[0]
-            per_gram.append([sum(p for p, _ in uni) / len(uni), min(p for p, _ in uni),
-                             sum(c for _, c in uni) / len(uni), gp[0], gp[1]])
+        if own is None:
+            per_gram = [prior.gram_row(gram) for gram in self.grams]
+        else:  # training: the story's own contribution left out, nothing to remember
+            per_gram = []
+            for gram in self.grams:
+                uni = [prior.get(w, own) for w in gram]
+                gp = prior.get(" ".join(gram), own) if len(gram) == 2 else uni[0]
+                per_gram.append([sum(p for p, _ in uni) / len(uni), min(p for p, _ in uni),
+                                 sum(c for _, c in uni) / len(uni), gp[0], gp[1]])
         pg = np.asarray(per_gram, dtype=np.float32).reshape(len(self.grams), N_PRIOR_FEATURES)
         idx = np.asarray([g for g, _ in self.rows], dtype=np.int64)
         return np.concatenate([self.base, pg[idx]], axis=1).astype(np.float32)
