@@ -447,3 +447,30 @@ def test_beam_search_falls_back_to_greedy_beyond_its_table_limit(
             assert pick(4) == greedy
         checked += 1
     assert checked, "no dev story where the beam changed the selection"
+
+
+def test_dense_and_per_gram_greedy_pick_the_same_sentences(
+    summariser: ExtractiveSummariser, dev_stories: list[AllSidesStory],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The greedy rule has two implementations: sparse gains over the dense table (stories
+    that fit it) and the per-gram loop (stories that do not). They must agree."""
+    import storyline.models.summariser as summ_mod
+
+    scorer = summariser._scorer
+    greedy_p = replace(summariser.params, beam=0)
+    compared = 0
+    for story in dev_stories:
+        prepared = summariser.prepare(list(story.articles))
+        scores = scorer.sentence_scores(story_features(prepared))
+        concepts = story_concepts(prepared)
+        weights = scorer.concept_weights(concepts.features(scorer.prior))
+        for budget in (15, story.budget, 3 * story.budget):
+            dense = select_sentences(prepared, scores, budget, greedy_p, concepts, weights)
+            with monkeypatch.context() as m:
+                m.setattr(summ_mod, "MAX_BEAM_CELLS", 0)
+                per_gram = select_sentences(prepared, scores, budget, greedy_p, concepts,
+                                            weights)
+            assert dense == per_gram, (story.story_id, budget)
+            compared += len(dense) > 1
+    assert compared, "no story picked more than one sentence"
