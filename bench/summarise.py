@@ -8,7 +8,8 @@ sentence splitting, MiniLM embedding of every sentence, features, ONNX scorer, s
 
 With ``--json`` the last line is one JSON object:
 {"p50_ms_3", "p95_ms_3", "p50_ms_20", "p95_ms_20", "p50_ms_3_grown", "p50_ms_20_grown",
-"p50_ms_3_prepare", "p50_ms_3_select", "p50_ms_20_prepare", "p50_ms_20_select", ...}; the ``_grown`` figures time a story that gained one article since its last summary
+"p50_ms_3_prepare", "p50_ms_3_select", "p50_ms_20_prepare", "p50_ms_20_select", ...};
+the ``_grown`` figures time a story that gained one article since its last summary
 (the pipeline keeps sentence vectors, so only the new article's sentences are embedded).
 Goals: p50 <= 100 ms for 3 articles and <= 500 ms for 20 articles. The machine is shared,
 so the load average at the start and end of the run is printed with the numbers: read them

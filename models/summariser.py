@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -845,86 +845,103 @@ def select_sentences(
     rel = _minmax(np.asarray(scores, dtype=np.float32))
     cum = (concept_weight_table(concepts, concept_weights)
            if concepts is not None and concept_weights is not None else None)
-    cov = (_Coverage(story, concepts, cum, params.bigram_weight)
-           if cum is not None and concepts is not None
-           and len(cands) * len(concepts.grams) <= MAX_BEAM_CELLS else None)
-    if cov is not None:
-        picked = _greedy_select(story, rel, budget_words, params, cov)
-        if params.beam > 0 and len(cands) > 1:
-            return _beam_select(story, budget_words, params, cov, picked)
-        return picked
-    # A story too large for the dense [candidates, grams] table: the same rule, per gram.
-    have: dict[int, int] = {}
+    n_words = [story.sentences[i].n_words for i in cands]
+    cov = None
+    gains: _Gains
+    if cum is None or concepts is None:
+        gains = _NoGains(len(cands))
+    elif len(cands) * len(concepts.grams) <= MAX_BEAM_CELLS:
+        cov = _Coverage(story, concepts, cum, params.bigram_weight)
+        gains = _TableGains(cov, n_words, params.alpha)
+    else:  # a story too large for the dense [candidates, grams] table
+        gains = _PerGramGains(cands, concepts, cum, n_words, params)
+    picked = _greedy_select(story, rel, budget_words, params, gains, n_words)
+    if params.beam > 0 and cov is not None and len(cands) > 1:
+        return _beam_select(story, budget_words, params, cov, picked)
+    return picked
 
-    def gain(i: int) -> float:
-        if cum is None or concepts is None:
-            return 0.0
+
+class _Gains(Protocol):
+    """Expected new n-gram matches per word of every candidate, given what is picked."""
+
+    def gains(self) -> npt.NDArray[np.float64]: ...
+    def add(self, k: int) -> None: ...
+
+
+class _NoGains:
+    def __init__(self, n: int) -> None:
+        self._zeros = np.zeros(n, dtype=np.float64)
+
+    def gains(self) -> npt.NDArray[np.float64]:
+        return self._zeros
+
+    def add(self, k: int) -> None:
+        pass
+
+
+class _TableGains:
+    """Every candidate's gain from one sparse pass over the coverage table."""
+
+    def __init__(self, cov: _Coverage, n_words: list[int], alpha: float) -> None:
+        self._cov = cov
+        self._h = np.zeros(len(cov.rows), dtype=np.int64)
+        self._denom = np.asarray(n_words, dtype=np.float64) ** alpha
+
+    def gains(self) -> npt.NDArray[np.float64]:
+        return self._cov.gains(self._h) / self._denom
+
+    def add(self, k: int) -> None:
+        self._h += self._cov.counts[k]
+
+
+class _PerGramGains:
+    """The same gains gram by gram, for stories whose dense table would be too large."""
+
+    def __init__(self, cands: list[int], concepts: StoryConcepts,
+                 cum: npt.NDArray[np.floating[Any]], n_words: list[int],
+                 params: SelectionParams) -> None:
+        self._cands, self._concepts, self._cum = cands, concepts, cum
+        self._n_words, self._params = n_words, params
+        self._have: dict[int, int] = {}
+
+    def _gain(self, k: int) -> float:
         total = 0.0
-        for g, m in concepts.sent_counts[i].items():
-            h = have.get(g, 0)
+        for g, m in self._concepts.sent_counts[self._cands[k]].items():
+            h = self._have.get(g, 0)
             if h >= KMAX:
                 continue
-            w = params.bigram_weight if len(concepts.grams[g]) == 2 else 1.0
-            total += w * float(cum[g, min(KMAX, h + m)] - cum[g, h])
-        return total / float(story.sentences[i].n_words ** params.alpha)
+            w = self._params.bigram_weight if len(self._concepts.grams[g]) == 2 else 1.0
+            total += w * float(self._cum[g, min(KMAX, h + m)] - self._cum[g, h])
+        return total / float(self._n_words[k] ** self._params.alpha)
 
-    first = [gain(i) for i in cands]
-    norm = max(first, default=0.0) or 1.0
-    chosen: list[int] = []  # positions in cands
-    words = 0
-    remaining = set(range(len(cands)))
-    seen_texts: set[str] = set()
-    while remaining and words < budget_words:
-        best, best_val = -1, -math.inf
-        for k in sorted(remaining):
-            i = cands[k]
-            red = max((float(story.emb[i] @ story.emb[cands[j]]) for j in chosen), default=0.0)
-            if red >= params.max_redundancy or story.sentences[i].text in seen_texts:
-                continue
-            n = story.sentences[i].n_words
-            room = budget_words - words
-            if n > room and room < params.min_fit * n and chosen:
-                continue
-            g = (gain(i) if chosen else first[k]) / norm
-            relevance = (1 - params.mu) * g + params.mu * float(rel[k])
-            val = params.mmr_lambda * relevance - (1 - params.mmr_lambda) * red
-            if val > best_val + 1e-12:
-                best, best_val = k, val
-        if best < 0:
-            break
-        remaining.discard(best)
-        chosen.append(best)
-        i = cands[best]
-        seen_texts.add(story.sentences[i].text)
-        words += story.sentences[i].n_words
-        if concepts is not None:
-            for g, m in concepts.sent_counts[i].items():
-                have[g] = have.get(g, 0) + m
-    return [cands[k] for k in chosen]
+    def gains(self) -> npt.NDArray[np.float64]:
+        return np.asarray([self._gain(k) for k in range(len(self._cands))], dtype=np.float64)
+
+    def add(self, k: int) -> None:
+        for g, m in self._concepts.sent_counts[self._cands[k]].items():
+            self._have[g] = self._have.get(g, 0) + m
 
 
 def _greedy_select(story: PreparedStory, rel: F32, budget_words: int,
-                   params: SelectionParams, cov: _Coverage) -> list[int]:
-    """:func:`select_sentences`' greedy rule with every candidate's gain from one sparse
-    pass per step instead of a Python loop over each candidate's grams."""
+                   params: SelectionParams, gains: _Gains, n_words: list[int]) -> list[int]:
     cands = story.candidates
     emb = story.emb
-    denom = np.asarray(cov.n_words, dtype=np.float64) ** params.alpha
-    h = np.zeros(len(cov.rows), dtype=np.int64)
-    first = cov.gains(h) / denom
+    texts = [story.sentences[i].text for i in cands]
+    first = gains.gains()
     norm = float(first.max(initial=0.0)) or 1.0
+    # max cosine to a picked sentence, kept up to date as sentences are picked
     red = np.zeros(len(cands), dtype=np.float64)
     chosen: list[int] = []
     words = 0
     remaining = set(range(len(cands)))
     seen_texts: set[str] = set()
     while remaining and words < budget_words:
-        g_all = cov.gains(h) / denom if chosen else first
+        g_all = gains.gains() if chosen else first
         best, best_val = -1, -math.inf
         for k in sorted(remaining):
-            if red[k] >= params.max_redundancy or cov.texts[k] in seen_texts:
+            if red[k] >= params.max_redundancy or texts[k] in seen_texts:
                 continue
-            n = cov.n_words[k]
+            n = n_words[k]
             room = budget_words - words
             if n > room and room < params.min_fit * n and chosen:
                 continue
@@ -936,10 +953,10 @@ def _greedy_select(story: PreparedStory, rel: F32, budget_words: int,
             break
         remaining.discard(best)
         chosen.append(best)
-        seen_texts.add(cov.texts[best])
-        words += cov.n_words[best]
-        h += cov.counts[best]
-        for k in remaining:  # the same pairwise products the per-gram rule takes
+        seen_texts.add(texts[best])
+        words += n_words[best]
+        gains.add(best)
+        for k in remaining:
             red[k] = max(red[k], float(emb[cands[k]] @ emb[cands[best]]))
     return [cands[k] for k in chosen]
 
