@@ -56,10 +56,12 @@ class Settings(BaseSettings):
         "inference_nice",
     )
     inference_nice: int = Field(
-        10, ge=0, le=19,
+        5, ge=0, le=19,
         description="Linux: how much lower the CPU priority of the model process answering "
         "requests (without model_process: of the inference threads) is than the request "
-        "threads' (0 = same), so lookups get the cores first",
+        "threads' (0 = same), so lookups get the cores first. In two paired full load runs, "
+        "5 beat 10 on req/s, related p99 and summarise p99; 0 halved req/s "
+        "(bench/RESULTS.md)",
     )
 
     # -- related coverage ranking (tuned on the AllSides train split) ----------------
