@@ -18,7 +18,9 @@ Goals: zero errors, zero lost articles, related p99 <= 50 ms, summarise p99 <= 3
 With ``--json`` the last line is one JSON object: requests, errors, accepted_articles,
 stored_articles, p50/p99 of related, summarise and ingest in ms (null when not measured),
 summarise split into answers served from a cache and computed ones
-(``p50/p99_summarise_cached_ms``, ``p50/p99_summarise_computed_ms``), rps, and the CPU
+(``p50/p99_summarise_cached_ms``, ``p50/p99_summarise_computed_ms``), the service's own
+time per operation from its ``Server-Timing`` header (``p50/p99_<op>_server_ms``; the rest
+of the client's figure is this generator's event loop and the loopback), rps, and the CPU
 seconds the server process and this load generator used during the load
 (``server_cpu_s``, ``loadgen_cpu_s``).
 """
