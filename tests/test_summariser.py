@@ -391,20 +391,27 @@ def test_train_summariser_plumbing(models_dir: Path, shared_data: Path, tmp_path
     assert not Manifest(md).is_current(SUMMARISER, info["build_key"])
 
 
+def _selection_inputs(summariser: ExtractiveSummariser,
+                      story: AllSidesStory) -> tuple[Any, Any, Any, Any]:
+    """What select_sentences takes for a real story: prepared story, sentence scores,
+    concepts and concept weights from the served scorer."""
+    scorer = summariser._scorer
+    prepared = summariser.prepare(list(story.articles))
+    scores = scorer.sentence_scores(story_features(prepared))
+    concepts = story_concepts(prepared)
+    return prepared, scores, concepts, scorer.concept_weights(concepts.features(scorer.prior))
+
+
 def test_beam_search_never_reads_worse_than_greedy_under_the_model(
     summariser: ExtractiveSummariser, dev_stories: list[AllSidesStory]
 ) -> None:
     """The beam's set holds at least the greedy set's expected n-gram matches in the text as
     read (ordered, cut at the budget), keeps the budget contract, and is deterministic."""
-    scorer = summariser._scorer
     greedy_p = replace(summariser.params, beam=0)
     beam_p = replace(summariser.params, beam=4)
     better = 0
     for story in dev_stories:
-        prepared = summariser.prepare(list(story.articles))
-        scores = scorer.sentence_scores(story_features(prepared))
-        concepts = story_concepts(prepared)
-        weights = scorer.concept_weights(concepts.features(scorer.prior))
+        prepared, scores, concepts, weights = _selection_inputs(summariser, story)
         cum = concept_weight_table(concepts, weights)
         cov = _Coverage(prepared, concepts, cum, beam_p.bigram_weight)
         pos = {i: k for k, i in enumerate(prepared.candidates)}
@@ -427,13 +434,9 @@ def test_beam_search_falls_back_to_greedy_beyond_its_table_limit(
 ) -> None:
     import storyline.models.summariser as summ_mod
 
-    scorer = summariser._scorer
     checked = 0
     for story in dev_stories:
-        prepared = summariser.prepare(list(story.articles))
-        scores = scorer.sentence_scores(story_features(prepared))
-        concepts = story_concepts(prepared)
-        weights = scorer.concept_weights(concepts.features(scorer.prior))
+        prepared, scores, concepts, weights = _selection_inputs(summariser, story)
 
         def pick(beam: int, p: Any = prepared, s: Any = scores, c: Any = concepts,
                  w: Any = weights, b: int = story.budget) -> list[int]:
@@ -457,14 +460,10 @@ def test_dense_and_per_gram_greedy_pick_the_same_sentences(
     that fit it) and the per-gram loop (stories that do not). They must agree."""
     import storyline.models.summariser as summ_mod
 
-    scorer = summariser._scorer
     greedy_p = replace(summariser.params, beam=0)
     compared = 0
     for story in dev_stories:
-        prepared = summariser.prepare(list(story.articles))
-        scores = scorer.sentence_scores(story_features(prepared))
-        concepts = story_concepts(prepared)
-        weights = scorer.concept_weights(concepts.features(scorer.prior))
+        prepared, scores, concepts, weights = _selection_inputs(summariser, story)
         for budget in (15, story.budget, 3 * story.budget):
             dense = select_sentences(prepared, scores, budget, greedy_p, concepts, weights)
             with monkeypatch.context() as m:
