@@ -59,9 +59,9 @@ class Settings(BaseSettings):
         5, ge=0, le=19,
         description="Linux: how much lower the CPU priority of the model process answering "
         "requests (without model_process: of the inference threads) is than the request "
-        "threads' (0 = same), so lookups get the cores first. In two paired full load runs, "
-        "5 beat 10 on req/s, related p99 and summarise p99; 0 halved req/s "
-        "(bench/RESULTS.md)",
+        "threads' (0 = same), so lookups get the cores first. Three paired full load runs, 5 "
+        "vs 10: related p99 lower in all three, req/s and summarise p99 better in two; 0 "
+        "halved req/s (bench/RESULTS.md)",
     )
 
     # -- related coverage ranking (tuned on the AllSides train split) ----------------
