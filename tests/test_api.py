@@ -135,6 +135,7 @@ def test_every_answer_says_how_long_the_service_took(loaded: TestClient[Litestar
         assert name == "app" and 0.0 <= float(dur) < 60_000, r.headers["server-timing"]
     assert loaded.get("/v1/articles/nope").status_code == 404
 
+
 def test_searches_run_single_threaded_in_the_pools(client: TestClient[Litestar]) -> None:
     import faiss
 
