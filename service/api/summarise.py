@@ -109,15 +109,15 @@ class SummariseController(Controller):
                 raise _invalid(name, f"at most {s.max_articles_per_request} per request")
             fn = _stage(pipe, "summarise_articles", "summarisation")
             extra = _mode_kwargs(fn, data.mode)
-            lookup = _cache_lookup(pipe, "cached_summaries", data.mode)
             cached = None
             if name == "articles":
                 arts = to_articles(items, max_chars=s.max_article_chars)
-                if not data.store and lookup is not None:  # an ad hoc set answered before
-                    cached = await rt.io.run(lookup, arts, budget_words=budget)
+                if not data.store:  # an ad hoc set answered before
+                    cached = await _cached(rt, pipe, "cached_summaries", data.mode, arts, budget)
             else:
                 # One trip to the I/O pool for the read and the cache lookup: under load
                 # each hop back to the event loop costs more than either read.
+                lookup = _cache_lookup(pipe, "cached_summaries", data.mode)
                 arts, cached = await rt.io.run(_stored_and_cached, pipe, items, lookup, budget)
             if cached is not None:
                 views = cached
