@@ -202,6 +202,10 @@ class Pipeline:
         # built from the store, so anything committed meanwhile is applied again
         # (idempotently) by follow_changes rather than missed.
         self._seq = int(self.store.last_seq())
+        # The index file is a cache of stored embeddings (``_sync_index`` repairs it at
+        # start), so writes reach it at most every ``index_save_interval_s``, not per call.
+        self._index_dirty = False
+        self._index_saved_at = time.monotonic()
         self._gaps: dict[int, float] = {}
         self._follow_lock = threading.Lock()
         self.index = self._open_index()
@@ -269,7 +273,28 @@ class Pipeline:
         return index
 
     def save_index(self) -> None:
+        """Write the index file now (atomically: temp file, fsync, rename)."""
         self.index.save(self.settings.index_path)
+        self._index_dirty = False
+        self._index_saved_at = time.monotonic()
+
+    def flush_index(self, *, force: bool = False) -> bool:
+        """Write the index file if it changed since it was last written and, unless
+        ``force``, ``index_save_interval_s`` has passed since then. True if written."""
+        with self._write_lock:
+            if not self._index_dirty or not (force or self._index_save_due()):
+                return False
+            self.save_index()
+            return True
+
+    def _index_save_due(self) -> bool:
+        return time.monotonic() - self._index_saved_at >= self.settings.index_save_interval_s
+
+    def _index_changed(self) -> None:
+        """After a change to the index, with the write lock held."""
+        self._index_dirty = True
+        if self._index_save_due():
+            self.save_index()
 
     # -- replicas ------------------------------------------------------------------------
     @property
@@ -310,6 +335,8 @@ class Pipeline:
                 self.index.add(ids, vecs)
             if gone:
                 self.index.remove(gone)
+            if ids or gone:
+                self._index_dirty = True  # written by the next flush or at close
             self._seq = upto
             self._gaps = {k: v for k, v in self._gaps.items() if k > upto}
             return len(final)
@@ -359,7 +386,7 @@ class Pipeline:
             if changed:
                 ids, vecs = self.store.embeddings(changed)
                 self.index.add(ids, vecs)
-                self.save_index()
+                self._index_changed()
             if assign_stories and self._clusterer and changed:
                 assigned = self._clusterer.assign(changed)
                 results = [
@@ -393,7 +420,7 @@ class Pipeline:
         with self._write_lock:
             self.store.delete_article(article_id)
             self.index.remove([article_id])
-            self.save_index()
+            self._index_changed()
             if self._clusterer:
                 self._clusterer.remove([article_id])
 
@@ -775,7 +802,7 @@ class Pipeline:
 
     def close(self) -> None:
         try:
-            self.save_index()
+            self.flush_index(force=True)
             self.store.close()
         finally:
             for close in self.closers:

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         description="hnsw search breadth: recall@10 0.988 at 128 on 100k vectors (bench/index.py)",
     )
 
+    index_save_interval_s: float = Field(
+        30.0, ge=0, le=86_400,
+        description="write the vector index file at most this often while articles change "
+        "(and at shutdown); it is rebuilt from the store's embeddings at start if it lags, "
+        "so a crash loses no article. 0 = after every ingest or delete",
+    )
+
     # -- inference -----------------------------------------------------------------
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads")
     embed_batch_size: int = Field(32, ge=1, le=512)

@@ -178,6 +178,19 @@ def test_app_opens_the_pipeline_itself_and_is_ready_only_when_loaded(data_dir: P
     assert VectorIndex.load(s.index_path).ids == {"court-1", "court-2"}
 
 
+def test_the_service_writes_the_index_file_while_it_runs(pipeline: Pipeline) -> None:
+    from storyline.index.vectors import VectorIndex
+
+    path = pipeline.settings.index_path
+    with TestClient(make_app(pipeline, index_save_interval_s=0.2)) as c:
+        r = c.post("/v1/articles", json={"articles": ARTS[:2]}, headers=AUTH)
+        assert r.status_code == 200
+        deadline = time.monotonic() + 30
+        while not (path.exists() and VectorIndex.load(path).ids == {"court-1", "court-2"}):
+            assert time.monotonic() < deadline, "the index file was never written"
+            time.sleep(0.1)
+
+
 # -- articles --------------------------------------------------------------------------------
 def test_ingest_is_idempotent_and_reports_each_outcome(client: TestClient[Litestar]) -> None:
     r = client.post("/v1/articles", json={"articles": ARTS}, headers=AUTH)

@@ -95,6 +95,29 @@ def test_index_is_repaired_from_the_store_after_a_crash(pipeline: Pipeline) -> N
     again.store.close()
 
 
+def test_index_file_is_written_at_most_every_interval_and_at_close(data_dir, embedder) -> None:  # type: ignore[no-untyped-def]
+    from storyline.index.vectors import VectorIndex
+
+    lazy = Pipeline(Settings(data_dir=data_dir, index_save_interval_s=3600), embedder=embedder)
+    path = lazy.settings.index_path
+    before = path.read_bytes()
+    lazy.ingest(ARTS[:2])
+    lazy.delete("court-2")
+    assert path.read_bytes() == before  # not rewritten on every write
+    assert lazy.flush_index() is False  # the interval has not passed
+    assert lazy.flush_index(force=True) is True
+    assert VectorIndex.load(path).ids == {"court-1"}
+    assert lazy.flush_index(force=True) is False  # nothing new to write
+    lazy.ingest(ARTS[2:])
+    lazy.close()
+    assert VectorIndex.load(path).ids == {"court-1", "storm-1", "storm-2"}
+
+    eager = Pipeline(Settings(data_dir=data_dir, index_save_interval_s=0), embedder=embedder)
+    eager.ingest(ARTS[1:2])
+    assert VectorIndex.load(path).ids == {"court-1", "court-2", "storm-1", "storm-2"}
+    eager.store.close()
+
+
 @pytest.mark.both_backends
 def test_story_signal_ranks_the_query_story_first(pipeline: Pipeline) -> None:
     pipeline.ingest(ARTS)

@@ -122,9 +122,11 @@ def _lifespan(runtime: Runtime) -> Any:
             _model_info(runtime.settings, runtime.pipeline)
         runtime.warmer.start()
         runtime.follower.start()
+        runtime.index_saver.start()
         try:
             yield
         finally:
+            await runtime.index_saver.stop()
             await runtime.follower.stop()
             await runtime.warmer.stop()
             if task is not None and not task.done():

@@ -227,6 +227,9 @@ class Runtime:
         from storyline.service.api.replica import ChangeFollower
 
         self.follower = ChangeFollower(self, settings.replica_sync_s)
+        from storyline.service.api.index_saver import IndexSaver
+
+        self.index_saver = IndexSaver(self, settings.index_save_interval_s)
         self._digests = frozenset(d.strip().lower() for d in settings.api_keys_sha256)
         self._lock = threading.Lock()
 
