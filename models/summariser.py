@@ -428,6 +428,15 @@ def story_features(story: PreparedStory) -> F32:
         art_vocab[s.article].update(t)
         art_bigrams[s.article].update(itertools.pairwise(t))
     title_vocab = set().union(*(_tokens(a.title) for a in story.articles))
+    # In how many articles each word / bigram occurs. A candidate's own article holds all
+    # of its words, so "in another article" is a count above one.
+    word_df = Counter(w for v in art_vocab for w in v)
+    bigram_df = Counter(b for v in art_bigrams for b in v)
+    # Per sentence, its best cosine within each article that has sentences (max is exact,
+    # so these equal the per-candidate maxima they replace).
+    present = [a for a in range(n_art) if (art_of == a).any()]
+    best_in = np.stack([sim[:, art_of == a].max(axis=1) for a in present], axis=1)
+    other_centroids: dict[int, F32] = {}
 
     rows = []
     for i in cands:
@@ -437,27 +446,25 @@ def story_features(story: PreparedStory) -> F32:
         own_rest = own.copy()
         own_rest[i] = False
         if other.any():
-            other_centroid = _unit(emb[other].mean(axis=0))
+            if s.article not in other_centroids:
+                other_centroids[s.article] = _unit(emb[other].mean(axis=0))
+            other_centroid = other_centroids[s.article]
             max_other = float(sim[i, other].max())
-            per_art = [float(sim[i, art_of == a].max()) for a in range(n_art)
-                       if a != s.article and (art_of == a).any()]
-            mean_max_other = float(np.mean(per_art))
+            cols = [c for c, a in enumerate(present) if a != s.article]
+            mean_max_other = float(np.mean(best_in[i, cols].astype(np.float64)))
         else:
             # One article: "support" falls back to agreement with the rest of the article.
             other_centroid = centroid
             max_other = float(sim[i, own_rest].max()) if own_rest.any() else 1.0
             mean_max_other = max_other
         own_centroid = _unit(emb[own_rest].mean(axis=0)) if own_rest.any() else centroid
-        others = [a for a in range(n_art) if a != s.article]
-        other_titles = [a for a in others if has_title[a]]
+        n_others = n_art - 1
+        other_titles = [a for a in range(n_art) if a != s.article and has_title[a]]
         bigr = list(itertools.pairwise(t))
-        if others:
-            vocab_o = set().union(*(art_vocab[a] for a in others))
-            bigr_o = set().union(*(art_bigrams[a] for a in others))
-            lex = sum(w in vocab_o for w in t) / max(1, len(t))
-            blex = sum(b in bigr_o for b in bigr) / max(1, len(bigr))
-            df = float(np.mean([sum(w in art_vocab[a] for a in others) / len(others)
-                                for w in t])) if t else 0.0
+        if n_others:
+            lex = sum(word_df[w] > 1 for w in t) / max(1, len(t))
+            blex = sum(bigram_df[b] > 1 for b in bigr) / max(1, len(bigr))
+            df = float(np.mean([(word_df[w] - 1) / n_others for w in t])) if t else 0.0
         else:
             lex = blex = df = 0.0
         lean = (story.articles[s.article].lean or "").lower()
@@ -722,52 +729,51 @@ def story_concepts(story: PreparedStory) -> StoryConcepts:
     center = np.asarray([float((story.articles[s.article].lean or "").lower() == "center")
                          for s in sents], dtype=np.float64)
 
-    def total(weights: npt.NDArray[np.float64] | None) -> list[float]:
-        sums = np.bincount(g_of, weights=weights, minlength=n_grams).astype(np.float64)
-        return list(sums.tolist())
+    def total(weights: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
+        return np.bincount(g_of, weights=weights, minlength=n_grams).astype(np.float64)
 
-    def extreme(ufunc: Any, start: float, values: npt.NDArray[np.float64]) -> list[float]:
+    def extreme(ufunc: Any, start: float, values: npt.NDArray[np.float64]
+                ) -> npt.NDArray[np.float64]:
         out = np.full(n_grams, start, dtype=np.float64)
         ufunc.at(out, g_of, values[j_of])
-        return list(out.tolist())
+        return out
 
-    def distinct_articles(mask: npt.NDArray[np.bool_] | None) -> list[int]:
+    def distinct_articles(mask: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.float64]:
         g, a = (g_of, art_of[j_of]) if mask is None else (g_of[mask], art_of[j_of][mask])
         pairs = np.unique(g * max(1, n_art) + a)
-        return list(np.bincount(pairs // max(1, n_art), minlength=n_grams).tolist())
+        return np.bincount(pairs // max(1, n_art), minlength=n_grams).astype(np.float64)
 
-    tf_of = total(None)
-    cap_of = total(np.asarray(occ_cap, dtype=np.float64))
-    quoted_of = total(np.asarray(occ_quoted, dtype=np.float64))
-    center_of = total(center[j_of])
-    min_pos = extreme(np.minimum, 99.0, pos)
-    max_cent = extreme(np.maximum, -1.0, centrality.astype(np.float64))
-    max_sup = extreme(np.maximum, -1.0, support.astype(np.float64))
-    min_rel = extreme(np.minimum, 1.0, rel)
-    df_of = distinct_articles(None)
-    leads_of = distinct_articles(pos[j_of] <= 1)
-
+    tf = total(None)
+    df = distinct_articles(None)
     grams = list(index)
-    rows: list[tuple[int, int]] = []
-    feats: list[list[float]] = []
-    for g, gram in enumerate(grams):
-        tf = tf_of[g]
-        df = df_of[g]
-        in_title = in_titles.get(gram, 0)
-        n_stop, has_digit, longest = _gram_shape(gram)
-        all_stop = float(n_stop == len(gram))
-        base = [
-            df / n_art, float(df), min(tf, 8.0), in_title / n_art, float(in_title),
-            min(min_pos[g], 6.0), float(len(gram) == 2), has_digit,
-            cap_of[g] / tf, max_cent[g], float(min(n_art, 10)), n_stop, all_stop,
-            leads_of[g] / n_art, max_sup[g], quoted_of[g] / tf, center_of[g] / tf, min_rel[g],
-            longest,
-        ]
-        for k in range(1, min(KMAX, int(tf)) + 1):
-            rows.append((g, k))
-            feats.append([*base, float(k), float(k > 1), float(k > 1) * all_stop])
-    n_base = len(CONCEPT_FEATURE_NAMES) - N_PRIOR_FEATURES
-    arr = np.asarray(feats, dtype=np.float32).reshape(len(rows), n_base)
+    in_title = np.asarray([in_titles.get(gram, 0) for gram in grams], dtype=np.float64)
+    shape = np.asarray([_gram_shape(gram) for gram in grams], dtype=np.float64)
+    shape = shape.reshape(n_grams, 3)
+    n_stop, has_digit, longest = shape[:, 0], shape[:, 1], shape[:, 2]
+    is_bigram = np.asarray([len(gram) == 2 for gram in grams], dtype=np.float64)
+    all_stop = (n_stop == is_bigram + 1).astype(np.float64)
+    # float64 columns, then float32 once: the same numbers the per-gram Python floats gave
+    base = np.stack([
+        df / n_art, df, np.minimum(tf, 8.0), in_title / n_art, in_title,
+        np.minimum(extreme(np.minimum, 99.0, pos), 6.0), is_bigram, has_digit,
+        total(np.asarray(occ_cap, dtype=np.float64)) / tf,
+        extreme(np.maximum, -1.0, centrality.astype(np.float64)),
+        np.full(n_grams, float(min(n_art, 10))), n_stop, all_stop,
+        distinct_articles(pos[j_of] <= 1) / n_art,
+        extreme(np.maximum, -1.0, support.astype(np.float64)),
+        total(np.asarray(occ_quoted, dtype=np.float64)) / tf, total(center[j_of]) / tf,
+        extreme(np.minimum, 1.0, rel), longest,
+    ], axis=1) if n_grams else np.zeros((0, len(CONCEPT_FEATURE_NAMES) - N_PRIOR_FEATURES - 3))
+    # one row per (gram, k), k = 1 .. min(KMAX, tf), grams in order
+    reps = np.minimum(KMAX, tf.astype(np.int64))
+    row_gram = np.repeat(np.arange(n_grams, dtype=np.int64), reps)
+    row_k = np.arange(len(row_gram), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps) + 1
+    k_gt1 = (row_k > 1).astype(np.float64)
+    arr = np.concatenate([
+        base[row_gram], row_k.astype(np.float64)[:, None], k_gt1[:, None],
+        (k_gt1 * all_stop[row_gram])[:, None],
+    ], axis=1).astype(np.float32)
+    rows = list(zip(row_gram.tolist(), row_k.tolist(), strict=True))
     return StoryConcepts(grams, rows, arr, sent_counts)
 
 
@@ -988,10 +994,13 @@ class _Coverage:
         self.order = [order_key(story, i) for i in cands]
         self.index = {g: n for n, g in enumerate(concepts.grams)}
         self._word_tokens: dict[int, list[list[str]]] = {}
+        # w[g] * cum[g, c], flat, so value() is one take (the same products, summed alike)
+        self._wcum = (self.w[:, None] * cum).ravel()
+        self._row_base = self.rows * (KMAX + 1)
 
     def value(self, h: npt.NDArray[np.int64]) -> float:
         """Expected matches of a summary holding gram g ``h[g]`` times (ROUGE clipping)."""
-        return float((self.w * self.cum[self.rows, np.minimum(h, KMAX)]).sum())
+        return float(self._wcum.take(self._row_base + np.minimum(h, KMAX)).sum())
 
     def gains(self, h: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """``value(h + counts[k]) - value(h)`` for every candidate k at once."""
@@ -1061,7 +1070,9 @@ def _beam_select(
     frontier: list[tuple[tuple[int, ...], npt.NDArray[np.int64], int]] = [
         ((), np.zeros(len(cov.rows), dtype=np.int64), 0)]
     while frontier:
-        grown: list[tuple[float, tuple[int, ...], npt.NDArray[np.int64], int]] = []
+        # (value per word, set, parent counts, added candidate, words); a set's counts are
+        # only summed up if it survives into the beam
+        grown: list[tuple[float, tuple[int, ...], npt.NDArray[np.int64], int, int]] = []
         for sel, h, words in frontier:
             vals = cov.extensions(h)
             ok = np.ones(len(cands), dtype=bool)
@@ -1081,7 +1092,7 @@ def _beam_select(
                 total = words + n_words[k]
                 if total < budget_words:
                     seen.add(key)
-                    grown.append((float(vals[k]) / total, key, h + cov.counts[k], total))
+                    grown.append((float(vals[k]) / total, key, h, k, total))
                 else:  # crossing the budget and passing min_fit (the mask above)
                     # min_fit depends on which member comes last: mark only sets that pass
                     seen.add(key)
@@ -1089,7 +1100,8 @@ def _beam_select(
                     if v > best_val + 1e-9:
                         best_val, best_sel = v, key
         grown.sort(key=lambda t: (-t[0], t[1]))  # ties by index: deterministic
-        frontier = [(key, h, words) for _, key, h, words in grown[: params.beam]]
+        frontier = [(key, h + cov.counts[k], words)
+                    for _, key, h, k, words in grown[: params.beam]]
     return [cands[k] for k in best_sel]
 
 
