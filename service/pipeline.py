@@ -290,10 +290,14 @@ class Pipeline:
     def _index_save_due(self) -> bool:
         return time.monotonic() - self._index_saved_at >= self.settings.index_save_interval_s
 
-    def _index_changed(self) -> None:
-        """After a change to the index, with the write lock held."""
+    def _index_changed(self, *, vectors_replaced: bool = False) -> None:
+        """After a change to the index, with the write lock held.
+
+        The start-up repair compares id sets, so it restores added and removed articles
+        but not a new vector under a known id: an update is written at once.
+        """
         self._index_dirty = True
-        if self._index_save_due():
+        if vectors_replaced or self._index_save_due():
             self.save_index()
 
     # -- replicas ------------------------------------------------------------------------
@@ -386,7 +390,8 @@ class Pipeline:
             if changed:
                 ids, vecs = self.store.embeddings(changed)
                 self.index.add(ids, vecs)
-                self._index_changed()
+                self._index_changed(
+                    vectors_replaced=any(r.outcome == "updated" for r in results))
             if assign_stories and self._clusterer and changed:
                 assigned = self._clusterer.assign(changed)
                 results = [

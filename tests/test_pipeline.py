@@ -108,6 +108,13 @@ def test_index_file_is_written_at_most_every_interval_and_at_close(data_dir, emb
     assert lazy.flush_index(force=True) is True
     assert VectorIndex.load(path).ids == {"court-1"}
     assert lazy.flush_index(force=True) is False  # nothing new to write
+    # a changed vector under a known id is written at once: the start-up repair only
+    # compares id sets
+    changed = Article("court-1", "A hurricane left New Orleans without power.", "Storm",
+                      "Outlet A", published_at=T)
+    assert lazy.ingest([changed]).results[0].outcome == "updated"
+    saved = VectorIndex.load(path)
+    assert float(saved.reconstruct("court-1") @ lazy.index.reconstruct("court-1")) > 0.9999
     lazy.ingest(ARTS[2:])
     lazy.close()
     assert VectorIndex.load(path).ids == {"court-1", "storm-1", "storm-2"}
