@@ -7,6 +7,7 @@ Protocol) to the store and keeps the FAISS index in step with the database.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import threading
@@ -204,7 +205,11 @@ class Pipeline:
         self._seq = int(self.store.last_seq())
         # The index file is a cache of stored embeddings (``_sync_index`` repairs it at
         # start), so writes reach it at most every ``index_save_interval_s``, not per call.
-        self._index_dirty = False
+        # A change takes the next number; the file holds every change up to the number
+        # read before it was serialised (next() is atomic, so concurrent changes by
+        # ingest and the change follower are never lost).
+        self._index_changes = itertools.count(1)
+        self._index_version = self._index_saved_version = 0
         self._index_saved_at = time.monotonic()
         self._gaps: dict[int, float] = {}
         self._follow_lock = threading.Lock()
@@ -274,9 +279,17 @@ class Pipeline:
 
     def save_index(self) -> None:
         """Write the index file now (atomically: temp file, fsync, rename)."""
+        version = self._index_version
         self.index.save(self.settings.index_path)
-        self._index_dirty = False
+        self._index_saved_version = version
         self._index_saved_at = time.monotonic()
+
+    @property
+    def _index_dirty(self) -> bool:
+        return self._index_version != self._index_saved_version
+
+    def _index_touched(self) -> None:
+        self._index_version = next(self._index_changes)
 
     def flush_index(self, *, force: bool = False) -> bool:
         """Write the index file if it changed since it was last written and, unless
@@ -296,7 +309,7 @@ class Pipeline:
         The start-up repair compares id sets, so it restores added and removed articles
         but not a new vector under a known id: an update is written at once.
         """
-        self._index_dirty = True
+        self._index_touched()
         if vectors_replaced or self._index_save_due():
             self.save_index()
 
@@ -340,7 +353,7 @@ class Pipeline:
             if gone:
                 self.index.remove(gone)
             if ids or gone:
-                self._index_dirty = True  # written by the next flush or at close
+                self._index_touched()  # written by the next flush or at close
             self._seq = upto
             self._gaps = {k: v for k, v in self._gaps.items() if k > upto}
             return len(final)
