@@ -4,9 +4,11 @@ Why: request threads (related coverage, stored summaries, listings) are millisec
 Python each, while model calls (embedding, spaCy, the summariser's selection, stance)
 hold the interpreter lock between onnxruntime calls. In one process every lookup queues
 for that lock behind inference; on a 2-core box under load that made ``related`` p99
-~200 ms for a 3 ms lookup. In a child process the models have their own interpreter,
-and at a lower CPU priority (``inference_nice``) the kernel gives the cores to the
-request process first.
+~200 ms for a 3 ms lookup. In a child process the models have their own interpreter;
+ingest and the warmer run in another one at a lower CPU priority (``background_nice``),
+so the kernel gives the cores to requests first. The request lane's own priority is
+``inference_nice`` (0 by default: the summarise p99 was lower at 0 than at 5 in three
+paired load runs).
 
 ``ModelProcess`` starts one worker per *lane* (``spawn``: forking a process that already
 runs onnxruntime and threads is unsafe), each loading the stages with the same loaders the

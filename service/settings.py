@@ -64,12 +64,13 @@ class Settings(BaseSettings):
         "inference_nice",
     )
     inference_nice: int = Field(
-        5, ge=0, le=19,
+        0, ge=0, le=19,
         description="Linux: how much lower the CPU priority of the model process answering "
         "requests (without model_process: of the inference threads) is than the request "
-        "threads' (0 = same), so lookups get the cores first. Three paired full load runs, 5 "
-        "vs 10: related p99 lower in all three, req/s and summarise p99 better in two; 0 "
-        "halved req/s (bench/RESULTS.md)",
+        "threads' (0 = same). Three paired full load runs, 0 vs 5 (ingest and the warmer "
+        "run apart at background_nice): summarise p99 384 vs 597 ms (medians; lower in all "
+        "three), related p99 142 vs 126 ms (higher in two), req/s higher in two. Without "
+        "model_process, 10 measured better for the threads (session 4; bench/RESULTS.md)",
     )
 
     # -- related coverage ranking (tuned on the AllSides train split) ----------------

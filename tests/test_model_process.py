@@ -34,7 +34,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Sett
     d = tmp_path_factory.mktemp("mp") / "data"
     d.mkdir()
     (d / "models").symlink_to(models_dir, target_is_directory=True)
-    return Settings(data_dir=d)
+    # a non-zero read-lane nice, so the priority tests can tell the lanes apart
+    return Settings(data_dir=d, inference_nice=5)
 
 
 @pytest.fixture(scope="module")
