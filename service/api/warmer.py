@@ -14,13 +14,13 @@ computing it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 from storyline.models.errors import Overloaded, StorylineError
 from storyline.service.api import metrics
+from storyline.service.api.background import BackgroundTask
 from storyline.service.api.runtime import PRIORITY_BACKGROUND
 
 __all__ = ["StoryWarmer"]
@@ -30,15 +30,17 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_S = 0.05
 
 
-class StoryWarmer:
+class StoryWarmer(BackgroundTask):
     """Background recomputation of changed stories' analyses (event-loop side)."""
 
+    task_name = "storyline-story-warmer"
+
     def __init__(self, runtime: Any, *, enabled: bool = True) -> None:
+        super().__init__()
         self._rt = runtime
         self.enabled = enabled
         self._dirty: dict[str, None] = {}  # insertion-ordered set: oldest change first
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._running: str | None = None
         self.done = 0
 
@@ -58,16 +60,8 @@ class StoryWarmer:
         if self._dirty:
             self._wake.set()
 
-    def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="storyline-story-warmer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def should_run(self) -> bool:
+        return self.enabled
 
     async def _loop(self) -> None:
         pool = self._rt.background

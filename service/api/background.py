@@ -1,0 +1,76 @@
+"""The service's long-running asyncio tasks: started by the lifespan, cancelled at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from storyline.models.errors import Overloaded
+from storyline.service.api.runtime import PRIORITY_READ
+
+__all__ = ["BackgroundTask", "PeriodicTask"]
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundTask:
+    """One named task running ``_loop`` while ``should_run()`` held at ``start``."""
+
+    task_name = "storyline-task"
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def should_run(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        if self.should_run() and self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=self.task_name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class PeriodicTask(BackgroundTask):
+    """Every ``interval_s`` (0 = never started): ``step(pipeline)`` on the I/O pool, once
+    the pipeline is loaded and ``applies`` to it. A failed step is logged; the next tick
+    tries again, and a full pool skips the tick."""
+
+    priority = PRIORITY_READ
+
+    def __init__(self, runtime: Any, interval_s: float) -> None:
+        super().__init__()
+        self._rt = runtime
+        self.interval_s = interval_s
+
+    def should_run(self) -> bool:
+        return self.interval_s > 0
+
+    def applies(self, pipe: Any) -> bool:
+        return True
+
+    def step(self, pipe: Any) -> None:
+        raise NotImplementedError
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            pipe = self._rt.pipeline
+            if pipe is None or not self.applies(pipe):
+                continue
+            try:
+                await self._rt.io.run(self.step, pipe, priority=self.priority)
+            except Overloaded:
+                pass
+            except Exception:
+                log.exception("%s: a step failed; the next tick retries", self.task_name)
