@@ -435,7 +435,8 @@ def story_features(story: PreparedStory) -> F32:
     # Per sentence, its best cosine within each article that has sentences (max is exact,
     # so these equal the per-candidate maxima they replace).
     present = [a for a in range(n_art) if (art_of == a).any()]
-    best_in = np.stack([sim[:, art_of == a].max(axis=1) for a in present], axis=1)
+    best_in = (np.stack([sim[:, art_of == a].max(axis=1) for a in present], axis=1)
+               if present else np.zeros((len(sents), 0), dtype=np.float32))
     other_centroids: dict[int, F32] = {}
 
     rows = []
