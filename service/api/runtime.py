@@ -4,9 +4,10 @@ Blocking work never runs on the event loop. Model calls (embedding, summaries) g
 ``inference`` pool: ``inference_workers`` threads plus at most ``inference_queue`` waiting
 calls; one more is refused at once with 503 + Retry-After instead of stalling the loop.
 Store and index reads (related, lookups, listings) and deletes go to a separate ``io`` pool
-so a long summary never delays a millisecond lookup. On Linux the inference threads also
-run at a lower CPU priority (``inference_nice``): on a small box they would otherwise take
-the cores from the lookups whenever both are runnable (threads they start inherit it).
+so a long summary never delays a millisecond lookup. With the models on threads
+(``model_process`` off), on Linux the inference threads run ``inference_nice`` lower in CPU
+priority (threads they start inherit it): set it (10 measured best in that mode) so on a
+small box they do not take the cores from the lookups whenever both are runnable.
 """
 
 from __future__ import annotations
