@@ -286,15 +286,37 @@ def test_reads_can_require_a_key(pipeline: Pipeline) -> None:
 
 def test_rate_limit_per_client_and_per_key(pipeline: Pipeline) -> None:
     with TestClient(make_app(pipeline, rate_limit_per_minute=3)) as c:
-        for _ in range(3):
-            assert c.get("/v1/stories").status_code == 200
+        for left in (2, 1, 0):
+            r = c.get("/v1/stories")
+            assert r.status_code == 200
+            assert r.headers["RateLimit-Limit"] == "3"
+            assert r.headers["RateLimit-Policy"] == "3; w=60"
+            assert r.headers["RateLimit-Remaining"] == str(left)
+            assert 1 <= int(r.headers["RateLimit-Reset"]) <= 60
         r = c.get("/v1/stories")
         assert_problem(r, 429)
         assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert r.headers["RateLimit-Remaining"] == "0"
         # a valid key is its own bucket; probes are never limited
         assert c.get("/v1/stories", headers=AUTH).status_code == 200
         for _ in range(5):
             assert c.get("/health/live").status_code == 200
+
+
+def test_rate_limit_window_starts_again_after_its_reset(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storyline.service.api import ratelimit
+
+    real = ratelimit.time
+    with TestClient(make_app(pipeline, rate_limit_per_minute=2)) as c:
+        for _ in range(2):
+            assert c.get("/v1/stories").status_code == 200
+        assert_problem(c.get("/v1/stories"), 429)
+        monkeypatch.setattr(ratelimit, "time", lambda: real() + 61)
+        r = c.get("/v1/stories")
+        assert r.status_code == 200
+        assert r.headers["RateLimit-Remaining"] == "1"
 
 
 def test_cors_is_off_by_default_and_follows_settings(pipeline: Pipeline) -> None:

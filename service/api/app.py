@@ -31,6 +31,7 @@ from storyline.service.api.health import HealthController
 from storyline.service.api.metrics import MODEL_INFO, MetricsController
 from storyline.service.api.openapi import refine_openapi
 from storyline.service.api.problems import problem_handler
+from storyline.service.api.ratelimit import WindowCountRateLimitMiddleware
 from storyline.service.api.runtime import (
     Runtime,
     auth_guard,
@@ -148,6 +149,7 @@ def create_app(settings: Settings, *, pipeline: Any | None = None) -> Litestar:
         rate_limit=("minute", settings.rate_limit_per_minute),
         exclude=["/health", "/metrics", "/schema"],
         identifier_for_request=rate_limit_identifier,
+        middleware_class=WindowCountRateLimitMiddleware,
     )
     prometheus = PrometheusConfig(app_name="storyline", prefix="storyline_http",
                                   group_path=True, exclude=["/metrics"])
