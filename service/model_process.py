@@ -48,6 +48,7 @@ import numpy.typing as npt
 
 from storyline.models.errors import ModelUnavailable
 from storyline.models.types import Actor, ActorStance, Article, Summary
+from storyline.service.heap import settle_heap
 from storyline.service.settings import Settings
 
 __all__ = ["BACKGROUND_LANE", "READ_LANE", "ModelProcess", "current_lane", "use_lane"]
@@ -118,6 +119,8 @@ def _stage(name: str) -> Any:
             _STAGES[name] = entity_keys
         else:  # pragma: no cover - the proxies below name only these
             raise ValueError(f"unknown stage {name}")
+        # a stage is kept for the process's lifetime: out of the collector's full passes
+        settle_heap(f"model process, stage {name}")
     return _STAGES[name]
 
 

@@ -43,6 +43,7 @@ from storyline.service.api.search import SearchController
 from storyline.service.api.stories import StoriesController
 from storyline.service.api.summarise import SummariseController
 from storyline.service.api.timing import server_timing_middleware
+from storyline.service.heap import settle_heap
 from storyline.service.settings import Settings
 
 __all__ = ["create_app", "open_pipeline"]
@@ -111,6 +112,7 @@ def _lifespan(runtime: Runtime) -> Any:
                 # (lower) CPU priority
                 runtime.pipeline = await runtime.inference.run(open_pipeline, runtime.settings)
                 _model_info(runtime.settings, runtime.pipeline)
+                settle_heap("API process")
                 log.info("storyline ready")
             except Exception as exc:
                 runtime.load_error = f"{type(exc).__name__}: {exc}"
