@@ -13,7 +13,8 @@ completions stopped at each collection's timestamp. Two causes, two settings:
   request's objects outlive two young collections while it waits on a pool or the
   loop, so they are promoted and trigger full passes. At 20,000 they are freed before
   a collection sees them. In the same bench the API process then ran no full pass and
-  no generation-1 pass in 60 s, and the related p99 fell from 68-81 to 62 ms.
+  no generation-1 pass in 60 s (bench/RESULTS.md, session 9). Freezing alone left a
+  30 ms full pass in a 30 s related-only run; the threshold is what removed them.
 """
 
 from __future__ import annotations
