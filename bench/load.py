@@ -2,7 +2,8 @@
 
 Starts ``storyline serve`` itself on 127.0.0.1 with a temporary data dir (models/ linked
 to the built models), seeds it through the API with AllSides articles, then runs N
-concurrent httpx async clients for a fixed duration mixing
+concurrent async clients (aiohttp; ``--client httpx`` for httpx) for a fixed duration
+mixing
 
 * ``related``   GET /v1/articles/{id}/related?k=10 for a random seeded article,
 * ``summarise`` POST /v1/summarise {"article_ids": [...]} for a random 3-article story,
