@@ -42,7 +42,14 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
     ) from _exc
 
 from storyline.index.store import IngestItem, resolve_successors
-from storyline.index.types import ArticleBrief, Change, IngestResult, Story, StoryHistory
+from storyline.index.types import (
+    ArticleBrief,
+    Change,
+    IngestResult,
+    QueryContext,
+    Story,
+    StoryHistory,
+)
 from storyline.models.errors import InvalidArticle, NotFound, StoreError
 from storyline.models.types import Article
 
@@ -417,6 +424,26 @@ class PostgresStore:
             sa.select(duplicates.c.canonical_id).where(duplicates.c.id == article_id)
         )
         return str(rows[0]["canonical_id"]) if rows else None
+
+    def query_context(self, article_id: str) -> QueryContext | None:
+        """What ``related`` needs of its query article. Composed of the single reads: a
+        PostgreSQL client waits on the network, not on sqlite3's per-row GIL hand-offs."""
+        cid = self.canonical_id(article_id)
+        if cid is None:
+            return None
+        brief = self.briefs([cid]).get(cid)
+        ids, vecs = self.embeddings([cid])
+        if brief is None:  # deleted since its id was resolved
+            return None
+        if not ids:
+            raise StoreError(f"article '{cid}' has no stored embedding")
+        members: tuple[str, ...] = ()
+        if brief.story_id is not None:
+            try:
+                members = tuple(self.get_story(brief.story_id).article_ids)
+            except NotFound:  # the story was replaced since the brief was read
+                members = ()
+        return QueryContext(brief, vecs[0], tuple(self.duplicates_of(cid)), members)
 
     def embeddings(
         self, ids: Sequence[str] | None = None

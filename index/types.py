@@ -9,7 +9,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ArticleBrief", "Change", "IngestOutcome", "IngestResult", "Story", "StoryHistory"]
+__all__ = [
+    "ArticleBrief", "Change", "IngestOutcome", "IngestResult", "QueryContext", "Story",
+    "StoryHistory",
+]
 
 IngestOutcome = Literal["inserted", "updated", "unchanged", "duplicate"]
 
@@ -60,6 +63,18 @@ class ArticleBrief:
     published_at: datetime | None
     #: the story the article belongs to (None before clustering)
     story_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryContext:
+    """What related-coverage ranking needs of a stored query article, read together."""
+
+    brief: ArticleBrief  # ``brief.id`` is the canonical id (duplicate ids are followed)
+    vector: npt.NDArray[np.float32]
+    #: ids recorded as exact duplicates of it
+    duplicates: tuple[str, ...]
+    #: the members of its story (itself included), oldest first; () before clustering
+    story_members: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,3 +220,29 @@ def test_briefs_carry_title_source_time_and_story_without_text(make_store: MakeS
     assert got["a"] == ArticleBrief("a", "Alpha", "Outlet A", t0, "s_1")
     assert got["b"] == ArticleBrief("b", "", None, None, None)
     assert st.briefs([]) == {}
+
+
+def test_query_context_follows_duplicates_and_orders_the_story(make_store: MakeStore) -> None:
+    from datetime import timedelta
+
+    st = make_store()
+    t0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    arts = [Article("a", "alpha text", "Alpha", "Outlet A", published_at=t0),
+            Article("b", "beta text", "Beta", published_at=t0 + timedelta(hours=1)),
+            Article("c", "gamma text"), Article("d", "delta text")]
+    st.ingest([IngestItem(a, _item(a.id, a.text, seed=i).vector, ())
+               for i, a in enumerate(arts)], "m")
+    st.ingest([_item("a-copy", "alpha text", title="Alpha")], "m")
+    assert st.duplicates_of("a") == ["a-copy"]
+    with st.transaction() as db:
+        st.save_story(Story("s_1", "one", ["b", "a", "c"], t0, t0, {}), db)
+    ctx = st.query_context("a-copy")
+    assert ctx is not None and ctx.brief == st.briefs(["a"])["a"]
+    assert np.array_equal(ctx.vector, st.embeddings(["a"])[1][0])
+    assert ctx.duplicates == ("a-copy",)
+    # the order get_story gives: undated first, then by time
+    assert ctx.story_members == ("c", "a", "b") == tuple(st.get_story("s_1").article_ids)
+    lone = st.query_context("d")
+    assert lone is not None and lone.brief.story_id is None
+    assert (lone.duplicates, lone.story_members) == ((), ())
+    assert st.query_context("missing") is None
