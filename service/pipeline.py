@@ -453,22 +453,22 @@ class Pipeline:
         source: str | None = None,
         exclude_same_story: bool = False,
     ) -> list[RelatedHit]:
-        cid = self.store.canonical_id(article_id)
-        if cid is None:
+        # One read for the query article: under load each store statement costs a GIL
+        # hand-off or more, and this used to be six of them (store.SQLiteStore._packed).
+        ctx = self.store.query_context(article_id)
+        if ctx is None:
             raise NotFound(f"article '{article_id}' not found")
-        query = self.store.briefs([cid]).get(cid)
-        if query is None:  # deleted since it was resolved
-            raise NotFound(f"article '{article_id}' not found")
-        _, vecs = self.store.embeddings([cid])
-        exclude = {cid, article_id, *self.store.duplicates_of(cid)}
-        sid = query.story_id
-        if exclude_same_story and sid is not None:
-            exclude |= set(self.store.get_story(sid).article_ids)
+        cid = ctx.brief.id
+        exclude = {cid, article_id, *ctx.duplicates}
+        sid = ctx.brief.story_id
+        if exclude_same_story:
+            exclude |= set(ctx.story_members)
         # shared entities only count with a weight (0 by default: no measured gain)
         ents = self.store.entities([cid]).get(cid, ()) if self.settings.related_entity_weight \
             else ()
-        return self._rank(vecs[0], query.published_at, set(ents), k=k, exclude=exclude,
-                          since=since, until=until, source=source, story=sid)
+        return self._rank(ctx.vector, ctx.brief.published_at, set(ents), k=k, exclude=exclude,
+                          since=since, until=until, source=source, story=sid,
+                          members=ctx.story_members)
 
     def search(
         self,
@@ -498,7 +498,9 @@ class Pipeline:
         until: datetime | None,
         source: str | None,
         story: str | None = None,
+        members: Sequence[str] = (),
     ) -> list[RelatedHit]:
+        """``members``: the ids of ``story`` (oldest first), candidates whatever their cosine."""
         if k < 1 or k > self.settings.max_k:
             raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
         filtered = since is not None or until is not None or source is not None
@@ -513,9 +515,9 @@ class Pipeline:
             # story signal is worth most exactly for the siblings the vectors rank low
             # (train recall@2 0.918 -> 0.929 over a 50-candidate pool).
             seen = {i for i, _ in cand} | exclude
-            members = [m for m in self.store.get_story(story).article_ids if m not in seen]
-            if members:
-                mids, mvecs = self.store.embeddings(members[:MAX_STORY_CANDIDATES])
+            extra = [m for m in members if m not in seen]
+            if extra:
+                mids, mvecs = self.store.embeddings(extra[:MAX_STORY_CANDIDATES])
                 cand += [(i, float(mvecs[j] @ vec)) for j, i in enumerate(mids)]
         if not cand:
             return []
@@ -615,15 +617,27 @@ class Pipeline:
         return self._story_view(story_id, budget_words, compute=False)
 
     def cached_summaries(
-        self, articles: Sequence[Article], *, budget_words: int | None = None
+        self, articles: Sequence[Article], *, budget_words: int | None = None,
+        stored: bool = False,
     ) -> list[StoryView] | None:
         """``summarise_articles(articles)`` when that is exactly one stored, unchanged story
-        whose analysis is current; else None (no model runs)."""
+        whose analysis is current; else None (no model runs).
+
+        ``stored``: the articles were read from the store just now, so they are the stored
+        versions and need not be read again (under load each read costs GIL hand-offs).
+        """
         latest = list({a.id: a for a in articles}.values())
-        sid = self._exact_story(latest, self._stored_hashes(latest))
-        if sid is None:
+        hashes = {a.id: a.content_hash for a in latest} if stored else \
+            self._stored_hashes(latest)
+        story = self._exact_story(latest, hashes)
+        if story is None:
             return self._cached_set(self._set_key(latest, budget_words, "extractive"))
-        view = self.cached_story_view(sid, budget_words=budget_words)
+        members = None
+        if stored:
+            rank = {i: k for k, i in enumerate(story.article_ids)}
+            members = sorted(latest, key=lambda a: rank[a.id])
+        view = self._story_view(story.id, budget_words, compute=False, story=story,
+                                articles=members)
         return None if view is None else [view]
 
     def _set_key(self, articles: Sequence[Article], budget_words: int | None, mode: str) -> str:
@@ -660,9 +674,13 @@ class Pipeline:
 
     def _story_view(
         self, story_id: str, budget_words: int | None, *, compute: bool,
-        mode: str = "extractive",
+        mode: str = "extractive", story: Story | None = None,
+        articles: list[Article] | None = None,
     ) -> StoryView | None:
-        story = self.store.get_story(story_id)
+        """``story`` / ``articles``: the story and its stored members (in story order) when
+        the caller has just read them."""
+        if story is None:
+            story = self.store.get_story(story_id)
         if story.status != "active":
             moved = self.store.resolve_story(story_id)
             raise NotFound(
@@ -672,7 +690,8 @@ class Pipeline:
         budget = budget_words or self.settings.summary_words
         if compute:
             self.summariser_for(mode)  # an unavailable mode fails before any store work
-        articles = self.store.get_articles(story.article_ids)
+        if articles is None:
+            articles = self.store.get_articles(story.article_ids)
         key = self.analysis_key(story.content_hash, budget, mode)
         kind = "analysis" if mode == "extractive" else f"analysis:{mode}"
         cached = self.store.get_output(story.id, kind)
@@ -708,9 +727,9 @@ class Pipeline:
 
         latest = list({a.id: a for a in articles}.values())
         stored = self._stored_hashes(latest)
-        sid = self._exact_story(latest, stored)
-        if sid is not None:
-            return [self.story_view(sid, budget_words=budget_words, mode=mode)]
+        exact = self._exact_story(latest, stored)
+        if exact is not None:
+            return [self.story_view(exact.id, budget_words=budget_words, mode=mode)]
         set_key = self._set_key(latest, budget_words, mode)
         hit = self._cached_set(set_key)
         if hit is not None:
@@ -748,7 +767,7 @@ class Pipeline:
         """Content hash of each of ``articles`` that is stored under its id."""
         return {a.id: a.content_hash for a in self.store.get_articles([a.id for a in articles])}
 
-    def _exact_story(self, articles: Sequence[Article], stored: dict[str, str]) -> str | None:
+    def _exact_story(self, articles: Sequence[Article], stored: dict[str, str]) -> Story | None:
         """The stored story whose members are exactly ``articles``, unchanged, if any
         (``stored``: ``_stored_hashes(articles)``)."""
         latest = {a.id: a.content_hash for a in articles}
@@ -757,8 +776,8 @@ class Pipeline:
         owners = set(self.store.story_of(list(latest)).values())
         if len(owners) != 1:
             return None
-        sid = next(iter(owners))
-        return sid if set(self.store.get_story(sid).article_ids) == set(latest) else None
+        story = self.store.get_story(next(iter(owners)))
+        return story if set(story.article_ids) == set(latest) else None
 
     def _cached_analysis(
         self, story: Story, articles: list[Article], budget_words: int | None,

@@ -795,3 +795,27 @@ def test_openapi_documents_every_operation_with_examples(client: TestClient[Lite
     schemas = spec["components"]["schemas"]
     assert schemas["ArticleIn"]["additionalProperties"] is False
     assert ops[("POST", "/v1/articles")]["security"] == [{"bearer": []}]
+
+
+def test_summarise_ids_read_in_one_go_and_follow_duplicates(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from storyline.index.store import IngestItem, SQLiteStore
+    from storyline.models.errors import NotFound
+    from storyline.service.api.summarise import _stored
+
+    st = SQLiteStore(tmp_path / "s.db")
+    vec = np.ones(4, dtype=np.float32) / 2
+    st.ingest([IngestItem(Article(i, f"text of {i}", i.upper()), vec)
+               for i in ("a", "b")], "m")
+    st.ingest([IngestItem(Article("a-copy", "text of a", "A"), vec)], "m")
+    pipe = SimpleNamespace(store=st)
+    # request order, duplicate ids resolved to what they repeat, each article once
+    assert [x.id for x in _stored(pipe, ["b", "a-copy", "a"])] == ["b", "a"]
+    assert [x.id for x in _stored(pipe, ["a-copy"])] == ["a"]
+    with pytest.raises(NotFound) as err:
+        _stored(pipe, ["a", "nope"])
+    assert err.value.extra["missing"] == ["nope"]
+    st.close()

@@ -165,6 +165,11 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     assert again[0].cached and again[0].summary == first[0].summary
     probe = pipeline.cached_summaries(pipeline.store.get_articles(members))
     assert probe is not None and probe[0].cached and probe[0].summary == first[0].summary
+    # Articles the caller has just read from the store, in any order: the same view, its
+    # members in story order, without reading them again.
+    fresh = pipeline.cached_summaries(pipeline.store.get_articles(members[::-1]), stored=True)
+    assert fresh is not None and fresh[0].summary == first[0].summary
+    assert [a.id for a in fresh[0].articles] == members
     assert pipeline.cached_summaries(pipeline.store.get_articles(["court-1"])) is None
     assert pipeline.cached_story_view(sid, budget_words=33) is None  # other budget
     # Not a stored story: computed once, then served from memory while unchanged.

@@ -147,15 +147,21 @@ async def _cached(rt: Any, pipe: Any, name: str, mode: str, what: Any,
 def _stored_and_cached(pipe: Any, ids: list[str], lookup: Any,
                        budget: int | None) -> tuple[list[Any], Any]:
     arts = _stored(pipe, ids)
-    return arts, (None if lookup is None else lookup(arts, budget_words=budget))
+    return arts, (None if lookup is None else lookup(arts, budget_words=budget, stored=True))
 
 
 def _stored(pipe: Any, ids: list[str]) -> list[Any]:
-    """The stored articles for ``ids`` (duplicate ids resolve to what they repeat)."""
-    canon = {i: pipe.store.canonical_id(i) for i in ids}
+    """The stored articles for ``ids`` (duplicate ids resolve to what they repeat).
+
+    One read for the ids stored under their own name; only the others are looked up as
+    duplicates (each store statement costs GIL hand-offs under load)."""
+    found = {a.id: a for a in pipe.store.get_articles(list(dict.fromkeys(ids)))}
+    canon = {i: i if i in found else pipe.store.canonical_id(i) for i in ids}
     missing = [i for i, c in canon.items() if c is None]
     if missing:
         shown = ", ".join(f"'{m}'" for m in missing[:5])
         raise NotFound(f"{len(missing)} article id(s) not found: {shown}", missing=missing)
     order = list(dict.fromkeys(c for c in canon.values() if c is not None))
-    return list(pipe.store.get_articles(order))
+    if extra := [c for c in order if c not in found]:
+        found.update((a.id, a) for a in pipe.store.get_articles(extra))
+    return [found[c] for c in order if c in found]
