@@ -428,11 +428,12 @@ class SQLiteStore:
         last = ""
         while True:
             rows = self._query(
-                "SELECT * FROM articles WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+                f"SELECT {_ARTICLE_COLUMNS} FROM articles WHERE id > ? ORDER BY id LIMIT ?",
+                (last, batch),
             )
             if not rows:
                 return
-            yield from (_article(r) for r in rows)
+            yield from (_article_of(r) for r in rows)
             last = rows[-1]["id"]
 
     def articles_between(self, since: datetime | None, until: datetime | None) -> list[str]:
@@ -499,13 +500,11 @@ class SQLiteStore:
         i, title, source, published, story, vec, dups, members = json.loads(rows[0]["j"])
         if vec is None:
             raise StoreError(f"article '{i}' has no stored embedding")
-        # the order get_story gives: ORDER BY published_ts, id (no time first)
-        members.sort(key=lambda m: (m[1] is not None, m[1] or 0.0, m[0]))
         return QueryContext(
             ArticleBrief(i, title, source, _parse(published), story),
             np.frombuffer(bytes.fromhex(vec), dtype=np.float32).copy(),
             tuple(sorted(dups)),
-            tuple(m[0] for m in members) if story is not None else (),
+            tuple(_oldest_first(members)) if story is not None else (),
         )
 
     def embeddings(
@@ -606,9 +605,7 @@ class SQLiteStore:
             "FROM story_members m JOIN articles a ON a.id = m.article_id WHERE m.story_id=?",
             (r["id"],),
         )
-        # SQLite's ORDER BY published_ts, id: articles without a time first
-        found.sort(key=lambda m: (m[1] is not None, m[1] or 0.0, m[0]))
-        members = [m[0] for m in found]
+        members = _oldest_first(found)
         return Story(
             id=r["id"], label=r["label"], article_ids=members, first_at=_parse(r["first_at"]),
             last_at=_parse(r["last_at"]), outlets=json.loads(r["outlets"]),
@@ -746,19 +743,18 @@ def resolve_successors(
 _ARTICLE_COLUMNS: Final = "id, text, title, source, url, published_at, lang, gold_story_id, lean"
 
 
+def _oldest_first(members: list[list[Any]]) -> list[str]:
+    """Ids of ``[id, published_ts]`` rows in SQLite's ``ORDER BY published_ts, id`` order
+    (an article without a time first): a story's members as ``get_story`` gives them."""
+    members.sort(key=lambda m: (m[1] is not None, m[1] or 0.0, m[0]))
+    return [m[0] for m in members]
+
+
 def _article_of(r: Sequence[Any]) -> Article:
-    """An article from a ``_packed`` row of ``_ARTICLE_COLUMNS``."""
+    """An article from a row of ``_ARTICLE_COLUMNS`` (an sqlite3 row or a ``_packed`` one)."""
     i, text, title, source, url, published, lang, gold, lean = r
     return Article(id=i, text=text, title=title, source=source, url=url,
                    published_at=_parse(published), lang=lang, story_id=gold, lean=lean)
-
-
-def _article(r: sqlite3.Row) -> Article:
-    return Article(
-        id=r["id"], text=r["text"], title=r["title"], source=r["source"], url=r["url"],
-        published_at=_parse(r["published_at"]), lang=r["lang"], story_id=r["gold_story_id"],
-        lean=r["lean"],
-    )
 
 
 def _qs(items: Sequence[Any]) -> str:
