@@ -425,9 +425,12 @@ class PostgresStore:
         )
         return str(rows[0]["canonical_id"]) if rows else None
 
-    def query_context(self, article_id: str) -> QueryContext | None:
-        """What ``related`` needs of its query article. Composed of the single reads: a
-        PostgreSQL client waits on the network, not on sqlite3's per-row GIL hand-offs."""
+    def query_context(
+        self, article_id: str, briefs_of: Sequence[str] = ()
+    ) -> QueryContext | None:
+        """What ``related`` needs of its query article and of its candidates ``briefs_of``.
+        Composed of the single reads: a PostgreSQL client waits on the network, not on
+        sqlite3's per-row GIL hand-offs."""
         cid = self.canonical_id(article_id)
         if cid is None:
             return None
@@ -443,7 +446,8 @@ class PostgresStore:
                 members = tuple(self.get_story(brief.story_id).article_ids)
             except NotFound:  # the story was replaced since the brief was read
                 members = ()
-        return QueryContext(brief, vecs[0], tuple(self.duplicates_of(cid)), members)
+        return QueryContext(brief, vecs[0], tuple(self.duplicates_of(cid)), members,
+                            self.briefs([*briefs_of, *members]))
 
     def embeddings(
         self, ids: Sequence[str] | None = None

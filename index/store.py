@@ -174,7 +174,9 @@ class Store(Protocol):
     def article_ids(self) -> list[str]: ...
     def duplicates_of(self, article_id: str) -> list[str]: ...
     def canonical_id(self, article_id: str) -> str | None: ...
-    def query_context(self, article_id: str) -> QueryContext | None: ...
+    def query_context(
+        self, article_id: str, briefs_of: Sequence[str] = ()
+    ) -> QueryContext | None: ...
     def embeddings(
         self, ids: Sequence[str] | None = None
     ) -> tuple[list[str], npt.NDArray[np.float32]]: ...
@@ -478,9 +480,12 @@ class SQLiteStore:
         rows = self._query("SELECT canonical_id FROM duplicates WHERE id=?", (article_id,))
         return rows[0]["canonical_id"] if rows else None
 
-    def query_context(self, article_id: str) -> QueryContext | None:
-        """One statement for what ``related`` needs of its query article (see ``_packed``
-        for why the number of statements matters); None when the id is unknown."""
+    def query_context(
+        self, article_id: str, briefs_of: Sequence[str] = ()
+    ) -> QueryContext | None:
+        """One statement for what ``related`` needs of its query article and of its
+        candidates ``briefs_of`` (see ``_packed`` for why the number of statements
+        matters); None when the id is unknown."""
         rows = self._query(
             "SELECT json_array(a.id, a.title, a.source, a.published_at, m.story_id,"
             " hex(e.vector),"
@@ -488,16 +493,23 @@ class SQLiteStore:
             "       WHERE d.canonical_id = a.id)),"
             " json((SELECT json_group_array(json_array(sm.article_id, sa.published_ts))"
             "       FROM story_members sm JOIN articles sa ON sa.id = sm.article_id"
-            "       WHERE sm.story_id = m.story_id))) AS j"
+            "       WHERE sm.story_id = m.story_id)),"
+            # the candidates' briefs by the json_each of one parameter: any number of ids
+            " json((SELECT json_group_array(json_array(b.id, b.title, b.source,"
+            "                                          b.published_at, bm.story_id))"
+            "       FROM articles b LEFT JOIN story_members bm ON bm.article_id = b.id"
+            "       WHERE b.id IN (SELECT value FROM json_each(?)"
+            "                      UNION SELECT article_id FROM story_members"
+            "                      WHERE story_id = m.story_id)))) AS j"
             " FROM articles a LEFT JOIN story_members m ON m.article_id = a.id"
             " LEFT JOIN embeddings e ON e.article_id = a.id"
             " WHERE a.id = COALESCE((SELECT id FROM articles WHERE id = ?),"
             "                       (SELECT canonical_id FROM duplicates WHERE id = ?))",
-            (article_id, article_id),
+            (json.dumps(list(briefs_of)), article_id, article_id),
         )
         if not rows:
             return None
-        i, title, source, published, story, vec, dups, members = json.loads(rows[0]["j"])
+        i, title, source, published, story, vec, dups, members, briefs = json.loads(rows[0]["j"])
         if vec is None:
             raise StoreError(f"article '{i}' has no stored embedding")
         return QueryContext(
@@ -505,6 +517,7 @@ class SQLiteStore:
             np.frombuffer(bytes.fromhex(vec), dtype=np.float32).copy(),
             tuple(sorted(dups)),
             tuple(_oldest_first(members)) if story is not None else (),
+            {b[0]: ArticleBrief(b[0], b[1], b[2], _parse(b[3]), b[4]) for b in briefs},
         )
 
     def embeddings(

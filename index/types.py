@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -75,6 +76,8 @@ class QueryContext:
     duplicates: tuple[str, ...]
     #: the members of its story (itself included), oldest first; () before clustering
     story_members: tuple[str, ...]
+    #: briefs of the ids asked for with it and of the story members (known ids only)
+    briefs: Mapping[str, ArticleBrief] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,15 @@ class VectorIndex:
         with self._lock:
             return np.asarray(self._index.reconstruct(faiss_id(article_id)), dtype=np.float32)
 
+    def vectors(self, ids: Sequence[str]) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """The indexed vectors of ``ids``, in their order; ids not indexed are left out."""
+        with self._lock:
+            found = [(i, k) for i in ids if (k := faiss_id(i)) in self._ids]
+            mat = np.zeros((len(found), self.dim), dtype=np.float32)
+            for row, (_, key) in enumerate(found):
+                mat[row] = self._index.reconstruct(key)
+        return [i for i, _ in found], mat
+
     # -- search -------------------------------------------------------------------
     def search(
         self, queries: npt.NDArray[np.float32], k: int

@@ -26,7 +26,7 @@ from prometheus_client import Histogram
 
 from storyline.index.store import IngestItem, SQLiteStore
 from storyline.index.stories import members_hash
-from storyline.index.types import IngestResult, Story
+from storyline.index.types import ArticleBrief, IngestResult, Story
 from storyline.index.vectors import VectorIndex
 from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
 from storyline.models.protocols import ActorExtractor, Embedder, StanceTagger, Summariser
@@ -100,6 +100,8 @@ class RelatedHit:
 
 #: most members of the query's story added to the related-coverage candidates
 MAX_STORY_CANDIDATES = 500
+#: extra depth of a related search made before the ids to exclude are known
+RELATED_SLACK = 8
 
 
 # -- the model stages, as this process loads them (also the model process's loaders) -----
@@ -453,11 +455,22 @@ class Pipeline:
         source: str | None = None,
         exclude_same_story: bool = False,
     ) -> list[RelatedHit]:
-        # One read for the query article: under load each store statement costs a GIL
-        # hand-off or more, and this used to be six of them (store.SQLiteStore._packed).
-        ctx = self.store.query_context(article_id)
+        if k < 1 or k > self.settings.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
+        filtered = since is not None or until is not None or source is not None
+        # Under load each store statement costs a GIL hand-off or more
+        # (store.SQLiteStore._packed). When the index holds the query's vector the search
+        # runs first, and one statement reads the query's context with every candidate's
+        # brief; the slack covers the ids excluded after that read (itself, duplicates).
+        vec = self.index.vectors([article_id])[1]
+        hits: list[tuple[str, float]] | None = None
+        if len(vec) and not exclude_same_story:
+            hits = self.index.search(vec, self._pool(k, filtered) + RELATED_SLACK)[0]
+        ctx = self.store.query_context(article_id, [i for i, _ in hits or ()])
         if ctx is None:
             raise NotFound(f"article '{article_id}' not found")
+        if hits is not None and not np.array_equal(vec[0], ctx.vector):
+            hits = None  # re-embedded since the index was synced: search the stored vector
         cid = ctx.brief.id
         exclude = {cid, article_id, *ctx.duplicates}
         sid = ctx.brief.story_id
@@ -468,7 +481,7 @@ class Pipeline:
             else ()
         return self._rank(ctx.vector, ctx.brief.published_at, set(ents), k=k, exclude=exclude,
                           since=since, until=until, source=source, story=sid,
-                          members=ctx.story_members)
+                          members=ctx.story_members, hits=hits, briefs=ctx.briefs)
 
     def search(
         self,
@@ -486,6 +499,11 @@ class Pipeline:
         return self._rank(vec, None, ents, k=k, exclude=set(), since=since, until=until,
                           source=source)
 
+    @staticmethod
+    def _pool(k: int, filtered: bool) -> int:
+        # Re-ranking and filters need a candidate pool wider than k.
+        return max(50, 5 * k) * (4 if filtered else 1)
+
     def _rank(
         self,
         vec: npt.NDArray[np.float32],
@@ -499,15 +517,20 @@ class Pipeline:
         source: str | None,
         story: str | None = None,
         members: Sequence[str] = (),
+        hits: list[tuple[str, float]] | None = None,
+        briefs: Mapping[str, ArticleBrief] | None = None,
     ) -> list[RelatedHit]:
-        """``members``: the ids of ``story`` (oldest first), candidates whatever their cosine."""
+        """``members``: the ids of ``story`` (oldest first), candidates whatever their cosine.
+        ``hits``: a search for ``vec`` already made (used when it reaches deep enough);
+        ``briefs``: those already read, of ``hits`` and ``members``."""
         if k < 1 or k > self.settings.max_k:
             raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
         filtered = since is not None or until is not None or source is not None
-        # Re-ranking and filters need a candidate pool wider than k.
-        pool = min(len(self.index), max(50, 5 * k) * (4 if filtered else 1) + len(exclude))
-        hits = self.index.search(vec[None, :], pool)[0]
-        cand = [(i, s) for i, s in hits if i not in exclude]
+        pool = min(len(self.index), self._pool(k, filtered) + len(exclude))
+        if hits is None or (len(hits) < pool and len(hits) < len(self.index)):
+            hits = self.index.search(vec[None, :], pool)[0]
+            briefs = None
+        cand = [(i, s) for i, s in hits[:pool] if i not in exclude]
         s = self.settings
         w_story = s.related_story_weight if story is not None else 0.0
         if w_story and story is not None:
@@ -517,12 +540,18 @@ class Pipeline:
             seen = {i for i, _ in cand} | exclude
             extra = [m for m in members if m not in seen]
             if extra:
-                mids, mvecs = self.store.embeddings(extra[:MAX_STORY_CANDIDATES])
+                extra = extra[:MAX_STORY_CANDIDATES]
+                mids, mvecs = self.index.vectors(extra)
+                if len(mids) < len(extra):  # not indexed yet: the store has every vector
+                    mids, mvecs = self.store.embeddings(extra)
                 cand += [(i, float(mvecs[j] @ vec)) for j, i in enumerate(mids)]
         if not cand:
             return []
         # Briefs, not articles: ranking needs no text, and they carry the story.
-        arts = self.store.briefs([i for i, _ in cand])
+        arts = dict(briefs or {})
+        asked = {i for i, _ in hits} | set(members) if briefs is not None else set()
+        if unread := [i for i, _ in cand if i not in asked]:
+            arts.update(self.store.briefs(unread))
         cand_ents = self.store.entities([i for i, _ in cand]) if ents else {}
         scored = []
         for i, sim in cand:

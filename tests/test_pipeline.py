@@ -62,6 +62,31 @@ def test_duplicates_are_excluded_and_resolved(pipeline: Pipeline) -> None:
 
 
 @pytest.mark.both_backends
+def test_related_reads_the_store_once_when_the_query_is_indexed(pipeline: Pipeline) -> None:
+    pipeline.ingest(ARTS)
+    pipeline.ingest([Article("court-1-syndicated", ARTS[0].text, ARTS[0].title, "Wire")])
+    store, calls = pipeline.store, []
+
+    class Recording:  # the Store protocol, noting which methods are called
+        def __getattr__(self, name: str) -> object:
+            calls.append(name)
+            return getattr(store, name)
+
+    pipeline.store = Recording()  # type: ignore[assignment]
+    try:
+        fast = pipeline.related("court-1", k=3)
+        assert calls == ["query_context"]
+        # A duplicate's id is not indexed: its vector comes from the store, then a search
+        # and a second read. Same answer.
+        calls.clear()
+        assert pipeline.related("court-1-syndicated", k=3) == fast
+        assert calls == ["query_context", "briefs"]
+    finally:
+        pipeline.store = store
+    assert [h.id for h in fast][:1] == ["court-2"]
+
+
+@pytest.mark.both_backends
 def test_update_reembeds_and_delete_removes(pipeline: Pipeline) -> None:
     pipeline.ingest(ARTS)
     changed = Article("storm-2", "The Supreme Court heard arguments about police immunity.",

@@ -242,7 +242,12 @@ def test_query_context_follows_duplicates_and_orders_the_story(make_store: MakeS
     assert ctx.duplicates == ("a-copy",)
     # the order get_story gives: undated first, then by time
     assert ctx.story_members == ("c", "a", "b") == tuple(st.get_story("s_1").article_ids)
-    lone = st.query_context("d")
+    assert ctx.briefs == st.briefs(["a", "b", "c"])  # the story's members
+    # candidates' briefs come with it (unknown ids left out), the members' still
+    with_cands = st.query_context("a", ["d", "missing", "b"])
+    assert with_cands is not None and with_cands.briefs == st.briefs(["a", "b", "c", "d"])
+    lone = st.query_context("d", ["c"])
     assert lone is not None and lone.brief.story_id is None
     assert (lone.duplicates, lone.story_members) == ((), ())
+    assert lone.briefs == st.briefs(["c"])
     assert st.query_context("missing") is None
