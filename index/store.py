@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -132,6 +133,10 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _ts(dt: datetime | None) -> float | None:
     return dt.timestamp() if dt else None
+
+
+_json_decode = msgspec.json.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
 
 
 def _parse(s: str | None) -> datetime | None:
@@ -303,7 +308,8 @@ class SQLiteStore:
         come as ``hex(col)``; JSON cannot hold them. Row order is not guaranteed.
         """
         rows = self._query(f"SELECT json_group_array(json_array({columns})) AS j {rest}", params)
-        out: list[list[Any]] = json.loads(rows[0]["j"]) if rows else []
+        # msgspec: the stdlib decoder was 3 % of the API's interpreter time under load
+        out: list[list[Any]] = _json_decode(rows[0]["j"]) if rows else []
         return out
 
     def close(self) -> None:
@@ -505,11 +511,12 @@ class SQLiteStore:
             " LEFT JOIN embeddings e ON e.article_id = a.id"
             " WHERE a.id = COALESCE((SELECT id FROM articles WHERE id = ?),"
             "                       (SELECT canonical_id FROM duplicates WHERE id = ?))",
-            (json.dumps(list(briefs_of)), article_id, article_id),
+            (_json_encode(list(briefs_of)).decode(), article_id, article_id),
         )
         if not rows:
             return None
-        i, title, source, published, story, vec, dups, members, briefs = json.loads(rows[0]["j"])
+        i, title, source, published, story, vec, dups, members, briefs = _json_decode(
+            rows[0]["j"])
         if vec is None:
             raise StoreError(f"article '{i}' has no stored embedding")
         return QueryContext(
@@ -654,12 +661,11 @@ class SQLiteStore:
     def story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         for chunk in _chunks(list(article_ids)):
-            for r in self._query(
-                "SELECT article_id, story_id FROM story_members"
-                f" WHERE article_id IN ({_qs(chunk)})",
+            for i, sid in self._packed(
+                "article_id, story_id", f"FROM story_members WHERE article_id IN ({_qs(chunk)})",
                 chunk,
             ):
-                out[r["article_id"]] = r["story_id"]
+                out[i] = sid
         return out
 
     def record_history(

@@ -34,10 +34,9 @@ from storyline.service.api.problems import problem_handler
 from storyline.service.api.ratelimit import WindowCountRateLimitMiddleware
 from storyline.service.api.runtime import (
     Runtime,
-    auth_guard,
+    before_request,
     provide_runtime,
     rate_limit_identifier,
-    strict_body,
 )
 from storyline.service.api.search import SearchController
 from storyline.service.api.stories import StoriesController
@@ -182,8 +181,7 @@ def create_app(settings: Settings, *, pipeline: Any | None = None) -> Litestar:
             DigestsController, HealthController, MetricsController,
         ],
         dependencies={"rt": Provide(provide_runtime, sync_to_thread=False)},
-        guards=[auth_guard],
-        before_request=strict_body,
+        before_request=before_request,
         exception_handlers={Exception: problem_handler},
         middleware=[server_timing_middleware, rate_limit.middleware, prometheus.middleware],
         cors_config=cors,
