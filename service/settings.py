@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         2048, ge=0, description="ad hoc article sets whose summary + stances, and whose "
         "whole answers (their articles' text included), stay in memory"
     )
+    inline_lookups: bool = Field(
+        True, description="HTTP, embedded SQLite store only: run related-coverage lookups "
+        "and cached-summary probes on the event loop (one or two packed reads and a FAISS "
+        "search, well under a millisecond idle) instead of on the I/O pool, whose hop to a "
+        "thread and back cost more than the call under load. With PostgreSQL (a network "
+        "round trip) they always run on the I/O pool",
+    )
     gil_switch_interval_ms: float = Field(
         1.0, gt=0, le=100,
         description="`storyline serve`: how long a thread may hold the GIL while another "

@@ -144,6 +144,27 @@ def test_searches_run_single_threaded_in_the_pools(client: TestClient[Litestar])
         assert pool.executor.submit(faiss.omp_get_max_threads).result(10) == 1
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_lookups_run_on_the_event_loop_over_sqlite(pipeline: Pipeline, inline: bool) -> None:
+    # related and the cached-summary probe skip the I/O pool's two thread hops (settings
+    # inline_lookups); the answers are the same either way
+    with TestClient(make_app(pipeline, inline_lookups=inline)) as c:
+        assert c.post("/v1/articles", json={"articles": ARTS}, headers=AUTH).status_code == 200
+        sid = c.get("/v1/articles/court-1").json()["story_id"]
+        first = c.post("/v1/summarise", json={"story_id": sid})  # computes and stores it
+        ids = [a["id"] for a in first.json()["stories"][0]["articles"]]
+        io = c.app.state.runtime.io
+        before = io.calls
+        related = c.get("/v1/articles/court-1/related?k=2")
+        assert related.status_code == 200
+        assert related.json()["related"][0]["id"] == "court-2"
+        again = c.post("/v1/summarise", json={"article_ids": ids}).json()["stories"]
+        assert [(v["id"], v["cached"]) for v in again] == [(sid, True)]
+        assert again[0]["summary"] == first.json()["stories"][0]["summary"]
+        assert c.get("/v1/articles/nope/related").status_code == 404
+        assert (io.calls == before) is inline
+
+
 def test_ready_stays_503_when_models_cannot_load(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path / "empty"))  # no models/ there
     with TestClient(app) as c:

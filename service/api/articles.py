@@ -131,6 +131,6 @@ class ArticlesController(Controller):
         check_range(k, "k", 1, rt.settings.max_k)
         t0, t1 = query_time(since, "since"), query_time(until, "until")
         pipe = rt.get_pipeline()
-        hits = await rt.io.run(pipe.related, article_id, k=k, since=t0, until=t1, source=source,
+        hits = await rt.lookup(pipe.related, article_id, k=k, since=t0, until=t1, source=source,
                                exclude_same_story=exclude_same_story)
         return RelatedResponse(article_id, [hit_out(h) for h in hits])

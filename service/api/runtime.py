@@ -236,6 +236,21 @@ class Runtime:
         self.index_saver = IndexSaver(self, settings.index_save_interval_s)
         self._digests = frozenset(d.strip().lower() for d in settings.api_keys_sha256)
         self._lock = threading.Lock()
+        self._inline: bool | None = None  # decided once the pipeline is loaded
+
+    async def lookup(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a short store/index read: on the event loop when ``inline_lookups`` and the
+        store is the embedded SQLite, else on the I/O pool. Under load a hop to a pool
+        thread and back waits for the interpreter lock and a CPU twice, which cost more
+        than the read itself (bench/RESULTS.md, session 11)."""
+        if self._inline is None and self.pipeline is not None:
+            from storyline.index.store import SQLiteStore
+
+            self._inline = self.settings.inline_lookups and isinstance(
+                getattr(self.pipeline, "store", None), SQLiteStore)
+        if self._inline:
+            return fn(*args, **kwargs)
+        return await self.io.run(fn, *args, **kwargs)
 
     def get_pipeline(self) -> Any:
         if self.pipeline is not None:

@@ -115,10 +115,10 @@ class SummariseController(Controller):
                 if not data.store:  # an ad hoc set answered before
                     cached = await _cached(rt, pipe, "cached_summaries", data.mode, arts, budget)
             else:
-                # One trip to the I/O pool for the read and the cache lookup: under load
-                # each hop back to the event loop costs more than either read.
+                # The read and the cache probe in one call (rt.lookup: on the event loop,
+                # or one trip to the I/O pool): under load each hop costs more than a read.
                 lookup = _cache_lookup(pipe, "cached_summaries", data.mode)
-                arts, cached = await rt.io.run(_stored_and_cached, pipe, items, lookup, budget)
+                arts, cached = await rt.lookup(_stored_and_cached, pipe, items, lookup, budget)
             if cached is not None:
                 views = cached
             elif data.store:  # an ingest first: the write path's pool and priority
