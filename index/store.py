@@ -614,18 +614,14 @@ class SQLiteStore:
                 )
 
     def get_story(self, story_id: str) -> Story:
-        rows = self._query("SELECT * FROM stories WHERE id=?", (story_id,))
+        rows = self._query(f"{_STORY_SELECT} WHERE s.id=?", (story_id,))
         if not rows:
             raise NotFound(f"story '{story_id}' not found")
         return self._story(rows[0])
 
     def _story(self, r: sqlite3.Row) -> Story:
-        found = self._packed(
-            "m.article_id, a.published_ts",
-            "FROM story_members m JOIN articles a ON a.id = m.article_id WHERE m.story_id=?",
-            (r["id"],),
-        )
-        members = _oldest_first(found)
+        """A story from a row of ``_STORY_SELECT`` (its members come in the same row)."""
+        members = _oldest_first(_json_decode(r["members"]))
         return Story(
             id=r["id"], label=r["label"], article_ids=members, first_at=_parse(r["first_at"]),
             last_at=_parse(r["last_at"]), outlets=json.loads(r["outlets"]),
@@ -646,7 +642,7 @@ class SQLiteStore:
         lo = since.timestamp() if since else float("-inf")
         hi = until.timestamp() if until else float("inf")
         rows = self._query(
-            "SELECT s.* FROM stories s WHERE s.status=? AND COALESCE(s.last_ts, 0) >= ?"
+            f"{_STORY_SELECT} WHERE s.status=? AND COALESCE(s.last_ts, 0) >= ?"
             " AND COALESCE(s.first_ts, 0) < ? AND (SELECT COUNT(*) FROM story_members m"
             " WHERE m.story_id = s.id) >= ? ORDER BY s.last_ts DESC, s.id LIMIT ? OFFSET ?",
             (status, lo, hi, min_size, limit, offset),
@@ -760,6 +756,14 @@ def resolve_successors(
 
 
 _ARTICLE_COLUMNS: Final = "id, text, title, source, url, published_at, lang, gold_story_id, lean"
+
+
+#: a story row with its members' ``[id, published_ts]`` as JSON: one statement per story
+_STORY_SELECT: Final = (
+    "SELECT s.*, (SELECT json_group_array(json_array(m.article_id, a.published_ts))"
+    " FROM story_members m JOIN articles a ON a.id = m.article_id"
+    " WHERE m.story_id = s.id) AS members FROM stories s"
+)
 
 
 def _oldest_first(members: list[list[Any]]) -> list[str]:

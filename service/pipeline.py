@@ -656,9 +656,8 @@ class Pipeline:
         versions and need not be read again (under load each read costs GIL hand-offs).
         """
         latest = list({a.id: a for a in articles}.values())
-        hashes = {a.id: a.content_hash for a in latest} if stored else \
-            self._stored_hashes(latest)
-        story = self._exact_story(latest, hashes)
+        own = {a.id: a.content_hash for a in latest}
+        story = self._exact_story(own, own if stored else self._stored_hashes(latest))
         if story is None:
             return self._cached_set(self._set_key(latest, budget_words, "extractive"))
         members = None
@@ -722,16 +721,24 @@ class Pipeline:
         if articles is None:
             articles = self.store.get_articles(story.article_ids)
         key = self.analysis_key(story.content_hash, budget, mode)
+        # The key covers the story's content, so a decoded analysis kept in memory is as
+        # current as the stored one, without reading and decoding it on every request.
+        mem_key = f"story:{key}"
+        hit = self._lru_get(self._analyses, mem_key)
+        if hit is not None:
+            return StoryView(story, articles, hit[0], list(hit[1]), cached=True)
         kind = "analysis" if mode == "extractive" else f"analysis:{mode}"
         cached = self.store.get_output(story.id, kind)
         if cached is not None and cached[0] == key:
             summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
+            self._lru_put(self._analyses, mem_key, (summary, list(stances)))
             return StoryView(story, articles, summary, list(stances), cached=True)
         if not compute:
             return None
         summary, stances, timing = self.analyse(articles, budget, mode)
         payload = msgspec.json.encode((summary, stances)).decode()
         self.store.put_output(story.id, kind, key, payload)
+        self._lru_put(self._analyses, mem_key, (summary, stances))
         return StoryView(story, articles, summary, stances, timing)
 
     def summarise_articles(
@@ -756,7 +763,7 @@ class Pipeline:
 
         latest = list({a.id: a for a in articles}.values())
         stored = self._stored_hashes(latest)
-        exact = self._exact_story(latest, stored)
+        exact = self._exact_story({a.id: a.content_hash for a in latest}, stored)
         if exact is not None:
             return [self.story_view(exact.id, budget_words=budget_words, mode=mode)]
         set_key = self._set_key(latest, budget_words, mode)
@@ -796,10 +803,9 @@ class Pipeline:
         """Content hash of each of ``articles`` that is stored under its id."""
         return {a.id: a.content_hash for a in self.store.get_articles([a.id for a in articles])}
 
-    def _exact_story(self, articles: Sequence[Article], stored: dict[str, str]) -> Story | None:
-        """The stored story whose members are exactly ``articles``, unchanged, if any
-        (``stored``: ``_stored_hashes(articles)``)."""
-        latest = {a.id: a.content_hash for a in articles}
+    def _exact_story(self, latest: dict[str, str], stored: dict[str, str]) -> Story | None:
+        """The stored story whose members are exactly the articles ``latest`` (id -> content
+        hash), unchanged, if any (``stored``: ``_stored_hashes`` of them)."""
         if stored != latest:
             return None
         owners = set(self.store.story_of(list(latest)).values())
