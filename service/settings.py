@@ -105,11 +105,11 @@ class Settings(BaseSettings):
         "whole answers (their articles' text included), stay in memory"
     )
     inline_lookups: bool = Field(
-        True, description="HTTP, embedded SQLite store only: run related-coverage lookups "
-        "and cached-summary probes on the event loop (one or two packed reads and a FAISS "
-        "search, well under a millisecond idle) instead of on the I/O pool, whose hop to a "
-        "thread and back cost more than the call under load. With PostgreSQL (a network "
-        "round trip) they always run on the I/O pool",
+        False, description="HTTP, embedded SQLite store only: run related-coverage lookups "
+        "and cached-summary probes on the event loop instead of the I/O pool (no hop to a "
+        "thread and back). Session 11, 16-client load, best phases: summarise p99 117-130 "
+        "vs 153-201 ms and req/s level, but related p99 55-59 vs 45-50 ms, so off by "
+        "default. PostgreSQL always uses the I/O pool",
     )
     gil_switch_interval_ms: float = Field(
         1.0, gt=0, le=100,
