@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     )
     analysis_cache_size: int = Field(
         2048, ge=0, description="ad hoc article sets whose summary + stances, and whose "
-        "whole answers (their articles' text included), stay in memory"
+        "whole answers (their articles' text included), stay in memory; the analyses' LRU also "
+        "keeps stored stories' decoded analyses"
     )
     inline_lookups: bool = Field(
         False, description="HTTP, embedded SQLite store only: run related-coverage lookups "

@@ -240,9 +240,9 @@ class Runtime:
 
     async def lookup(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a short store/index read: on the event loop when ``inline_lookups`` and the
-        store is the embedded SQLite, else on the I/O pool. Under load a hop to a pool
-        thread and back waits for the interpreter lock and a CPU twice, which cost more
-        than the read itself (bench/RESULTS.md, session 11)."""
+        store is the embedded SQLite, else on the I/O pool. Inline saves the hop to a pool
+        thread and back, but holds up every other request meanwhile: off by default, as
+        it lowered summarise p99 and raised related p99 (bench/RESULTS.md, session 11)."""
         if self._inline is None and self.pipeline is not None:
             from storyline.index.store import SQLiteStore
 
