@@ -423,13 +423,13 @@ class SQLiteStore:
         """Title, source, time and story of each known id (unknown ids are left out)."""
         out: dict[str, ArticleBrief] = {}
         for chunk in _chunks(list(ids)):
-            for i, title, source, published, story in self._packed(
+            for r in self._packed(
                 "a.id, a.title, a.source, a.published_at, m.story_id",
                 "FROM articles a LEFT JOIN story_members m ON m.article_id = a.id"
                 f" WHERE a.id IN ({_qs(chunk)})",
                 chunk,
             ):
-                out[i] = ArticleBrief(i, title, source, _parse(published), story)
+                out[r[0]] = _brief_of(r)
         return out
 
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
@@ -515,16 +515,16 @@ class SQLiteStore:
         )
         if not rows:
             return None
-        i, title, source, published, story, vec, dups, members, briefs = _json_decode(
-            rows[0]["j"])
+        row = _json_decode(rows[0]["j"])
+        brief, (vec, dups, members, briefs) = _brief_of(row[:5]), row[5:]
         if vec is None:
-            raise StoreError(f"article '{i}' has no stored embedding")
+            raise StoreError(f"article '{brief.id}' has no stored embedding")
         return QueryContext(
-            ArticleBrief(i, title, source, _parse(published), story),
+            brief,
             np.frombuffer(bytes.fromhex(vec), dtype=np.float32).copy(),
             tuple(sorted(dups)),
-            tuple(_oldest_first(members)) if story is not None else (),
-            {b[0]: ArticleBrief(b[0], b[1], b[2], _parse(b[3]), b[4]) for b in briefs},
+            tuple(_oldest_first(members)) if brief.story_id is not None else (),
+            {b[0]: _brief_of(b) for b in briefs},
         )
 
     def embeddings(
@@ -771,6 +771,12 @@ def _oldest_first(members: list[list[Any]]) -> list[str]:
     (an article without a time first): a story's members as ``get_story`` gives them."""
     members.sort(key=lambda m: (m[1] is not None, m[1] or 0.0, m[0]))
     return [m[0] for m in members]
+
+
+def _brief_of(r: Sequence[Any]) -> ArticleBrief:
+    """A brief from ``[id, title, source, published_at, story_id]`` (a ``_packed`` row)."""
+    i, title, source, published, story = r
+    return ArticleBrief(i, title, source, _parse(published), story)
 
 
 def _article_of(r: Sequence[Any]) -> Article:

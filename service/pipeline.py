@@ -455,9 +455,7 @@ class Pipeline:
         source: str | None = None,
         exclude_same_story: bool = False,
     ) -> list[RelatedHit]:
-        if k < 1 or k > self.settings.max_k:
-            raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
-        filtered = since is not None or until is not None or source is not None
+        pool = self._pool(k, since is not None or until is not None or source is not None)
         # Under load each store statement costs a GIL hand-off or more
         # (store.SQLiteStore._packed). When the index holds the query's vector the search
         # runs first, and one statement reads the query's context with every candidate's
@@ -465,7 +463,7 @@ class Pipeline:
         vec = self.index.vectors([article_id])[1]
         hits: list[tuple[str, float]] | None = None
         if len(vec) and not exclude_same_story:
-            hits = self.index.search(vec, self._pool(k, filtered) + RELATED_SLACK)[0]
+            hits = self.index.search(vec, pool + RELATED_SLACK)[0]
         ctx = self.store.query_context(article_id, [i for i, _ in hits or ()])
         if ctx is None:
             raise NotFound(f"article '{article_id}' not found")
@@ -499,8 +497,10 @@ class Pipeline:
         return self._rank(vec, None, ents, k=k, exclude=set(), since=since, until=until,
                           source=source)
 
-    @staticmethod
-    def _pool(k: int, filtered: bool) -> int:
+    def _pool(self, k: int, filtered: bool) -> int:
+        """How many nearest vectors to rank for ``k`` results (``k`` checked here)."""
+        if k < 1 or k > self.settings.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
         # Re-ranking and filters need a candidate pool wider than k.
         return max(50, 5 * k) * (4 if filtered else 1)
 
@@ -523,8 +523,6 @@ class Pipeline:
         """``members``: the ids of ``story`` (oldest first), candidates whatever their cosine.
         ``hits``: a search for ``vec`` already made (used when it reaches deep enough);
         ``briefs``: those already read, of ``hits`` and ``members``."""
-        if k < 1 or k > self.settings.max_k:
-            raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
         filtered = since is not None or until is not None or source is not None
         pool = min(len(self.index), self._pool(k, filtered) + len(exclude))
         if hits is None or (len(hits) < pool and len(hits) < len(self.index)):

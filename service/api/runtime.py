@@ -40,6 +40,7 @@ from litestar.exceptions import (
 from litestar.params import QueryParameter
 from litestar.utils.scope.state import ScopeState
 
+from storyline.index.store import SQLiteStore
 from storyline.models.errors import InvalidInput, Overloaded
 from storyline.service.api import metrics
 from storyline.service.settings import Settings
@@ -236,19 +237,14 @@ class Runtime:
         self.index_saver = IndexSaver(self, settings.index_save_interval_s)
         self._digests = frozenset(d.strip().lower() for d in settings.api_keys_sha256)
         self._lock = threading.Lock()
-        self._inline: bool | None = None  # decided once the pipeline is loaded
 
     async def lookup(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a short store/index read: on the event loop when ``inline_lookups`` and the
         store is the embedded SQLite, else on the I/O pool. Inline saves the hop to a pool
         thread and back, but holds up every other request meanwhile: off by default, as
         it lowered summarise p99 and raised related p99 (bench/RESULTS.md, session 11)."""
-        if self._inline is None and self.pipeline is not None:
-            from storyline.index.store import SQLiteStore
-
-            self._inline = self.settings.inline_lookups and isinstance(
-                getattr(self.pipeline, "store", None), SQLiteStore)
-        if self._inline:
+        if self.settings.inline_lookups and isinstance(
+                getattr(self.pipeline, "store", None), SQLiteStore):
             return fn(*args, **kwargs)
         return await self.io.run(fn, *args, **kwargs)
 
