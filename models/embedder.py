@@ -8,8 +8,9 @@ per run (see ``embedder_build.RECIPE`` and bench/RESULTS.md for the measurements
   batch a text's vector depended on its batch-mates (cosine down to 0.986 between the
   same text embedded alone and in a batch). One text per run makes every vector a
   function of its text only, so results do not depend on order or batching;
-- no padding means no mask, which lets MultiHeadAttention use MLAS flash attention, and
-  no wasted tokens (char-length-sorted batches of 32 padded 16% of the tokens);
+- no padding means no mask, so attention needs no masking path (MLAS flash attention or
+  plain GEMMs + Softmax, whichever the build timed faster on its CPU), and no wasted
+  tokens (char-length-sorted batches of 32 padded 16% of the tokens);
 - throughput comes from running ``threads`` texts at once, one single-threaded run per
   worker thread: no intra-op barriers, which on the shared 2-core box cost more than the
   work they split. A lone text (latency) uses all threads on one run instead.

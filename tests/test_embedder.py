@@ -161,3 +161,50 @@ def test_caching_embedder_returns_the_models_vectors_and_bounds_itself(
     seeded.remember(texts[:2], ref[[0, 1]])  # vectors computed elsewhere are served as hits
     np.testing.assert_array_equal(seeded.embed(texts[:3]), embedder.embed(texts[:3]))
     assert (seeded.hits, seeded.misses) == (2, 1)
+
+
+def test_every_graph_variant_computes_the_fused_models_vectors(
+    tmp_path: Path, texts: list[str]
+) -> None:
+    """Each layout the build may pick (timed per CPU) is the same function before int8."""
+    import onnxruntime as ort
+
+    from storyline.models import embedder_build as eb
+    from storyline.models.embedder import load_tokenizer
+
+    src = eb.minilm_source_dir()
+    eb._export_fp32(src, tmp_path / "fp32.onnx")
+    eb._fuse(tmp_path / "fp32.onnx", tmp_path / "fused.onnx")
+    eb._write_tokenizer(src, tmp_path / "tokenizer.json")
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    fused = ort.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
+    encs = tok.encode_batch([texts[0], texts[5], "Short one."])
+    want = []
+    for e in encs:
+        ids = np.asarray(e.ids, dtype=np.int64)[None, :]
+        (hidden,) = fused.run(
+            ["last_hidden_state"],
+            {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids},
+        )
+        v = hidden[0].mean(axis=0)
+        want.append(v / np.linalg.norm(v))
+    for variant in eb.VARIANTS:
+        out = tmp_path / f"{variant.name}.onnx"
+        eb._restructure(tmp_path / "fused.onnx", out, variant)
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == ["input_ids"]
+        for e, w in zip(encs, want, strict=True):
+            (got,) = sess.run(None, {"input_ids": np.asarray(e.ids, dtype=np.int64)[None, :]})
+            # tanh GELU is an approximation: close, not equal.
+            tol = 1e-5 if variant.gelu == "erf" else 2e-3
+            assert np.abs(got[0] - w).max() <= tol, variant.name
+
+
+def test_variant_choice_prefers_exact_forms_within_timing_noise() -> None:
+    from storyline.models.embedder_build import _choose
+
+    ms = {"flash-erf": 10.0, "flash-tanh": 9.9, "unfused-erf": 9.0, "unfused-tanh": 8.9}
+    assert _choose(ms).name == "unfused-erf"  # within 2 % of the fastest
+    ms["unfused-erf"] = 9.5
+    assert _choose(ms).name == "unfused-tanh"
+    assert _choose(dict.fromkeys(ms, 5.0)).name == "flash-erf"
