@@ -63,7 +63,8 @@ RECIPE: dict[str, Any] = {
     "selection": (
         "every variant quantised, then timed single-threaded on up to 160 check texts, one "
         "text per run, in interleaved chunks of 20 over 3 rounds; the lowest total wins, "
-        "but a variant listed earlier within 2 % of it takes a tie (exact GELU first)"
+        "but a variant listed earlier within 2 % of it takes a tie (exact GELU first); "
+        "if the winner fails the cosine check, the next one is checked"
     ),
     "quantisation": "quantize_dynamic QInt8 per_channel=True reduce_range=False (u8s8)",
     "max_tokens": 256,
@@ -481,20 +482,30 @@ def build_embedder(
             _restructure(tmp / "fused.onnx", tmp / f"{v.name}.fp32.onnx", v)
             _quantise(tmp / f"{v.name}.fp32.onnx", tmp / f"{v.name}.onnx")
         timings = _time_variants(tmp, check_texts)
-        chosen = _choose(timings)
         log(
             "variant ms per text (1 thread): "
             + ", ".join(f"{k} {ms:.2f}" for k, ms in timings.items())
-            + f"; keeping {chosen.name}"
         )
-        shutil.copyfile(tmp / f"{chosen.name}.onnx", tmp / EMBEDDER.file)
-        # Verify from the temp folder, before anything replaces a working model.
-        cos = _self_check(tmp, check_texts, log)
-        if cos["mean"] < RECIPE["min_mean_cosine"]:
+        # Verify from the temp folder, before anything replaces a working model. The
+        # fastest variant that passes is kept (they quantise alike, so normally the first).
+        log(f"self-check: int8 vs sentence-transformers fp32 on {len(check_texts)} texts")
+        ref = reference_embed(check_texts)
+        checks: dict[str, dict[str, Any]] = {}
+        chosen = None
+        for v in _preference(timings):
+            shutil.copyfile(tmp / f"{v.name}.onnx", tmp / EMBEDDER.file)
+            checks[v.name] = cos = _cosine_check(tmp, check_texts, ref)
+            if cos["mean"] >= RECIPE["min_mean_cosine"]:
+                chosen = v
+                break
+            log(f"  {v.name}: mean cosine {cos['mean']:.4f} is under the bar; trying the next")
+        if chosen is None:
             raise ModelBuildError(
-                f"int8 embedder drifts from the fp32 reference: mean cosine {cos['mean']:.4f} "
-                f"< {RECIPE['min_mean_cosine']} over {cos['n']} texts"
+                "int8 embedder drifts from the fp32 reference in every variant: mean cosine "
+                + ", ".join(f"{k} {c['mean']:.4f}" for k, c in checks.items())
+                + f" < {RECIPE['min_mean_cosine']} over {len(check_texts)} texts"
             )
+        log(f"keeping {chosen.name}")
         for name in (EMBEDDER.file, "tokenizer.json"):
             shutil.move(str(tmp / name), str(folder / name))
     meta = {
@@ -504,10 +515,11 @@ def build_embedder(
         "variant_ms_per_text": timings,
         "cpu": _cpu_name(),
         "versions": _versions(),
-        "check": cos,
+        "check": checks[chosen.name],
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     manifest.record_files(EMBEDDER, meta)
+    cos = checks[chosen.name]
     log(f"embedder built: mean cosine {cos['mean']:.4f} (min {cos['min']:.4f}) over {cos['n']}")
     return meta
 
@@ -544,11 +556,17 @@ def _time_variants(folder: Path, texts: Sequence[str]) -> dict[str, float]:
     return {name: round(secs / runs * 1e3, 3) for name, secs in total.items()}
 
 
-def _choose(timings: dict[str, float]) -> Variant:
-    """The fastest variant, except that one earlier in ``VARIANTS`` within the timing noise
-    (2 %) wins a tie: the exact GELU before the approximation, flash before unfused."""
-    best = min(timings.values())
-    return next(v for v in VARIANTS if timings[v.name] <= best * (1 + _TIE))
+def _preference(timings: dict[str, float]) -> list[Variant]:
+    """Variants fastest first, except that one earlier in ``VARIANTS`` within the timing
+    noise (2 %) of the next takes its place: exact GELU before tanh, flash before unfused."""
+    left = list(VARIANTS)
+    order = []
+    while left:
+        best = min(timings[v.name] for v in left)
+        pick = next(v for v in left if timings[v.name] <= best * (1 + _TIE))
+        order.append(pick)
+        left.remove(pick)
+    return order
 
 
 def _cpu_name() -> str:
@@ -563,11 +581,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _self_check(folder: Path, texts: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+def _cosine_check(folder: Path, texts: Sequence[str], ref: np.ndarray) -> dict[str, Any]:
     from storyline.models.embedder import OnnxEmbedder
 
-    log(f"self-check: int8 vs sentence-transformers fp32 on {len(texts)} texts")
-    ref = reference_embed(texts)
     ours = OnnxEmbedder.from_folder(folder).embed(texts)
     cos = (ours * ref).sum(axis=1)
     return {
