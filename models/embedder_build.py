@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,15 +76,20 @@ RECIPE: dict[str, Any] = {
 class Variant:
     """One graph layout the build can emit; which is fastest depends on the CPU."""
 
-    attention: str  # "flash" | "unfused"
-    gelu: str  # "erf" | "tanh"
+    attention: Literal["flash", "unfused"]
+    gelu: Literal["erf", "tanh"]
 
     @property
     def name(self) -> str:
         return f"{self.attention}-{self.gelu}"
 
 
-VARIANTS = tuple(Variant(a, g) for a in ("flash", "unfused") for g in ("erf", "tanh"))
+VARIANTS: tuple[Variant, ...] = (
+    Variant("flash", "erf"),
+    Variant("flash", "tanh"),
+    Variant("unfused", "erf"),
+    Variant("unfused", "tanh"),
+)
 
 _TIMING_TEXTS = 160
 _TIMING_CHUNK = 20
@@ -340,8 +345,8 @@ def _unfused_attention(
     """Attention as MLAS GEMMs + Softmax over one unpadded text.
 
     1/sqrt(head size) is folded into the Q columns of the QKV weight and bias, and the
-    bias Add folds into the int8 MatMul at load, so no elementwise pass is left but
-    Softmax. ORT fuses the K transpose into the score MatMul.
+    bias Add folds into the int8 MatMul at load, so no separate scale or bias pass is
+    left. ORT fuses the K transpose into the score MatMul.
     """
     from onnx import helper, numpy_helper
 
