@@ -461,12 +461,12 @@ def build_embedder(
         rec = manifest.get(EMBEDDER.name)
         log(f"embedder up to date ({models_dir / EMBEDDER.folder})")
         meta = rec.meta if rec else {}
-        timed_on = meta.get("cpu")
-        if timed_on and timed_on != _cpu_name():
+        timed_on, here = meta.get("cpu"), _cpu_name()
+        if timed_on and timed_on != here:
             # The layout was the fastest where it was built; it still runs correctly here.
             log(
                 f"  its graph variant was timed on {timed_on!r}, this CPU is "
-                f"{_cpu_name()!r}: `storyline models build --force` re-times it here"
+                f"{here!r}: `storyline models build --force` re-times it here"
             )
         return meta
     if not check_texts:
