@@ -33,6 +33,8 @@ Alias resolution (within one story):
   ("Putin", "Mr. Putin") joins the full name of the story ending in it. When several full
   names share that surname, the nearest preceding one in the same article wins (titles
   Mr./Mrs./Ms. must agree in gender); with no such name the surname stays its own actor.
+  A lone name that ends no full name but opens exactly one joins it: family name first,
+  as in "Xi" for "Xi Jinping" or "Tsai" for "Tsai Ing-wen".
 * The canonical name is the table's name where a table applies, else the longest full form.
 
 Metonyms stay actors of their own, with ``stands_for`` naming the government they stand for
@@ -971,8 +973,10 @@ class SpacyActorExtractor:
                 if wa[0] == wb[0] and wa[-1] == wb[-1] and set(wa) <= set(wb):
                     uf.union(a, b)
         by_last: dict[str, set[str]] = defaultdict(set)
+        by_first: dict[str, set[str]] = defaultdict(set)
         for k in full:
             by_last[k.split()[-1]].add(uf.find(k))
+            by_first[k.split()[0]].add(uf.find(k))
         gender_of: dict[str, str] = {}
         for m in persons:
             if m.gender:
@@ -981,7 +985,13 @@ class SpacyActorExtractor:
         # lone surnames -> the full name (per mention: the nearest preceding one on ties)
         resolved: dict[int, str] = {}
         for m in mentions:
-            if len(m.key.split()) != 1 or m.key not in by_last:
+            if len(m.key.split()) != 1:
+                continue
+            if m.key not in by_last:
+                # Family name first ("Xi" after "Xi Jinping", "Tsai" after "Tsai Ing-wen"):
+                # a lone name that opens exactly one full name and ends none.
+                if m.label == "PERSON" and len(by_first.get(m.key, ())) == 1:
+                    resolved[m.order] = next(iter(by_first[m.key]))
                 continue
             if m.label != "PERSON" and (m.key in METONYMS or m.label == "NORP"):
                 continue

@@ -142,6 +142,33 @@ def test_surname_goes_to_the_nearest_preceding_full_name(ex: SpacyActorExtractor
     assert _actor(actors, "Joe Biden").mention_count == 1
 
 
+def test_family_name_first_joins_the_full_name(ex: SpacyActorExtractor) -> None:
+    actors = ex.extract(
+        [
+            _art(
+                "The Taiwanese president stood firm against Chinese President Xi Jinping on "
+                "Sunday. Only a day earlier Xi pushed for reunification with the island."
+            ),
+            _art(
+                "Taiwan will not bow to pressure, President Tsai Ing-wen said on Sunday. Tsai "
+                "warned that the island faces its most complex situation in decades.",
+                aid="a2",
+            ),
+        ]
+    )
+    assert _actor(actors, "Xi Jinping").mention_count == 2
+    assert _actor(actors, "Tsai Ing-wen").mention_count == 2
+    assert not [a for a in actors if a.name in {"Xi", "Tsai"}]
+
+
+def test_lone_first_name_shared_by_two_full_names_stays_apart(ex: SpacyActorExtractor) -> None:
+    actors = ex.extract(
+        [_art("Kim Jong Un met Kim Yo Jong in Pyongyang on Monday. Kim said the talks went well.")]
+    )
+    assert _actor(actors, "Kim Jong Un").mention_count == 1
+    assert _actor(actors, "Kim Yo Jong").mention_count == 1
+
+
 def test_metonyms_stand_for_their_government(ex: SpacyActorExtractor) -> None:
     actors = ex.extract(
         [
