@@ -45,8 +45,16 @@ has probabilities (neg, neu, pos) and a weight; ``score`` = weighted mean of
 
 * ``mixed`` when the confidently positive items and the confidently negative items each
   hold >= ``mixed_share`` (30%) of the weight: the coverage (or speaker) goes both ways;
-* else ``supportive`` when ``score >= polar_threshold`` (0.15), ``critical`` when
-  ``score <= -polar_threshold``, else ``neutral``.
+* else, for **portrayal** (:data:`PORTRAYAL_RULE`, ``polar_threshold=None``), the class with
+  the highest weighted mean probability: ``supportive``, ``critical`` or ``neutral`` (ties
+  go to neutral). For one mention this is the model's own decision. A threshold on
+  ``score`` called many mentions polar that the model itself rates neutral: on the
+  NewsMTSC train holdout, mention by mention, ``score >= 0.15`` scores macro-F1 0.733
+  against 0.771 for the argmax;
+* else, for **positions** (:data:`DEFAULT_RULE`), ``supportive`` when ``score >=
+  polar_threshold`` (0.15), ``critical`` when ``score <= -polar_threshold``, else
+  ``neutral``. Positions blend in the speech verb's cue, and a threshold lets an explicit
+  "praised" / "accused" decide against a model that reads the sentence as neutral.
 
 ``confidence`` = ``n / (n + 1)`` (more items, more trust: one item gives at most 0.5) times
 the consistency of the items with the label: the weighted mean probability of the label's
@@ -88,6 +96,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CRITICAL_VERBS",
+    "PORTRAYAL_RULE",
     "SUPPORTIVE_VERBS",
     "ActorStanceTagger",
     "AggregationRule",
@@ -117,6 +126,7 @@ SUPPORTIVE_VERBS: frozenset[str] = _words(
     salute embrace"""
 )
 _NEG, _NEU, _POS = 0, 1, 2
+_CLASS_LABEL: dict[int, StanceLabel] = {_NEG: "critical", _NEU: "neutral", _POS: "supportive"}
 _ASCII_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "«": '"', "»": '"'})
 _CUE_VECTORS: dict[str, npt.NDArray[np.float64]] = {
     "critical": np.array([1.0, 0.0, 0.0]),
@@ -252,13 +262,15 @@ def load_target_scorer(models_dir: Path | None, *, fallback: bool = True) -> Tar
 class AggregationRule:
     """Thresholds of :func:`aggregate` (see the module docstring)."""
 
-    polar_threshold: float = 0.15
+    #: None: the class with the highest weighted mean probability decides
+    polar_threshold: float | None = 0.15
     confident: float = 0.5
     mixed_share: float = 0.3
     max_evidence: int = 3
 
 
 DEFAULT_RULE = AggregationRule()
+PORTRAYAL_RULE = AggregationRule(polar_threshold=None)
 
 
 def aggregate(
@@ -291,6 +303,14 @@ def aggregate(
     if share_pos >= rule.mixed_share and share_neg >= rule.mixed_share:
         label = "mixed"
         consistency = share_pos + share_neg
+    elif rule.polar_threshold is None:
+        mean = (w[:, None] * p).sum(axis=0) / total
+        # max() keeps the first of equal values: neutral wins a tie
+        best = max((_NEU, _NEG, _POS), key=lambda c: float(mean[c]))
+        if mean[_NEG] == mean[_POS]:
+            best = _NEU
+        label = _CLASS_LABEL[best]
+        consistency = float(mean[best])
     elif score >= rule.polar_threshold:
         label = "supportive"
         consistency = float((w * p[:, _POS]).sum() / total)
@@ -387,6 +407,7 @@ class ActorStanceTagger:
         *,
         attributor: SpeechAttributor | None = None,
         rule: AggregationRule = DEFAULT_RULE,
+        portrayal_rule: AggregationRule = PORTRAYAL_RULE,
         title_weight: float = 2.0,
         direct_cue_weight: float = 0.5,
         indirect_cue_weight: float = 0.25,
@@ -395,6 +416,7 @@ class ActorStanceTagger:
         self.scorer = scorer
         self._attributor = attributor
         self.rule = rule
+        self.portrayal_rule = portrayal_rule
         self.title_weight = title_weight
         self.direct_cue_weight = direct_cue_weight
         self.indirect_cue_weight = indirect_cue_weight
@@ -462,7 +484,7 @@ class ActorStanceTagger:
         out: list[ActorStance] = []
         for n, actor in enumerate(actors):
             scored = portrayal_items.get(n, [])
-            overall = self._aggregate(probs, [s for s, _ in scored])
+            overall = self._aggregate(probs, [s for s, _ in scored], self.portrayal_rule)
             by_outlet: dict[str, list[_Scored]] = defaultdict(list)
             by_lean: dict[str, list[_Scored]] = defaultdict(list)
             for s, art in scored:
@@ -472,18 +494,24 @@ class ActorStanceTagger:
                     by_lean[art.lean].append(s)
             portrayal = Portrayal(
                 overall=overall,
-                by_outlet={k: self._aggregate(probs, v) for k, v in sorted(by_outlet.items())},
-                by_lean={k: self._aggregate(probs, v) for k, v in sorted(by_lean.items())},
+                by_outlet={
+                    k: self._aggregate(probs, v, self.portrayal_rule)
+                    for k, v in sorted(by_outlet.items())
+                },
+                by_lean={
+                    k: self._aggregate(probs, v, self.portrayal_rule)
+                    for k, v in sorted(by_lean.items())
+                },
             )
             edges = edge_items.get(actor.name, {})
             toward = tuple(
-                TowardStance(actor=name, stance=self._aggregate(probs, v))
+                TowardStance(actor=name, stance=self._aggregate(probs, v, self.rule))
                 for name, v in sorted(
                     edges.items(), key=lambda kv: (-len(kv[1]), by_name[kv[0]].salience)
                 )
             )
             issue = (
-                self._aggregate(probs, issue_items[actor.name])
+                self._aggregate(probs, issue_items[actor.name], self.rule)
                 if issue_items.get(actor.name)
                 else None
             )
@@ -507,9 +535,11 @@ class ActorStanceTagger:
             )
         return probs
 
-    def _aggregate(self, probs: npt.NDArray[np.float64], scored: list[_Scored]) -> Stance:
+    def _aggregate(
+        self, probs: npt.NDArray[np.float64], scored: list[_Scored], rule: AggregationRule
+    ) -> Stance:
         if not scored:
-            return aggregate(np.zeros((0, 3)), [], rule=self.rule)
+            return aggregate(np.zeros((0, 3)), [], rule=rule)
         rows = []
         for s in scored:
             row = probs[s.item]
@@ -520,7 +550,7 @@ class ActorStanceTagger:
             np.vstack(rows),
             [s.evidence for s in scored],
             weights=[s.weight for s in scored],
-            rule=self.rule,
+            rule=rule,
         )
 
 

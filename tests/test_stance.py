@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.protocols import StanceTagger
 from storyline.models.registry import STANCE, Manifest
 from storyline.models.stance import (
+    PORTRAYAL_RULE,
     ActorStanceTagger,
     AggregationRule,
     TargetScorer,
@@ -105,6 +107,27 @@ def test_polar_threshold_weights_and_confidence() -> None:
     dup = [Evidence("a", "same"), Evidence("a", "same"), Evidence("a", "other")]
     st = aggregate([NEG, NEG, [0.6, 0.3, 0.1]], dup)
     assert [e.text for e in st.evidence] == ["same", "other"]
+
+
+def test_portrayal_rule_takes_the_class_with_the_highest_mean() -> None:
+    r = PORTRAYAL_RULE
+    assert aggregate([NEG, NEG, NEU], _ev(3), rule=r).label == "critical"
+    # score -0.25 (critical under the position rule), but the mean probability is highest
+    # for neutral: the model's own call
+    assert aggregate([NEG, NEU, NEU], _ev(3)).label == "critical"
+    assert aggregate([NEG, NEU, NEU], _ev(3), rule=r).label == "neutral"
+    # weights move the mean: a headline mention weighing 2
+    assert aggregate([NEG, NEU], _ev(2), rule=r).label == "neutral"
+    assert aggregate([NEG, NEU], _ev(2), weights=[2, 1], rule=r).label == "critical"
+    # a tie between the polar classes is no call either way
+    no_mix = replace(r, mixed_share=0.6)
+    assert aggregate([NEG, POS], _ev(2), rule=no_mix).label == "neutral"
+    st = aggregate([NEG] * 6, _ev(6), rule=r)
+    assert st.label == "critical" and 0.5 < st.confidence <= 1
+    # mixed works as under the position rule; a stricter share lets the majority decide
+    items = [POS, POS, POS, NEG, NEG, NEU]
+    assert aggregate(items, _ev(6), rule=r).label == "mixed"
+    assert aggregate(items, _ev(6), rule=replace(r, mixed_share=0.5)).label == "supportive"
 
 
 def test_label_mapping_for_scoring() -> None:
@@ -315,6 +338,26 @@ def test_evaluate_stance_on_a_tiny_fixture(ex: SpacyActorExtractor, tmp_path: Pa
         fn = sum(g == c and p != c for g, p in zip(gold_labels, pred_labels, strict=True))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     assert res["macro_f1"] == pytest.approx(sum(f1s) / len(f1s), abs=1e-4)
+
+
+def test_gold_full_name_matches_an_actor_known_by_surname(
+    ex: SpacyActorExtractor, tmp_path: Path
+) -> None:
+    articles = _write_jsonl(
+        tmp_path / "articles.jsonl",
+        [{"id": "b1", "text": "President Biden signed the infrastructure bill on Friday."}],
+    )
+    gold = _write_jsonl(
+        tmp_path / "gold.jsonl",
+        [
+            {"article_id": "b1", "actor": "Joe Biden", "label": "neutral"},
+            {"article_id": "b1", "actor": "Hunter Smith", "label": "neutral"},  # absent
+        ],
+    )
+    res = evaluate_stance(
+        articles, gold, extractor=ex, tagger=ActorStanceTagger(VaderTargetScorer(), attributor=ex)
+    )
+    assert res["n_matched"] == 1 and res["coverage"] == 0.5
 
 
 def test_gold_file_errors_name_the_line(tmp_path: Path, ex: SpacyActorExtractor) -> None:

@@ -16,9 +16,10 @@ chunks first, so spaCy parses them in batches).
 Matching: a gold name matches a predicted actor when its key (casefolded, titles, "the",
 dots and possessive stripped; country aliases such as "U.S." -> "United States" folded) equals
 the key of any of the actor's aliases, or for a person the surname of one ("Mrs. Merkel" ->
-Angela Merkel); several matches -> the most salient. An edge matches
-when the speaker matches and the speaker's ``position.toward`` has an entry whose actor
-matches the target.
+Angela Merkel); failing that, a gold full name matches a person known only by its surname
+("Joe Biden" -> an article's "President Biden"); several matches -> the most salient. An
+edge matches when the speaker matches and the speaker's ``position.toward`` has an entry
+whose actor matches the target.
 
 Scoring maps predicted stance labels to gold polarity: supportive -> positive, critical ->
 negative, neutral and mixed -> neutral (a mixed portrayal is not one-sidedly either).
@@ -125,6 +126,15 @@ def _keys(stance: ActorStance) -> set[str]:
 def _find(stances: Sequence[ActorStance], name: str) -> ActorStance | None:
     want = alias_keys(name)
     hits = [s for s in stances if want & _keys(s)]
+    if not hits and len(words := normalise_name(name).split()) > 1:
+        # The other direction: the article only ever says "President Biden", the gold
+        # names "Joe Biden".
+        hits = [
+            s
+            for s in stances
+            if s.actor.type == "PERSON"
+            and any(normalise_name(a) == words[-1] for a in (s.actor.name, *s.actor.aliases))
+        ]
     return min(hits, key=lambda s: s.actor.salience) if hits else None
 
 
