@@ -50,6 +50,12 @@ STAGE_SECONDS = Histogram(
 
 EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 
+#: Part of every analysis key. Bump it when code changes what the same model files produce
+#: for the same articles (selection, alias resolution, stance aggregation), so stored
+#: analyses are recomputed instead of served stale. 2: portrayal by the highest mean class,
+#: family-name-first aliases (session 13).
+ANALYSIS_VERSION = 2
+
 
 def article_text(a: Article) -> str:
     """What we embed for an article: title and lead, truncated to the token window."""
@@ -835,9 +841,9 @@ class Pipeline:
     def analysis_key(self, content_hash: str, budget_words: int,
                      mode: str = "extractive") -> str:
         """The cache key of an analysis (summary + stances) of articles with this content
-        hash: stored outputs under another key (other content, budget, mode or models) are
-        stale. Extractive keys carry no mode (unchanged from before the fusion mode)."""
-        key = f"{content_hash}:{budget_words}:{self._models_key()}"
+        hash: stored outputs under another key (other content, budget, mode, models or
+        ``ANALYSIS_VERSION``) are stale. Extractive keys carry no mode."""
+        key = f"{content_hash}:{budget_words}:{self._models_key()}:a{ANALYSIS_VERSION}"
         return key if mode == "extractive" else f"{key}:{mode}"
 
     def _models_key(self) -> str:

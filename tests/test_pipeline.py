@@ -224,6 +224,22 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     assert not any(v.cached for v in pipeline.summarise_articles(mixed))
 
 
+def test_stored_analyses_of_older_analysis_code_are_recomputed(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storyline.service.pipeline as pipeline_module
+
+    pipeline.ingest(ARTS)
+    sid = pipeline.store.story_of(["court-1"])["court-1"]
+    first = pipeline.story_view(sid)
+    assert pipeline.cached_story_view(sid) is not None
+    monkeypatch.setattr(pipeline_module, "ANALYSIS_VERSION", pipeline_module.ANALYSIS_VERSION + 1)
+    assert pipeline.cached_story_view(sid) is None  # stored under the old code: stale
+    again = pipeline.story_view(sid)
+    assert not again.cached and again.summary == first.summary
+    assert pipeline.cached_story_view(sid) is not None
+
+
 @pytest.mark.both_backends
 def test_replica_follows_another_writers_changes(pipeline: Pipeline, embedder) -> None:  # type: ignore[no-untyped-def]
     replica = Pipeline(pipeline.settings, embedder=embedder, clusterer=False)
