@@ -303,23 +303,21 @@ def aggregate(
     if share_pos >= rule.mixed_share and share_neg >= rule.mixed_share:
         label = "mixed"
         consistency = share_pos + share_neg
-    elif rule.polar_threshold is None:
-        mean = (w[:, None] * p).sum(axis=0) / total
-        # max() keeps the first of equal values: neutral wins a tie
-        best = max((_NEU, _NEG, _POS), key=lambda c: float(mean[c]))
-        if mean[_NEG] == mean[_POS]:
+    else:
+        mean = (w[:, None] * p).sum(axis=0) / total  # weighted mean (neg, neu, pos)
+        if rule.polar_threshold is None:
+            # max() keeps the first of equal values: neutral wins a tie
+            best = max((_NEU, _NEG, _POS), key=lambda c: float(mean[c]))
+            if mean[_NEG] == mean[_POS]:
+                best = _NEU
+        elif score >= rule.polar_threshold:
+            best = _POS
+        elif score <= -rule.polar_threshold:
+            best = _NEG
+        else:
             best = _NEU
         label = _CLASS_LABEL[best]
         consistency = float(mean[best])
-    elif score >= rule.polar_threshold:
-        label = "supportive"
-        consistency = float((w * p[:, _POS]).sum() / total)
-    elif score <= -rule.polar_threshold:
-        label = "critical"
-        consistency = float((w * p[:, _NEG]).sum() / total)
-    else:
-        label = "neutral"
-        consistency = float((w * p[:, _NEU]).sum() / total)
     confidence = float(np.clip(n / (n + 1.0) * consistency, 0.0, 1.0))
     return Stance(
         label=label,
