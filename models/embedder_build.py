@@ -511,6 +511,7 @@ def build_embedder(
                 + f" < {RECIPE['min_mean_cosine']} over {len(check_texts)} texts"
             )
         log(f"keeping {chosen.name}")
+        cos = checks[chosen.name]
         for name in (EMBEDDER.file, "tokenizer.json"):
             shutil.move(str(tmp / name), str(folder / name))
     meta = {
@@ -520,11 +521,10 @@ def build_embedder(
         "variant_ms_per_text": timings,
         "cpu": _cpu_name(),
         "versions": _versions(),
-        "check": checks[chosen.name],
+        "check": cos,
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     manifest.record_files(EMBEDDER, meta)
-    cos = checks[chosen.name]
     log(f"embedder built: mean cosine {cos['mean']:.4f} (min {cos['min']:.4f}) over {cos['n']}")
     return meta
 
