@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         False, description="HTTP, embedded SQLite store only: run related-coverage lookups "
         "and cached-summary probes on the event loop instead of the I/O pool (no hop to a "
         "thread and back). Session 11, 16-client load, best phases: summarise p99 117-130 "
-        "vs 153-201 ms and req/s level, but related p99 55-59 vs 45-50 ms, so off by "
+        "vs 201 ms and req/s level, but related p99 54.5-59.0 vs 49.6 ms, so off by "
         "default. PostgreSQL always uses the I/O pool",
     )
     gil_switch_interval_ms: float = Field(
