@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo setup models test test-fast lint typecheck bench eval-all serve clean
+.PHONY: demo setup models test test-fast lint serve clean
 
 demo: models
 	$(BIN)/storyline demo seeds

@@ -36,7 +36,7 @@ DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="overrides STORYLINE_DATA_DIR")
 ]
 EngineOpt = Annotated[
-    str, typer.Option(help="local, or ray: a Ray Data batch job (needs storyline[ray])")
+    str, typer.Option(help="local, or ray: a Ray Data batch job (needs storyline\\[ray])")
 ]
 RayAddressOpt = Annotated[
     str | None,
@@ -46,7 +46,7 @@ RayAddressOpt = Annotated[
 ]
 RayWorkersOpt = Annotated[
     int | None,
-    typer.Option("--ray-workers", min=1, help="Ray actors [default: one per cluster CPU]"),
+    typer.Option("--ray-workers", min=1, help="Ray actors \\[default: one per cluster CPU]"),
 ]
 
 
@@ -143,7 +143,7 @@ def models_export_seq2seq(
     src: Annotated[Path, typer.Argument(help="local Hugging Face seq2seq model folder")],
     quantise: Annotated[bool, typer.Option(help="int8 dynamic quantisation")] = True,
     prefix: Annotated[
-        str | None, typer.Option(help="input prefix, e.g. 'summarize: ' [default: the model's]")
+        str | None, typer.Option(help="input prefix, e.g. 'summarize: ' \\[default: the model's]")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="cap on generated tokens")] = 256,
     data_dir: DataDirOpt = None,
@@ -383,7 +383,7 @@ def digest(
         str, typer.Option("--format", help="comma-separated: html,md,json")
     ] = "html,md,json",
     out: Annotated[
-        Path | None, typer.Option(help="output folder [default: <data_dir>/digests]")
+        Path | None, typer.Option(help="output folder \\[default: <data_dir>/digests]")
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="stories to feature")] = 10,
     engine: EngineOpt = "local",

@@ -57,7 +57,12 @@ def parse_datetime(value: str, *, line: int | None = None) -> datetime:
             ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00: past year 9999 in UTC
+        raise InvalidArticle(
+            f"'{value[:40]}' is out of range in UTC", line=line, field="published_at"
+        ) from None
 
 
 def parse_article(
@@ -77,6 +82,10 @@ def parse_article(
             f"must be at most {MAX_ID_CHARS} characters without control characters",
             line=line, field="id",
         )
+    if "/" in aid or aid in {".", ".."}:
+        # /v1/articles/{id} is one URL path segment: '/' (even as %2F) and dot segments
+        # cannot reach it
+        raise InvalidArticle("must not contain '/' or be '.' or '..'", line=line, field="id")
     text = obj.get("text")
     if not isinstance(text, str):
         raise InvalidArticle("required, a string", line=line, field="text")
@@ -172,6 +181,15 @@ def _html_to_text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
+def _feed_id(guid: Any) -> Any:
+    """A feed entry's guid or link (often a URL) as an article id: '/' cannot be in one
+    (see :func:`parse_article`), so it is percent-encoded, and '%' with it to stay one-to-one.
+    """
+    if not isinstance(guid, str):
+        return guid
+    return guid.replace("%", "%25").replace("/", "%2F")
+
+
 def read_feed(
     source: str, *, max_chars: int = 200_000, fetch_links: bool = False
 ) -> Iterator[ParsedLine]:
@@ -204,7 +222,8 @@ def read_feed(
                 break
         try:
             art = parse_article(
-                {"id": e.get("id") or e.get("link"), "title": e.get("title"), "text": text,
+                {"id": _feed_id(e.get("id") or e.get("link")), "title": e.get("title"),
+                 "text": text,
                  "url": e.get("link"), "source": outlet, "published_at": published},
                 line=n, max_chars=max_chars,
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,12 @@ def seed_article():  # type: ignore[no-untyped-def]
 
     path = next((ROOT / "seeds").glob("*.txt"))
     return read_txt(path).article
+
+
+@pytest.fixture(autouse=True)
+def _torch_not_kept_out() -> Iterator[None]:
+    """Undo keep_torch_out() after each test: an app test that opens its own pipeline
+    blocks torch as a server does, and the training tests later in this process need it."""
+    yield
+    if "torch" in sys.modules and sys.modules["torch"] is None:
+        del sys.modules["torch"]

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from litestar import Litestar
@@ -125,6 +126,11 @@ def test_health_metrics_and_ready_counts(loaded: TestClient[Litestar]) -> None:
     assert "storyline_model_info{" in text and "all-MiniLM" in text
     assert 'storyline_http_requests_total{app_name="storyline",method="POST",path="/v1/articles"' \
         in text
+
+
+def test_metrics_content_type_names_its_charset_once(client: TestClient[Litestar]) -> None:
+    m = client.get("/metrics")
+    assert m.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
 
 
 def test_every_answer_says_how_long_the_service_took(loaded: TestClient[Litestar]) -> None:
@@ -263,6 +269,11 @@ def test_get_related_and_delete(loaded: TestClient[Litestar]) -> None:
     loaded.post("/v1/articles", json={"articles": [{**ARTS[2], "id": "storm-1-copy"}]},
                 headers=AUTH)
     assert loaded.get("/v1/articles/storm-1-copy").json()["duplicate_of"] == "storm-1"
+    # deleting a duplicate id removes just its record (it answered 404 while GET found it)
+    assert loaded.delete("/v1/articles/storm-1-copy", headers=AUTH).status_code == 204
+    assert_problem(loaded.get("/v1/articles/storm-1-copy"), 404)
+    assert loaded.get("/v1/articles/storm-1").json()["duplicate_of"] is None
+    assert_problem(loaded.delete("/v1/articles/storm-1-copy", headers=AUTH), 404)
 
     assert_problem(loaded.delete("/v1/articles/court-2"), 401)
     r = loaded.delete("/v1/articles/court-2", headers=AUTH)
@@ -398,6 +409,39 @@ def test_malformed_and_invalid_bodies(client: TestClient[Litestar]) -> None:
     assert_problem(client.get("/v1/stories", params={"page": "two"}), 422, "page")
     assert_problem(client.get("/v1/stories", params={"pagesize": 5}), 422, "pagesize")
     assert client.get("/health/ready").json()["articles"] == 0
+
+
+def test_out_of_range_dates_are_422_not_500(loaded: TestClient[Litestar]) -> None:
+    # valid ISO 8601 whose UTC time is before year 1 or after year 9999
+    late, early = "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"
+    for when in (late, early):
+        body = {"articles": [{"id": "x", "text": "some text", "published_at": when}]}
+        err = assert_problem(loaded.post("/v1/articles", json=body, headers=AUTH), 422,
+                             "articles[0].published_at")
+        assert "out of range" in err["detail"]
+        for name in ("since", "until"):
+            assert_problem(loaded.get("/v1/articles/court-1/related", params={name: when}),
+                           422, name)
+            assert_problem(loaded.get("/v1/stories", params={name: when}), 422, name)
+            assert_problem(loaded.post("/v1/search", json={"text": "court", name: when}),
+                           422, name)
+
+
+def test_ids_that_are_not_one_url_path_segment_are_refused(client: TestClient[Litestar]) -> None:
+    for i, bad in enumerate(["a/b", "court-1/related", ".", ".."]):
+        body = {"articles": [ARTS[0], {"id": bad, "text": f"text number {i}"}]}
+        err = assert_problem(client.post("/v1/articles", json=body, headers=AUTH), 422,
+                             "articles[1].id")
+        assert "'/'" in err["detail"]
+    # what a percent-encoded path segment carries still round-trips
+    odd = ["q?x#y", "back\\slash", "50%", "sp ace", "semi;colon"]
+    body = {"articles": [{"id": x, "text": f"odd id number {n}"} for n, x in enumerate(odd)]}
+    assert client.post("/v1/articles", json=body, headers=AUTH).status_code == 200
+    for x in odd:
+        seg = quote(x, safe="")
+        assert client.get(f"/v1/articles/{seg}").json()["id"] == x
+        assert client.get(f"/v1/articles/{seg}/related").json()["id"] == x
+        assert client.delete(f"/v1/articles/{seg}", headers=AUTH).status_code == 204
 
 
 def test_limits_from_settings(pipeline: Pipeline) -> None:
@@ -767,6 +811,16 @@ def test_digest_formats_by_accept_or_query(client: TestClient[Litestar],
     assert_problem(client.get("/v1/digests/2021-02-30"), 422, "key")
     assert_problem(client.get("/v1/digests/2021-10-24..2021-10-18"), 422, "key")
     assert_problem(client.get("/v1/digests/2021-10-18", params={"format": "pdf"}), 422, "format")
+
+
+def test_digest_malformed_accept_gets_the_default_json(client: TestClient[Litestar],
+                                                      pipeline: Pipeline) -> None:
+    pipeline.store.put_digest("2021-10-18", "json", '{"date": "2021-10-18"}')
+    pipeline.store.put_digest("2021-10-18", "html", "<h1>18 October</h1>")
+    for accept in ("text/markdown;q=0.5, text/html;q=1e500", "text/html;q=1e999", ";;;"):
+        r = client.get("/v1/digests/2021-10-18", headers={"Accept": accept})
+        assert r.status_code == 200, (accept, r.text)
+        assert r.headers["content-type"].startswith("application/json")
 
 
 def test_digest_period_keys_and_listing(client: TestClient[Litestar],

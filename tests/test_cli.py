@@ -64,3 +64,20 @@ def test_search_and_index_rebuild(data_dir: Path, tmp_path: Path) -> None:
     res = json.loads(run(data_dir, "search", "storm power cut", "-k", "1", "--json").stdout
                      .strip().splitlines()[-1])
     assert res["results"][0]["id"] == "h1"
+
+
+def test_help_keeps_square_brackets() -> None:
+    from typer.testing import CliRunner
+
+    from storyline.service.cli import app
+
+    runner = CliRunner()
+    env = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
+    digest = runner.invoke(app, ["digest", "--help"], env=env)
+    assert digest.exit_code == 0, digest.output
+    assert "(needs storyline[ray])" in digest.output
+    assert "[default: one per cluster CPU]" in digest.output
+    assert "[default: <data_dir>/digests]" in digest.output
+    assert "[default: html,md,json]" in digest.output  # typer's own defaults still shown
+    export = runner.invoke(app, ["models", "export-seq2seq", "--help"], env=env)
+    assert "[default: the model's]" in export.output

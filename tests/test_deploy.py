@@ -60,3 +60,11 @@ def test_compose_shares_one_volume() -> None:
     api, digest = spec["services"]["api"], spec["services"]["digest"]
     assert api["volumes"] == digest["volumes"] == ["storyline-data:/data"]
     assert digest["command"][:2] == ["storyline", "digest"]
+
+
+def test_every_phony_make_target_has_a_rule() -> None:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M)
+    assert phony is not None
+    rules = set(re.findall(r"^([\w-]+):", text, re.M))
+    assert set(phony.group(1).split()) - rules == set()

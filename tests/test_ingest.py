@@ -74,6 +74,30 @@ def test_control_characters_in_id_are_refused() -> None:
         parse_article({"id": "a\x00b", "text": "t"})
 
 
+def test_out_of_range_dates_are_reported_per_line(tmp_path: Path) -> None:
+    p = _write(tmp_path, [
+        json.dumps({"id": "late", "text": "t", "published_at": "9999-12-31T23:59:59-05:00"})
+        .encode(),
+        json.dumps({"id": "early", "text": "t", "published_at": "0001-01-01T00:00:00+05:00"})
+        .encode(),
+        json.dumps({"id": "ok", "text": "fine", "published_at": "9999-12-31T23:59:59Z"}).encode(),
+    ])
+    out = list(read_articles_jsonl(p))
+    assert [o.article.id for o in out if o.article] == ["ok"]
+    errs = {o.line: o.error for o in out if o.error}
+    assert set(errs) == {1, 2}
+    assert all(e.field == "published_at" and "out of range" in e.detail for e in errs.values())
+
+
+def test_ids_that_cannot_be_one_url_path_segment_are_refused() -> None:
+    for bad in ("a/b", "court-1/related", ".", ".."):
+        with pytest.raises(InvalidArticle, match="'/'") as err:
+            parse_article({"id": bad, "text": "t"})
+        assert err.value.field == "id"
+    for fine in ("5607-center", "q?x#y", "back\\slash", "50%", "a.b", "..."):
+        assert parse_article({"id": fine, "text": "t"}).id == fine
+
+
 def test_txt_first_line_is_title(tmp_path: Path) -> None:
     p = tmp_path / "story-1.txt"
     p.write_text("The title\nFirst paragraph.\n\nSecond.", encoding="utf-8")
@@ -102,6 +126,22 @@ def test_rss_feed_from_local_file(tmp_path: Path) -> None:
     assert "<p>" not in a.text
     assert a.published_at == datetime(2021, 10, 18, 10, tzinfo=UTC)
     assert [o.error.field for o in out if o.error] == ["text"]
+
+
+def test_feed_guids_that_are_urls_become_path_safe_ids(tmp_path: Path) -> None:
+    feed = tmp_path / "feed.xml"
+    feed.write_text(
+        """<?xml version="1.0"?><rss version="2.0"><channel><title>Daily Planet</title>
+<item><guid>https://dp.example/2021/10%20bridge</guid><title>Bridge</title>
+<description>The mayor opened the new bridge on Monday.</description></item>
+<item><title>Link only</title><link>https://dp.example/2</link>
+<description>The council met on Tuesday.</description></item>
+</channel></rss>""",
+        encoding="utf-8",
+    )
+    out = list(read_source(feed))
+    assert [o.article.id for o in out if o.article] == [
+        "https:%2F%2Fdp.example%2F2021%2F10%2520bridge", "https:%2F%2Fdp.example%2F2"]
 
 
 def test_unknown_extension_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -49,3 +50,21 @@ def test_serving_path_does_not_import_torch() -> None:
         "    assert m not in sys.modules, m\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_apps_pipeline_keeps_torch_out(data_dir: Path) -> None:
+    """create_app's lifespan loads the stages through open_pipeline: spaCy's thinc must not
+    pull in torch there, whether or not `storyline serve` started the process."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: nothing to keep out")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from storyline.service.api.app import open_pipeline\n"
+        "from storyline.service.settings import Settings\n"
+        f"pipe = open_pipeline(Settings(data_dir=Path({str(data_dir)!r}), model_process=False))\n"
+        "pipe.store.close()\n"
+        "bad = [m for m in ('torch', 'transformers') if sys.modules.get(m) is not None]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

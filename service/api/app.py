@@ -59,8 +59,10 @@ def open_pipeline(settings: Settings) -> Any:
     not ready). Summary and stance models are warmed best-effort: without them related
     coverage and search still serve, and the summary endpoints answer 503/501.
     """
+    from storyline.models.nlp import keep_torch_out
     from storyline.service.pipeline import Pipeline
 
+    keep_torch_out()  # as `storyline serve`: spaCy's thinc would import torch, never needed here
     if settings.model_process:
         from storyline.service.model_process import ModelProcess
 

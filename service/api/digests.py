@@ -60,7 +60,10 @@ def choose_format(request: Request[Any, Any, Any], fmt: str | None) -> str:
             raise InvalidInput(f"format: {msg}",
                                errors=[{"field": "format", "message": msg, "source": "query"}])
         return key
-    best = request.accept.best_match(list(_BY_ACCEPT), default="application/json")
+    try:
+        best = request.accept.best_match(list(_BY_ACCEPT), default="application/json")
+    except (OverflowError, ValueError):  # a malformed Accept (q=1e500) gets the default
+        best = None
     return _BY_ACCEPT.get(best or "application/json", "json")
 
 

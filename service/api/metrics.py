@@ -35,6 +35,9 @@ WARM_PENDING = Gauge("storyline_stories_pending_analysis",
 REPLICA_LAG = Gauge("storyline_replica_lag_changes",
                     "Store change-feed entries not yet applied to this process's index")
 MODEL_INFO = Info("storyline_model", "Models and index in use")
+#: the exposition's media type without its charset: litestar adds the charset of text/*
+#: types itself, and naming it here too would send it twice
+MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 _EXAMPLE = """# TYPE storyline_index_size gauge
 storyline_index_size 1479.0
@@ -67,5 +70,4 @@ class MetricsController(PrometheusController):
                                               pipe.store.count_stories()))
             ARTICLE_COUNT.set(counts[0])
             STORY_COUNT.set(counts[1])
-        return Response(generate_latest(REGISTRY), status_code=200,
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRY), status_code=200, media_type=MEDIA_TYPE)

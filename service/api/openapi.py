@@ -22,8 +22,10 @@ __all__ = ["refine_openapi"]
 _WS = r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 #: a non-blank string: at least one character that is not whitespace
 NON_BLANK = f"[^{_WS}]"
-#: ingest.parse_article's id rule: no control characters, not blank
-ID_PATTERN = rf"^[^\x00-\x1f\x7f]*[^{_WS}\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+#: ingest.parse_article's id rule: no control characters or "/", not blank, not "." or ".."
+#: (an id is one URL path segment)
+ID_PATTERN = (rf"^(?!\.\.?$)[^\x00-\x1f\x7f/]*[^{_WS}\x00-\x1f\x7f/]"
+              rf"[^\x00-\x1f\x7f/]*$")
 
 
 def _variants(s: Schema | Reference | None) -> Iterator[Schema]:

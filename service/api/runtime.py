@@ -424,8 +424,10 @@ def query_time(value: str | None, name: str, source: str = "query") -> Any:
 
     try:
         return parse_datetime(value)
-    except InvalidArticle:
-        msg = f"'{value[:40]}' is not an ISO 8601 date-time"
+    except InvalidArticle as exc:
+        # parse_datetime's own reason (not a date, or out of range), without the
+        # article field it names
+        msg = exc.detail.split(": ", 1)[1] if exc.field else exc.detail
         raise InvalidInput(f"{name}: {msg}",
                            errors=[{"field": name, "message": msg, "source": source}]) from None
 
