@@ -291,8 +291,11 @@ class PostgresStore:
             out.update({r["content_hash"]: r["id"] for r in rows})
         return out
 
-    def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]:
-        """Insert or update a batch in one transaction (outcomes as in ``SQLiteStore``)."""
+    def ingest(
+        self, items: Sequence[IngestItem], model: str, *, promoted: list[str] | None = None
+    ) -> list[IngestResult]:
+        """Insert or update a batch in one transaction (outcomes, and duplicates promoted
+        by an update, as in ``SQLiteStore``)."""
         results: list[IngestResult] = []
         now = _now()
         with self.transaction() as db:
@@ -323,6 +326,12 @@ class PostgresStore:
                 vec = np.ascontiguousarray(item.vector, dtype=np.float32)
                 if vec.ndim != 1 or not np.all(np.isfinite(vec)):
                     raise InvalidArticle("embedding is not a finite 1-d vector", field="vector")
+                if row is None:  # stored under its own id now: no longer a duplicate
+                    db.execute(sa.delete(duplicates).where(duplicates.c.id == a.id))
+                else:
+                    new = self._promote_duplicates(db, a.id, now)
+                    if promoted is not None:
+                        promoted.extend(new)
                 values = {
                     "title": a.title, "text": a.text, "source": a.source, "url": a.url,
                     "published_at": _utc(a.published_at), "published_ts": _ts(a.published_at),
@@ -392,13 +401,58 @@ class PostgresStore:
             q = q.where(articles.c.published_ts < until.timestamp())
         return [r["id"] for r in self._rows(q.order_by(articles.c.published_ts))]
 
-    def delete_article(self, article_id: str) -> None:
+    def _promote_duplicates(self, db: sa.Connection, article_id: str, now: datetime) -> list[str]:
+        """As ``SQLiteStore._promote_duplicates``: the first duplicate of ``article_id``
+        becomes a stored article with its current content, the rest its duplicates."""
+        d = db.execute(
+            sa.select(duplicates).where(duplicates.c.canonical_id == article_id)
+            .order_by(duplicates.c.id).limit(1)
+        ).mappings().first()
+        if d is None:
+            return []
+        a = articles.c
+        db.execute(sa.insert(articles).from_select(
+            ["id", "title", "text", "source", "url", "published_at", "published_ts", "lang",
+             "lean", "gold_story_id", "content_hash", "entities", "ingested_at", "updated_at"],
+            sa.select(
+                sa.literal(d["id"], _KEY), a.title, a.text, sa.literal(d["source"], sa.Text),
+                sa.literal(d["url"], sa.Text), sa.literal(d["published_at"], _TS),
+                sa.literal(_ts(d["published_at"]), _F8), a.lang, a.lean, a.gold_story_id,
+                a.content_hash, a.entities, sa.literal(d["recorded_at"], _TS),
+                sa.literal(now, _TS),
+            ).where(a.id == article_id),
+        ))
+        e = embeddings_t.c
+        db.execute(sa.delete(embeddings_t).where(e.article_id == d["id"]))
+        db.execute(sa.insert(embeddings_t).from_select(
+            ["article_id", "model", "vector"],
+            sa.select(sa.literal(d["id"], _KEY), e.model, e.vector).where(
+                e.article_id == article_id),
+        ))
+        db.execute(sa.delete(duplicates).where(duplicates.c.id == d["id"]))
+        db.execute(sa.update(duplicates).where(duplicates.c.canonical_id == article_id)
+                   .values(canonical_id=d["id"]))
+        db.execute(sa.insert(changes).values(article_id=d["id"], op="upsert", at=now))
+        return [str(d["id"])]
+
+    def delete_article(self, article_id: str) -> list[str]:
+        """As ``SQLiteStore.delete_article``: a duplicate id loses just its record; a
+        stored article's duplicates keep its content. Returns the promoted ids."""
+        now = _now()
         with self.transaction() as db:
             self._lock_feed(db)
-            res = db.execute(sa.delete(articles).where(articles.c.id == article_id))
-            if res.rowcount == 0:
-                raise NotFound(f"article '{article_id}' not found")
-            db.execute(sa.insert(changes).values(article_id=article_id, op="delete", at=_now()))
+            found = db.execute(
+                sa.select(articles.c.id).where(articles.c.id == article_id)
+            ).first()
+            if found is None:
+                res = db.execute(sa.delete(duplicates).where(duplicates.c.id == article_id))
+                if res.rowcount == 0:
+                    raise NotFound(f"article '{article_id}' not found")
+                return []
+            promoted = self._promote_duplicates(db, article_id, now)
+            db.execute(sa.delete(articles).where(articles.c.id == article_id))
+            db.execute(sa.insert(changes).values(article_id=article_id, op="delete", at=now))
+        return promoted
 
     def count_articles(self) -> int:
         return int(self._scalar(sa.select(sa.func.count()).select_from(articles)))

@@ -167,13 +167,15 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[Any]: ...
     def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]: ...
     def ids_for_hashes(self, hashes: Sequence[str]) -> dict[str, str]: ...
-    def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]: ...
+    def ingest(
+        self, items: Sequence[IngestItem], model: str, *, promoted: list[str] | None = None
+    ) -> list[IngestResult]: ...
     def get_article(self, article_id: str) -> Article: ...
     def get_articles(self, ids: Sequence[str]) -> list[Article]: ...
     def briefs(self, ids: Sequence[str]) -> dict[str, ArticleBrief]: ...
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]: ...
     def articles_between(self, since: datetime | None, until: datetime | None) -> list[str]: ...
-    def delete_article(self, article_id: str) -> None: ...
+    def delete_article(self, article_id: str) -> list[str]: ...
     def count_articles(self) -> int: ...
     def count_duplicates(self) -> int: ...
     def article_ids(self) -> list[str]: ...
@@ -342,12 +344,16 @@ class SQLiteStore:
             out.update({r["content_hash"]: r["id"] for r in rows})
         return out
 
-    def ingest(self, items: Sequence[IngestItem], model: str) -> list[IngestResult]:
+    def ingest(
+        self, items: Sequence[IngestItem], model: str, *, promoted: list[str] | None = None
+    ) -> list[IngestResult]:
         """Insert or update a batch in one transaction.
 
         Same id and same content: ``unchanged``. Same id, new content: ``updated``.
         New id whose content hash matches another stored article: ``duplicate``
-        (recorded in ``duplicates``, not stored twice).
+        (recorded in ``duplicates``, not stored twice). An update first hands the old
+        content to the article's duplicates (see ``_promote_duplicates``); the ids that
+        became stored articles that way are appended to ``promoted``.
         """
         results: list[IngestResult] = []
         now = _now()
@@ -374,6 +380,12 @@ class SQLiteStore:
                 vec = np.ascontiguousarray(item.vector, dtype=np.float32)
                 if vec.ndim != 1 or not np.all(np.isfinite(vec)):
                     raise InvalidArticle("embedding is not a finite 1-d vector", field="vector")
+                if row is None:  # stored under its own id now: no longer a duplicate
+                    db.execute("DELETE FROM duplicates WHERE id=?", (a.id,))
+                else:
+                    new = self._promote_duplicates(db, a.id, now)
+                    if promoted is not None:
+                        promoted.extend(new)
                 values = (
                     a.title, a.text, a.source, a.url, _iso(a.published_at), _ts(a.published_at),
                     a.lang, a.lean, a.story_id, h, json.dumps(list(item.entities)), now,
@@ -454,15 +466,58 @@ class SQLiteStore:
         )
         return [r["id"] for r in rows]
 
-    def delete_article(self, article_id: str) -> None:
+    def _promote_duplicates(self, db: sqlite3.Connection, article_id: str, now: str) -> list[str]:
+        """Before stored article ``article_id`` changes content or goes: its duplicates
+        keep the content they were acknowledged with. The first by id becomes a stored
+        article (this content, embedding and entities; its own source, url, publication
+        time), the rest become its duplicates. Returns the promoted id (or nothing)."""
+        dups = db.execute(
+            "SELECT id, source, url, published_at, recorded_at FROM duplicates"
+            " WHERE canonical_id=? ORDER BY id", (article_id,),
+        ).fetchall()
+        if not dups:
+            return []
+        d = dups[0]
+        db.execute(
+            "INSERT INTO articles(id, title, text, source, url, published_at, published_ts,"
+            " lang, lean, gold_story_id, content_hash, entities, ingested_at, updated_at)"
+            " SELECT ?, title, text, ?, ?, ?, ?, lang, lean, gold_story_id, content_hash,"
+            " entities, ?, ? FROM articles WHERE id=?",
+            (d["id"], d["source"], d["url"], d["published_at"], _ts(_parse(d["published_at"])),
+             d["recorded_at"], now, article_id),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO embeddings(article_id, model, vector)"
+            " SELECT ?, model, vector FROM embeddings WHERE article_id=?", (d["id"], article_id),
+        )
+        db.execute("DELETE FROM duplicates WHERE id=?", (d["id"],))
+        db.execute(
+            "UPDATE duplicates SET canonical_id=? WHERE canonical_id=?", (d["id"], article_id)
+        )
+        db.execute(
+            "INSERT INTO changes(article_id, op, at) VALUES (?, 'upsert', ?)", (d["id"], now)
+        )
+        return [d["id"]]
+
+    def delete_article(self, article_id: str) -> list[str]:
+        """Delete a stored article, or the duplicate record of a duplicate id.
+
+        A stored article's duplicates keep its content (see ``_promote_duplicates``);
+        returns the ids that became stored articles that way."""
+        now = _now()
         with self.transaction() as db:
-            cur = db.execute("DELETE FROM articles WHERE id=?", (article_id,))
-            if cur.rowcount == 0:
-                raise NotFound(f"article '{article_id}' not found")
+            if db.execute("SELECT 1 FROM articles WHERE id=?", (article_id,)).fetchone() is None:
+                cur = db.execute("DELETE FROM duplicates WHERE id=?", (article_id,))
+                if cur.rowcount == 0:
+                    raise NotFound(f"article '{article_id}' not found")
+                return []
+            promoted = self._promote_duplicates(db, article_id, now)
+            db.execute("DELETE FROM articles WHERE id=?", (article_id,))
             db.execute(
                 "INSERT INTO changes(article_id, op, at) VALUES (?, 'delete', ?)",
-                (article_id, _now()),
+                (article_id, now),
             )
+        return promoted
 
     def count_articles(self) -> int:
         return int(self._query("SELECT COUNT(*) AS n FROM articles")[0]["n"])

@@ -222,6 +222,9 @@ class StoryClusterer:
         self._story_handle: dict[str, int] = {}
         self._next_story = 0
         self._since_refine = 0
+        # changed in memory by a call whose write failed: written by the next _persist
+        self._unsaved: set[int] = set()
+        self._unsaved_retired: dict[str, Story] = {}
         self._load()
 
     # -- state ----------------------------------------------------------------------------
@@ -474,9 +477,16 @@ class StoryClusterer:
             sids = [self._art(h).id for h in handles]
             handles.sort(key=lambda h: (self._art(h).ts, self._art(h).id))
             nbrs = self._neighbours(handles, self.params.candidates)
-            for h in handles:
-                touched.add(self._place(h, nbrs[h]))
-            self._persist(touched)
+            first_new = self._next_story
+            placed: list[int] = []
+            try:
+                for h in handles:
+                    touched.add(self._place(h, nbrs[h]))
+                    placed.append(h)
+                self._persist(touched)
+            except BaseException:
+                self._roll_back(placed, touched, first_new)
+                raise
             self._since_refine += len(handles)
             if self.params.refine_every and self._since_refine >= self.params.refine_every:
                 self.refine()
@@ -495,7 +505,42 @@ class StoryClusterer:
                 if sh >= 0:
                     touched.add(sh)
                 self._drop_article(h)
-            self._persist(touched)
+            try:
+                self._persist(touched)
+            except BaseException:
+                self._defer(touched)  # the articles are gone from the store all the same
+                raise
+
+    def _roll_back(self, placed: Sequence[int], touched: Iterable[int], first_new: int) -> None:
+        """Undo the placements of an ``assign`` whose write failed, so that memory does not
+        claim stories the store lacks: its articles wait unplaced (placed by the next
+        ``assign`` of them or by ``refine``), the stories it opened (never stored) go, and
+        the stories it changed are written by the next successful ``_persist``."""
+        for h in placed:
+            if self._arts[h] is not None and self._art(h).story >= 0:
+                self._detach(h)
+        for sh in range(first_new, self._next_story):
+            self._forget_story(sh)
+        self._defer(sh for sh in touched if sh < first_new)
+
+    def _defer(self, touched: Iterable[int]) -> None:
+        """Stories changed in memory whose write failed: write them with the next one."""
+        for sh in touched:
+            s = self._stories.get(sh)
+            if s is None:
+                continue
+            if s.members:
+                self._unsaved.add(sh)
+            else:
+                rec = self._record(sh, "deleted")
+                self._unsaved_retired[rec.id] = rec
+                self._forget_story(sh)
+
+    def unplaced(self, article_ids: Sequence[str]) -> list[str]:
+        """Those of ``article_ids`` held in memory without a story."""
+        with self._lock:
+            return [i for i in article_ids
+                    if (h := self._handle.get(i)) is not None and self._art(h).story < 0]
 
     def story_of(self, article_id: str) -> str | None:
         with self._lock:
@@ -531,8 +576,12 @@ class StoryClusterer:
         self, touched: Iterable[int], *, history: Sequence[tuple[str, str, str]] = (),
         retired: Sequence[Story] = (),
     ) -> None:
-        """Write touched stories, retired stories and history in one transaction."""
-        touched = sorted(set(touched))
+        """Write touched stories, retired stories and history in one transaction (and
+        those a failed write left behind, see ``_defer``)."""
+        touched = sorted(set(touched) | self._unsaved)
+        retired = [*self._unsaved_retired.values(), *retired]
+        if not touched and not retired and not history:
+            return
         with self.store.transaction() as db:
             for rec in retired:
                 self.store.save_story(rec, db)
@@ -543,6 +592,8 @@ class StoryClusterer:
                 self.store.save_story(self._record(sh, "active" if s.members else "deleted"), db)
             for old, new, kind in history:
                 self.store.record_history(old, new, kind, db)
+        self._unsaved.clear()
+        self._unsaved_retired.clear()
         for sh in touched:  # emptied stories leave memory once stored as deleted
             s = self._stories.get(sh)
             if s is not None and not s.members:

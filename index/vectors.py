@@ -1,12 +1,16 @@
 """FAISS vector index keyed by article ids, persisted atomically next to the database.
 
-The database is the source of truth: the index file is a cache that is checked against
-the stored ids at start and rebuilt from the stored embeddings when they disagree.
+The database is the source of truth: the index file is a cache. Its header records the
+store change number (``seq``) its contents reflect, so at start the changes after it are
+replayed from the store's change feed (see ``Pipeline._sync_index``); a file that cannot be
+read, or is in an older format, is rebuilt from the stored embeddings.
+
+File format v2: ``SLVX2\n``, a little-endian u64 header length, a JSON header (dim, kind,
+next internal id, live map internal id -> article id, tombstones, seq), the FAISS blob.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import struct
@@ -21,17 +25,20 @@ import numpy.typing as npt
 from storyline.models.errors import InvalidInput
 from storyline.models.registry import atomic_write_bytes
 
-__all__ = ["IndexKind", "VectorIndex", "faiss_id"]
+__all__ = ["IndexKind", "VectorIndex"]
 
 log = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "hnsw"]
-_MAGIC = b"SLVX1\n"
-
-
-def faiss_id(article_id: str) -> int:
-    """Stable 63-bit integer for a string id (FAISS keys are int64)."""
-    return int.from_bytes(hashlib.blake2b(article_id.encode(), digest_size=8).digest(), "big") >> 1
+_FORMAT = 2
+_MAGIC = b"SLVX2\n"
+#: Earlier formats: recognised only to say why they are refused (the caller rebuilds).
+#: v1 keyed FAISS entries by a hash of the article id, so an HNSW re-add reused the key
+#: of the tombstoned stale vector and revived it.
+_OLD_MAGICS = (b"SLVX1\n",)
+#: HNSW graphs are rebuilt from the live vectors once tombstones outnumber them, and
+#: there are at least this many (below it the dead entries cost next to nothing).
+COMPACT_MIN_TOMBSTONES = 256
 
 
 class VectorIndex:
@@ -39,6 +46,11 @@ class VectorIndex:
 
     ``flat`` is exact. ``hnsw`` is approximate for large collections; FAISS cannot remove
     from HNSW graphs, so removed ids are filtered at query time until the next rebuild.
+
+    Every added vector gets its own internal FAISS id (a counter that only grows and is
+    persisted), so replacing an article's vector never reuses the id of the entry it
+    supersedes: the old entry is removed (flat) or tombstoned (hnsw), and a tombstoned
+    internal id can never become live again.
     """
 
     def __init__(self, dim: int, kind: IndexKind = "flat", *, hnsw_m: int = 32,
@@ -48,8 +60,12 @@ class VectorIndex:
         self._hnsw_m = hnsw_m
         self._ef = hnsw_ef_search
         self._lock = threading.RLock()
-        self._ids: dict[int, str] = {}
-        self._tombstones: set[int] = set()
+        self._ids: dict[int, str] = {}  # live internal id -> article id
+        self._key_of: dict[str, int] = {}  # article id -> its current internal id
+        self._tombstones: set[int] = set()  # superseded or removed entries still in the graph
+        self._next = 0  # next internal id
+        #: The store change number (``Store.last_seq``) the contents reflect; 0 = unknown.
+        self.seq = 0
         self._index = self._new_index()
 
     def _new_index(self) -> Any:
@@ -91,45 +107,107 @@ class VectorIndex:
     @property
     def ids(self) -> set[str]:
         with self._lock:
-            return set(self._ids.values())
+            return set(self._key_of)
 
-    def add(self, ids: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        """Add or replace vectors for ``ids``."""
+    @property
+    def tombstones(self) -> int:
+        """Dead entries still in an HNSW graph (always 0 for flat)."""
+        return len(self._tombstones)
+
+    def add(self, ids: Sequence[str], vectors: npt.NDArray[np.float32]) -> int:
+        """Add or replace vectors for ``ids`` (the same id twice: the later row wins).
+
+        An id already indexed with exactly this vector is left alone, so replaying a change
+        twice costs a comparison. Returns the number of ids whose vector was added or replaced.
+        """
         if len(ids) == 0:
-            return
+            return 0
         vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-        keys = np.asarray([faiss_id(i) for i in ids], dtype=np.int64)
         with self._lock:
-            present = [k for k in keys.tolist() if k in self._ids]
-            if present:
-                self._remove_keys(present)
-            self._index.add_with_ids(vecs, keys)
-            for k, i in zip(keys.tolist(), ids, strict=True):
+            last = {i: row for row, i in enumerate(ids)}
+            rows: list[int] = []
+            for i, row in last.items():
+                old = self._key_of.get(i)
+                if old is not None and np.array_equal(self._index.reconstruct(old), vecs[row]):
+                    continue
+                rows.append(row)
+            if not rows:
+                return 0
+            new_ids = [ids[r] for r in rows]
+            self._drop_keys([self._key_of[i] for i in new_ids if i in self._key_of])
+            keys = np.arange(self._next, self._next + len(rows), dtype=np.int64)
+            self._index.add_with_ids(np.ascontiguousarray(vecs[rows]), keys)
+            self._next += len(rows)
+            for k, i in zip(keys.tolist(), new_ids, strict=True):
                 self._ids[k] = i
-                self._tombstones.discard(k)
+                self._key_of[i] = k
+            self._maybe_compact()
+            return len(rows)
 
-    def remove(self, ids: Sequence[str]) -> None:
+    def remove(self, ids: Sequence[str]) -> int:
+        """Remove ``ids`` (unknown ones are ignored). Returns the number removed."""
         with self._lock:
-            self._remove_keys([faiss_id(i) for i in ids if faiss_id(i) in self._ids])
+            keys = [self._key_of[i] for i in dict.fromkeys(ids) if i in self._key_of]
+            self._drop_keys(keys)
+            self._maybe_compact()
+            return len(keys)
 
-    def _remove_keys(self, keys: list[int]) -> None:
+    def _drop_keys(self, keys: list[int]) -> None:
         import faiss
 
+        if not keys:
+            return
         for k in keys:
-            self._ids.pop(k, None)
+            self._key_of.pop(self._ids.pop(k))
         if self.kind == "flat":
             self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(keys, dtype=np.int64)))
         else:
             self._tombstones.update(keys)
 
-    def reconstruct(self, article_id: str) -> npt.NDArray[np.float32]:
+    def _maybe_compact(self) -> None:
+        # Compaction runs here, on the write that tips the balance, rather than at save:
+        # the dead entries cost at every search (each query asks FAISS for k + tombstones
+        # candidates and walks a graph mostly made of dead nodes) and in memory whether or
+        # not the file is written, and a save that sometimes rebuilds would make the
+        # periodic saver's latency unpredictable. Rebuilding only once tombstones outnumber
+        # live entries keeps the cost amortised: at most one re-insert per superseded entry.
+        t = len(self._tombstones)
+        if t >= COMPACT_MIN_TOMBSTONES and t > len(self._ids):
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild an HNSW graph from its live vectors, dropping tombstoned entries.
+
+        The live entries keep their internal ids. A no-op for flat indexes (no tombstones).
+        """
+        import faiss
+
         with self._lock:
-            return np.asarray(self._index.reconstruct(faiss_id(article_id)), dtype=np.float32)
+            if not self._tombstones:
+                return
+            labels = faiss.vector_to_array(self._index.id_map)
+            live = np.asarray([k in self._ids for k in labels.tolist()], dtype=bool)
+            vecs = self._index.index.reconstruct_n(0, self._index.ntotal)[live]
+            fresh = self._new_index()  # carries the current efSearch
+            if live.any():
+                fresh.add_with_ids(np.ascontiguousarray(vecs), labels[live].astype(np.int64))
+            log.info("hnsw index compacted: %d live, %d tombstones dropped",
+                     len(self._ids), len(self._tombstones))
+            self._index = fresh
+            self._tombstones = set()
+
+    def reconstruct(self, article_id: str) -> npt.NDArray[np.float32]:
+        """The current vector of ``article_id`` (KeyError if it is not indexed)."""
+        with self._lock:
+            key = self._key_of.get(article_id)
+            if key is None:
+                raise KeyError(article_id)
+            return np.asarray(self._index.reconstruct(key), dtype=np.float32)
 
     def vectors(self, ids: Sequence[str]) -> tuple[list[str], npt.NDArray[np.float32]]:
         """The indexed vectors of ``ids``, in their order; ids not indexed are left out."""
         with self._lock:
-            found = [(i, k) for i in ids if (k := faiss_id(i)) in self._ids]
+            found = [(i, k) for i in ids if (k := self._key_of.get(i)) is not None]
             mat = np.zeros((len(found), self.dim), dtype=np.float32)
             for row, (_, key) in enumerate(found):
                 mat[row] = self._index.reconstruct(key)
@@ -163,14 +241,20 @@ class VectorIndex:
             return out
 
     # -- persistence --------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Write the index and its id map as one file: temp file, fsync, rename."""
+    def save(self, path: Path, *, seq: int | None = None) -> None:
+        """Write the index and its id map as one file: temp file, fsync, rename.
+
+        ``seq``: the store change number the contents reflect (kept as ``self.seq``).
+        """
         import faiss
 
         with self._lock:
+            if seq is not None:
+                self.seq = int(seq)
             blob = faiss.serialize_index(self._index).tobytes()
             header = json.dumps({
-                "dim": self.dim, "kind": self.kind,
+                "format": _FORMAT, "dim": self.dim, "kind": self.kind, "next": self._next,
+                "seq": self.seq,
                 "ids": [[k, v] for k, v in self._ids.items()],
                 "tombstones": sorted(self._tombstones),
             }).encode()
@@ -178,25 +262,44 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
+        """Read a file written by ``save``. ValueError if it is not one, is in an older
+        format, or is inconsistent: the caller rebuilds it from the store."""
         import faiss
 
         raw = path.read_bytes()
+        if raw.startswith(_OLD_MAGICS):
+            raise ValueError(f"{path} is in an older vector index format; it must be rebuilt")
         if not raw.startswith(_MAGIC):
             raise ValueError(f"{path} is not a storyline vector index")
         off = len(_MAGIC)
-        (hlen,) = struct.unpack("<Q", raw[off : off + 8])
-        header = json.loads(raw[off + 8 : off + 8 + hlen])
-        blob = np.frombuffer(raw[off + 8 + hlen :], dtype=np.uint8)
-        self = cls(int(header["dim"]), header["kind"])
-        self._index = faiss.deserialize_index(blob)
-        self._ids = {int(k): v for k, v in header["ids"]}
-        self._tombstones = set(header["tombstones"])
+        try:
+            (hlen,) = struct.unpack("<Q", raw[off : off + 8])
+            header = json.loads(raw[off + 8 : off + 8 + hlen])
+            if int(header["format"]) != _FORMAT:
+                raise ValueError(f"format {header['format']}")
+            blob = np.frombuffer(raw[off + 8 + hlen :], dtype=np.uint8)
+            self = cls(int(header["dim"]), header["kind"])
+            self._index = faiss.deserialize_index(blob)
+            self._ids = {int(k): str(v) for k, v in header["ids"]}
+            self._tombstones = {int(k) for k in header["tombstones"]}
+            self._next = int(header["next"])
+            self.seq = int(header["seq"])
+        except (KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable vector index header ({exc!r})") from exc
+        self._key_of = {v: k for k, v in self._ids.items()}
         if self.kind == "hnsw":
             hnsw: Any = faiss.downcast_index(self._index.index)
             self._ef = int(hnsw.hnsw.efSearch)
-        if self._index.ntotal - len(self._tombstones) != len(self._ids):
+        labels = set(faiss.vector_to_array(self._index.id_map).tolist())
+        if (
+            self._index.ntotal != len(self._ids) + len(self._tombstones)
+            or len(self._key_of) != len(self._ids)
+            or labels != self._ids.keys() | self._tombstones
+            or (bool(labels) and max(labels) >= self._next)
+        ):
             raise ValueError(
                 f"{path}: index holds {self._index.ntotal} vectors, map {len(self._ids)}"
+                f" + {len(self._tombstones)} tombstones"
             )
         return self
 

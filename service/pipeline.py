@@ -108,6 +108,8 @@ class RelatedHit:
 MAX_STORY_CANDIDATES = 500
 #: extra depth of a related search made before the ids to exclude are known
 RELATED_SLACK = 8
+#: store changes read per page when the start-up repair replays the change feed
+_REPLAY_PAGE = 10_000
 
 
 # -- the model stages, as this process loads them (also the model process's loaders) -----
@@ -252,6 +254,12 @@ class Pipeline:
                 log.warning("vector index %s unreadable (%s); rebuilding from the store", path, exc)
         if index is not None and index.kind != self.settings.index_kind:
             index = None
+        if index is not None and index.seq > self._seq:
+            # The file reflects changes the store does not have: a different or restored
+            # database. Its change feed cannot say what differs, so start over.
+            log.warning("vector index %s is ahead of the store (change %d > %d); rebuilding",
+                        path, index.seq, self._seq)
+            index = None
         if index is None:
             return self.rebuild_index(save=True)
         if index.kind == "hnsw":
@@ -260,7 +268,31 @@ class Pipeline:
         return index
 
     def _sync_index(self, index: VectorIndex) -> None:
-        """Make the index hold exactly the stored ids (repairs after a crash)."""
+        """Bring a loaded index up to the store (repairs after a crash).
+
+        The file records the store change number it reflects (``index.seq``). Every change
+        after it is replayed from the store's change feed, whoever wrote it: this process
+        before it died between a commit and the next index write (an updated article's new
+        vector included, which an id comparison cannot see), or another replica whose
+        changes a follower applied but never wrote. Only the stored vectors of changed ids
+        are read, and an id whose indexed vector already matches costs a comparison. A
+        comparison of id sets follows as a safety net.
+        """
+        pos, replaced, dropped = index.seq, 0, 0
+        while True:
+            page = self.store.changes_since(pos, _REPLAY_PAGE)
+            if not page:
+                break
+            final = {ch.article_id: ch.op for ch in page}  # the last change of an id wins
+            upserts = [i for i, op in final.items() if op == "upsert"]
+            ids, vecs = self.store.embeddings(upserts) if upserts else ([], None)
+            if ids and vecs is not None:
+                replaced += index.add(ids, vecs)
+            found = set(ids)
+            dropped += index.remove([i for i in final if i not in found])
+            pos = page[-1].seq
+            if len(page) < _REPLAY_PAGE:
+                break
         stored = set(self.store.article_ids())
         have = index.ids
         missing = sorted(stored - have)
@@ -270,14 +302,23 @@ class Pipeline:
         if missing:
             ids, vecs = self.store.embeddings(missing)
             index.add(ids, vecs)
-        if missing or extra:
-            log.info("index synced with store: +%d -%d", len(missing), len(extra))
-            index.save(self.settings.index_path)
+        changed = bool(replaced or dropped or missing or extra)
+        if changed:
+            log.info("index synced with store: %d replayed, %d removed by the change feed;"
+                     " +%d -%d by id", replaced, dropped, len(missing), len(extra))
+        # self._seq was read before the file was loaded, and everything up to it is now
+        # applied; recording it spares the next start this replay.
+        if changed or index.seq != self._seq:
+            index.save(self.settings.index_path, seq=self._seq)
 
     def rebuild_index(self, *, save: bool = True) -> VectorIndex:
+        # The change number is read first: whatever commits while the embeddings are read
+        # is replayed again (idempotently) at the next start.
+        seq = int(self.store.last_seq())
         ids, vecs = self.store.embeddings()
         dim = vecs.shape[1] if len(ids) else 384
         index = VectorIndex.build(ids, vecs, dim, self.settings.index_kind)
+        index.seq = seq
         if index.kind == "hnsw":
             index.ef_search = self.settings.index_hnsw_ef_search
         if save:
@@ -286,9 +327,19 @@ class Pipeline:
         return index
 
     def save_index(self) -> None:
-        """Write the index file now (atomically: temp file, fsync, rename)."""
+        """Write the index file now (atomically: temp file, fsync, rename).
+
+        The file records ``applied_seq``, the change number up to which the index
+        reflects the store; the next start replays the changes after it. The change feed
+        is applied first, which moves that number past this process's own writes (their
+        vectors are indexed already, so that is a read and a comparison).
+        """
+        try:
+            self.follow_changes()
+        except Exception as exc:  # the store is unreachable: write the older number
+            log.warning("change feed unreadable before the index write (%s)", exc)
         version = self._index_version
-        self.index.save(self.settings.index_path)
+        self.index.save(self.settings.index_path, seq=self._seq)
         self._index_saved_version = version
         self._index_saved_at = time.monotonic()
 
@@ -309,16 +360,18 @@ class Pipeline:
             return True
 
     def _index_save_due(self) -> bool:
-        return time.monotonic() - self._index_saved_at >= self.settings.index_save_interval_s
+        due = time.monotonic() - self._index_saved_at >= self.settings.index_save_interval_s
+        return bool(due)
 
-    def _index_changed(self, *, vectors_replaced: bool = False) -> None:
+    def _index_changed(self) -> None:
         """After a change to the index, with the write lock held.
 
-        The start-up repair compares id sets, so it restores added and removed articles
-        but not a new vector under a known id: an update is written at once.
+        The start-up repair replays the store's change feed after the number in the file,
+        so a crash before the write loses nothing, a replaced vector included: updates
+        wait for the interval like any other change.
         """
         self._index_touched()
-        if vectors_replaced or self._index_save_due():
+        if self._index_save_due():
             self.save_index()
 
     # -- replicas ------------------------------------------------------------------------
@@ -356,12 +409,13 @@ class Pipeline:
             ids, vecs = self.store.embeddings(present) if present else ([], None)
             found = set(ids)
             gone = [i for i in final if i not in found]
-            if ids and vecs is not None:
-                self.index.add(ids, vecs)
+            touched = self.index.add(ids, vecs) if ids and vecs is not None else 0
             if gone:
-                self.index.remove(gone)
-            if ids or gone:
-                self._index_touched()  # written by the next flush or at close
+                touched += self.index.remove(gone)
+            if touched:
+                # Written by the next flush or at close; a crash before that is repaired
+                # at start, which replays the feed after the number in the file.
+                self._index_touched()
             self._seq = upto
             self._gaps = {k: v for k, v in self._gaps.items() if k > upto}
             return len(final)
@@ -390,6 +444,8 @@ class Pipeline:
             todo = [a for a in batch if known.get(a.id) != a.content_hash]
             # Content already stored under another id is recorded, not embedded again.
             by_hash = self.store.ids_for_hashes([a.content_hash for a in todo if a.id not in known])
+            # (unless that article is updated by this batch first: then it is stored anew)
+            by_hash = {h: i for h, i in by_hash.items() if i not in known or i not in latest}
             first_of_hash: dict[str, str] = {}
             need: list[Article] = []
             for a in todo:
@@ -406,15 +462,19 @@ class Pipeline:
                 IngestItem(a, *vec_of.get(a.id, (np.zeros(dim, np.float32), ())))
                 for a in batch
             ]
-            results = self.store.ingest(items, self.embedder.model_id)
+            # duplicates of an updated article keep its old content: promoted to stored
+            # articles (with its stored embedding), indexed and placed like new ones
+            promoted: list[str] = []
+            results = self.store.ingest(items, self.embedder.model_id, promoted=promoted)
             changed = [r.id for r in results if r.outcome in ("inserted", "updated")]
+            changed += [i for i in promoted if i not in changed]
             if changed:
                 ids, vecs = self.store.embeddings(changed)
                 self.index.add(ids, vecs)
-                self._index_changed(
-                    vectors_replaced=any(r.outcome == "updated" for r in results))
-            if assign_stories and self._clusterer and changed:
-                assigned = self._clusterer.assign(changed)
+                self._index_changed()
+            place = changed + self._unplaced(results) if assign_stories else []
+            if place and self._clusterer:
+                assigned = self._clusterer.assign(place)
                 results = [
                     IngestResult(r.id, r.outcome, r.duplicate_of, assigned.get(r.id))
                     for r in results
@@ -442,13 +502,34 @@ class Pipeline:
             vecs = self.embedder.embed([article_text(a) for a in arts])
         return np.asarray(vecs, dtype=np.float32)
 
+    def _unplaced(self, results: Sequence[IngestResult]) -> list[str]:
+        """Re-sent (``unchanged``) articles that have no story: an earlier ingest stored
+        them but failed to place them (the error asked for this retry) or ran without
+        clustering. They are placed now."""
+        same = [r.id for r in results if r.outcome == "unchanged"]
+        if not same or not self._clusterer:
+            return []
+        placed = self.store.story_of(same)
+        # a failed assignment is rolled back in memory; the store may still hold an
+        # updated article's old membership
+        unplaced = getattr(self._clusterer, "unplaced", None)
+        waiting = set(unplaced(same)) if unplaced is not None else set()
+        return [i for i in same if i not in placed or i in waiting]
+
     def delete(self, article_id: str) -> None:
+        """Delete a stored article (its duplicates keep its content: one is promoted to a
+        stored article, indexed and placed) or just the record of a duplicate id."""
         with self._write_lock:
-            self.store.delete_article(article_id)
+            promoted = self.store.delete_article(article_id)
             self.index.remove([article_id])
+            if promoted:
+                ids, vecs = self.store.embeddings(promoted)
+                self.index.add(ids, vecs)
             self._index_changed()
             if self._clusterer:
                 self._clusterer.remove([article_id])
+                if promoted:
+                    self._clusterer.assign(promoted)
 
     # -- related coverage ------------------------------------------------------------
     def related(

@@ -36,9 +36,9 @@ class Settings(BaseSettings):
     index_save_interval_s: float = Field(
         30.0, ge=0, le=86_400,
         description="write the vector index file at most this often while articles change "
-        "(and at shutdown, and at once when an update replaces a vector); added or removed "
-        "articles it lags behind are repaired from the store's embeddings at start, so a "
-        "crash loses no article. 0 = after every ingest or delete",
+        "(and at shutdown); the file records the store change number it reflects, and the "
+        "changes after it are replayed from the store at start, so a crash loses no "
+        "article or update. 0 = after every ingest or delete",
     )
 
     # -- inference -----------------------------------------------------------------

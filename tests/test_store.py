@@ -195,14 +195,16 @@ def test_ordering_and_stories_roundtrip(make_store: MakeStore) -> None:
     st.put_digest("2024-03-04", "html", "<p>")
     assert st.get_digest("2024-03-05", "md") == "two"
     assert st.digest_dates() == ["2024-03-04", "2024-03-05"]
-    # deleting an article drops its membership, vector and duplicates, and feeds a delete
+    # deleting an article drops its membership and vector, and feeds a delete; its
+    # duplicate keeps the content as a stored article (an upsert)
     st.ingest([_item("d0-copy", "dated 0")], "m")
     assert st.duplicates_of("d0") == ["d0-copy"] and st.count_duplicates() == 1
     before = st.last_seq()
-    st.delete_article("d0")
+    assert st.delete_article("d0") == ["d0-copy"]
     assert st.count_duplicates() == 0 and st.get_story("s_1").article_ids == ["a", "d2"]
+    assert st.get_article("d0-copy").text == "dated 0"
     assert [(c.seq, c.article_id, c.op) for c in st.changes_since(before)] == [
-        (before + 1, "d0", "delete")
+        (before + 1, "d0-copy", "upsert"), (before + 2, "d0", "delete")
     ]
 
 
@@ -251,3 +253,76 @@ def test_query_context_follows_duplicates_and_orders_the_story(make_store: MakeS
     assert (lone.duplicates, lone.story_members) == ((), ())
     assert lone.briefs == st.briefs(["c"])
     assert st.query_context("missing") is None
+
+
+def _dup(aid: str, text: str, source: str, seed: int = 9) -> IngestItem:
+    a = Article(id=aid, text=text, source=source, url=f"http://{source}/{aid}",
+                published_at=datetime(2021, 10, 19, tzinfo=UTC))
+    return IngestItem(a, _item(aid, text, seed=seed).vector)
+
+
+def test_an_update_hands_the_old_content_to_the_duplicates(make_store: MakeStore) -> None:
+    """An acknowledged duplicate keeps the content it was sent with when its canonical
+    article is updated: the first becomes a stored article (old text, embedding, entities;
+    its own source and url), the others repeat it."""
+    st = make_store()
+    st.ingest([_item("b", "beta text", seed=1), _item("z", "zeta text", seed=3)], "m")
+    r = st.ingest([_dup("b-copy", "beta text", "wire"), _dup("b-copy2", "beta text", "feed")],
+                  "m")
+    assert [x.outcome for x in r] == ["duplicate", "duplicate"]
+    seq = st.last_seq()
+    promoted: list[str] = []
+    r = st.ingest([_item("b", "something else entirely", seed=2)], "m", promoted=promoted)
+    assert r[0].outcome == "updated" and promoted == ["b-copy"]
+    assert st.get_article("b").text == "something else entirely"
+    copy = st.get_article("b-copy")
+    assert (copy.text, copy.source, copy.url) == ("beta text", "wire", "http://wire/b-copy")
+    assert copy.published_at == datetime(2021, 10, 19, tzinfo=UTC)
+    assert np.allclose(st.embeddings(["b-copy"])[1][0], _item("b", "", seed=1).vector)
+    assert st.entities(["b-copy"]) == {"b-copy": ("nato",)}
+    assert st.canonical_id("b-copy") == "b-copy" and st.canonical_id("b-copy2") == "b-copy"
+    assert st.duplicates_of("b") == [] and st.duplicates_of("b-copy") == ["b-copy2"]
+    assert sorted(c.article_id for c in st.changes_since(seq)) == ["b", "b-copy"]
+    # re-sending it is now a no-op, and its content is a duplicate of it again
+    assert st.ingest([_dup("b-copy", "beta text", "wire")], "m")[0].outcome == "unchanged"
+    r = st.ingest([_dup("b-copy3", "beta text", "x")], "m")
+    assert r[0].duplicate_of == "b-copy"
+
+
+def test_deleting_a_canonical_article_keeps_its_duplicates(make_store: MakeStore) -> None:
+    st = make_store()
+    st.ingest([_item("b", "beta text", seed=1)], "m")
+    st.ingest([_dup("b-copy", "beta text", "wire"), _dup("b-copy2", "beta text", "feed")], "m")
+    assert st.delete_article("b") == ["b-copy"]
+    assert st.article_ids() == ["b-copy"]
+    assert st.get_article("b-copy").text == "beta text"
+    assert st.embeddings(["b-copy"])[0] == ["b-copy"]
+    assert st.canonical_id("b-copy2") == "b-copy" and st.count_duplicates() == 1
+    assert [(c.article_id, c.op) for c in st.changes_since(1)] == [
+        ("b-copy", "upsert"), ("b", "delete")]
+    # without duplicates: nothing promoted
+    assert st.delete_article("b-copy") == ["b-copy2"]
+    assert st.delete_article("b-copy2") == [] and st.count_articles() == 0
+
+
+def test_deleting_a_duplicate_id_removes_only_its_record(make_store: MakeStore) -> None:
+    st = make_store()
+    st.ingest([_item("b", "beta text", seed=1)], "m")
+    st.ingest([_dup("b-copy", "beta text", "wire")], "m")
+    seq = st.last_seq()
+    assert st.delete_article("b-copy") == []
+    assert st.canonical_id("b-copy") is None and st.duplicates_of("b") == []
+    assert st.get_article("b").text == "beta text" and st.last_seq() == seq
+    with pytest.raises(NotFound):
+        st.delete_article("b-copy")
+
+
+def test_storing_an_id_recorded_as_a_duplicate_clears_the_record(make_store: MakeStore) -> None:
+    st = make_store()
+    st.ingest([_item("b", "beta text", seed=1)], "m")
+    st.ingest([_dup("b-copy", "beta text", "wire")], "m")
+    r = st.ingest([_item("b-copy", "its own text now", seed=4)], "m")
+    assert r[0].outcome == "inserted"
+    assert st.duplicates_of("b") == [] and st.count_duplicates() == 0
+    assert st.delete_article("b") == []  # the old record does not come back to life
+    assert st.get_article("b-copy").text == "its own text now"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,3 +72,85 @@ def test_hnsw_ef_search_is_settable_and_persisted(tmp_path: Path) -> None:
     assert flat.ef_search is None
     with pytest.raises(InvalidInput):
         flat.ef_search = 64
+
+
+def write_v1_index(path: Path, ids: list[str], vecs: np.ndarray, kind: str) -> None:
+    """A file as format v1 wrote it: FAISS keys were a hash of the article id."""
+    import hashlib
+    import json
+    import struct
+
+    import faiss
+
+    dim = vecs.shape[1]
+    base: Any
+    if kind == "flat":
+        base = faiss.IndexFlatIP(dim)
+    else:
+        base = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    ix = faiss.IndexIDMap2(base)
+    keys = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") >> 1
+            for i in ids]
+    ix.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(keys, np.int64))
+    pairs = [[k, i] for k, i in zip(keys, ids, strict=True)]
+    header = json.dumps({"dim": dim, "kind": kind, "ids": pairs, "tombstones": []}).encode()
+    path.write_bytes(b"SLVX1\n" + struct.pack("<Q", len(header)) + header
+                     + faiss.serialize_index(ix).tobytes())
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_readd_replaces_the_vector_once_and_round_trips(kind: str, tmp_path: Path) -> None:
+    # Regression: an hnsw re-add reused the tombstoned key, so the stale vector came back
+    # (the id listed twice, once with its old score) and the saved file failed to load.
+    old, new, other = _vecs(3, seed=5)
+    ix = VectorIndex(16, kind)  # type: ignore[arg-type]
+    ix.add(["a", "b"], np.stack([old, other]))
+    ix.add(["a"], new[None])
+    hits = ix.search(old[None], 3)[0]
+    assert [h for h, _ in hits].count("a") == 1
+    assert dict(hits)["a"] == pytest.approx(float(old @ new), abs=1e-5)
+    assert ix.add(["a"], new[None]) == 0  # the same vector again: nothing to do
+    assert ix.add(["a"], old[None]) == 1
+    ix.add(["a"], new[None])
+    np.testing.assert_array_equal(ix.reconstruct("a"), new)
+    assert len(ix) == 2 and ix.ids == {"a", "b"}
+    ix.add(["b", "a", "a"], np.stack([old, other, new]))  # the last row of an id wins
+    np.testing.assert_array_equal(ix.vectors(["a", "b"])[1], np.stack([new, old]))
+    ix.save(tmp_path / "v.idx", seq=7)
+    back = VectorIndex.load(tmp_path / "v.idx")
+    assert back.seq == 7 and back.ids == {"a", "b"}
+    assert back.search(new[None], 3)[0] == ix.search(new[None], 3)[0]
+    back.add(["a"], old[None])  # internal ids continue after the reload
+    assert [h for h, _ in back.search(old[None], 3)[0]].count("a") == 1
+    np.testing.assert_array_equal(back.reconstruct("a"), old)
+    with pytest.raises(KeyError):
+        back.reconstruct("zzz")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_old_format_file_is_refused_with_value_error(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "v1.idx"
+    write_v1_index(path, ["a", "b"], _vecs(2), kind)
+    with pytest.raises(ValueError, match="older"):
+        VectorIndex.load(path)
+
+
+def test_hnsw_tombstones_are_compacted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import storyline.index.vectors as vectors
+
+    monkeypatch.setattr(vectors, "COMPACT_MIN_TOMBSTONES", 8)
+    v = _vecs(40, seed=6)
+    ids = [f"id{i}" for i in range(10)]
+    ix = VectorIndex.build(ids, v[:10], 16, "hnsw")
+    ix.add(ids[:6], v[10:16])
+    assert ix.tombstones == 6  # not yet more than the live entries
+    ix.add(ids[:6], v[16:22])
+    assert ix.tombstones == 0  # 12 > 10 live: the graph was rebuilt
+    ix.remove(["id9"])
+    for row, i in enumerate(ids[:9]):
+        want = v[16 + row] if row < 6 else v[row]
+        assert ix.search(want[None], 1)[0][0][0] == i
+        np.testing.assert_array_equal(ix.reconstruct(i), want)
+    ix.save(tmp_path / "c.idx")
+    back = VectorIndex.load(tmp_path / "c.idx")
+    assert back.ids == set(ids[:9]) and back.tombstones == 1

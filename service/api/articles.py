@@ -98,7 +98,9 @@ class ArticlesController(Controller):
     @delete(
         "/{article_id:str}", status_code=204, opt={"auth": "write"}, security=BEARER,
         summary="Delete a stored article",
-        description="Removes it from the store, the index and its story.",
+        description="Removes it from the store, the index and its story; its exact "
+        "duplicates keep its content (one becomes a stored article). A duplicate id removes "
+        "just that duplicate's record.",
         responses=responses("/v1/articles/5607-center", 401, 404),
     )
     async def delete_article(self, rt: Rt, article_id: FromPath[str]) -> None:

@@ -1,10 +1,13 @@
 """Keeps this process's vector index current with a store other processes write to.
 
 Several API replicas can share one store (one SQLite file on a shared volume, or one
-PostgreSQL database). Each holds its own FAISS index in memory, rebuilt from the store
-at start; with ``STORYLINE_REPLICA_SYNC_S`` > 0 this task polls the store's change feed
-and applies other replicas' ingests and deletes (``Pipeline.follow_changes``), so the
-replicas converge. ``storyline_replica_lag_changes`` says how far behind it is.
+PostgreSQL database). Each holds its own FAISS index in memory, loaded at start from the
+index file and brought up to the store by replaying the change feed after the change
+number the file records; with ``STORYLINE_REPLICA_SYNC_S`` > 0 this task polls the store's
+change feed and applies other replicas' ingests and deletes (``Pipeline.follow_changes``),
+so the replicas converge. What it applies reaches the file only at the next flush; a crash
+before that loses nothing, as the next start replays those changes again.
+``storyline_replica_lag_changes`` says how far behind it is.
 """
 
 from __future__ import annotations
