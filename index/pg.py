@@ -41,7 +41,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
         f"pip install 'storyline[postgres]' ({_exc})"
     ) from _exc
 
-from storyline.index.store import IngestItem, resolve_successors
+from storyline.index.store import IngestItem, StoriesChanged, resolve_successors
 from storyline.index.types import (
     ArticleBrief,
     Change,
@@ -115,6 +115,10 @@ story_outputs = sa.Table(
     sa.Column("story_id", _KEY, primary_key=True), sa.Column("kind", _KEY, primary_key=True),
     sa.Column("content_hash", sa.Text), sa.Column("payload", sa.Text),
     sa.Column("created_at", _TS),
+)
+counters = sa.Table(
+    "counters", _md,
+    sa.Column("name", _KEY, primary_key=True), sa.Column("value", sa.BigInteger),
 )
 digests = sa.Table(
     "digests", _md,
@@ -547,6 +551,28 @@ class PostgresStore:
 
     def last_seq(self) -> int:
         return int(self._scalar(sa.select(sa.func.max(changes.c.seq))) or 0)
+
+    def stories_generation(self) -> int:
+        """How many story writes the store has seen (0 before the first)."""
+        return int(self._scalar(
+            sa.select(counters.c.value).where(counters.c.name == "stories_generation")) or 0)
+
+    def claim_stories_generation(self, expected: int, db: sa.Connection) -> int:
+        """Inside a story write's transaction: move the generation on from ``expected``,
+        or raise :class:`StoriesChanged` if another writer has moved it since. A
+        compare-and-set: under READ COMMITTED a concurrent writer's committed increment
+        makes the WHERE fail after the row lock is released."""
+        row = db.execute(
+            sa.update(counters)
+            .where(counters.c.name == "stories_generation", counters.c.value == expected)
+            .values(value=counters.c.value + 1)
+            .returning(counters.c.value)
+        ).first()
+        if row is None:
+            raise StoriesChanged(
+                f"stories were changed by another writer (expected generation {expected});"
+                " retry")
+        return int(row[0])
 
     # -- stories ----------------------------------------------------------------
     def save_story(self, story: Story, db: sa.Connection | None = None) -> None:

@@ -30,12 +30,18 @@ from storyline.index.types import (
     Story,
     StoryHistory,
 )
-from storyline.models.errors import InvalidArticle, NotFound, StoreError
+from storyline.models.errors import ConflictError, InvalidArticle, NotFound, StoreError
 from storyline.models.types import Article
 
-__all__ = ["IngestItem", "SQLiteStore", "Store"]
+__all__ = ["IngestItem", "SQLiteStore", "Store", "StoriesChanged"]
 
 SCHEMA_VERSION = 1
+
+
+class StoriesChanged(ConflictError):
+    """Another process wrote story records since this one loaded them (see
+    ``Store.claim_stories_generation``): reload them before writing."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -191,6 +197,8 @@ class Store(Protocol):
     def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]: ...
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]: ...
     def last_seq(self) -> int: ...
+    def stories_generation(self) -> int: ...
+    def claim_stories_generation(self, expected: int, db: Any) -> int: ...
     def save_story(self, story: Story, db: Any = None) -> None: ...
     def get_story(self, story_id: str) -> Story: ...
     def list_stories(
@@ -632,6 +640,27 @@ class SQLiteStore:
     def last_seq(self) -> int:
         rows = self._query("SELECT MAX(seq) AS s FROM changes")
         return int(rows[0]["s"] or 0)
+
+    def stories_generation(self) -> int:
+        """How many story writes the store has seen (0 before the first)."""
+        rows = self._query("SELECT value FROM meta WHERE key='stories_generation'")
+        return int(rows[0]["value"]) if rows else 0
+
+    def claim_stories_generation(self, expected: int, db: sqlite3.Connection) -> int:
+        """Inside a story write's transaction: move the generation on from ``expected``,
+        or raise :class:`StoriesChanged` if another writer has moved it since (the write
+        then rolls back). ``BEGIN IMMEDIATE`` holds the write lock, so read-then-write is
+        atomic across processes."""
+        row = db.execute("SELECT value FROM meta WHERE key='stories_generation'").fetchone()
+        now = int(row[0]) if row else 0
+        if now != expected:
+            raise StoriesChanged(
+                f"stories were changed by another writer (generation {now}, expected"
+                f" {expected}); retry")
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES ('stories_generation', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(now + 1),))
+        return now + 1
 
     # -- stories ----------------------------------------------------------------
     def save_story(self, story: Story, db: sqlite3.Connection | None = None) -> None:

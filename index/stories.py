@@ -44,16 +44,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from storyline.index.store import Store
+from storyline.index.store import Store, StoriesChanged
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput
 from storyline.models.types import Article
@@ -61,6 +61,10 @@ from storyline.models.types import Article
 __all__ = ["ClusterParams", "StoryClusterer", "title_tokens"]
 
 log = logging.getLogger(__name__)
+
+#: tries of a write that story writes by other processes keep invalidating
+_CLAIM_ATTEMPTS = 3
+_T = TypeVar("_T")
 
 _WORD = re.compile(r"[a-z0-9$%]+")
 #: Function words and headline filler: they make unrelated titles look alike.
@@ -212,9 +216,14 @@ class StoryClusterer:
         self._lock = threading.RLock()
         self._bucket_s = params.window_hours * 3600.0
         self._window_s = params.window_hours * 3600.0
+        self._reset()
+        self._load()
+
+    def _reset(self) -> None:
+        """Empty in-memory state (``_load`` fills it from the store)."""
         self._arts: list[_Art | None] = []
         self._handle: dict[str, int] = {}
-        self._vecs = np.zeros((0, dim), dtype=np.float32)
+        self._vecs = np.zeros((0, self.dim), dtype=np.float32)
         self._ts = np.zeros(0, dtype=np.float64)  # effective time per handle (NaN: removed)
         self._buckets: dict[int, Any] = {}  # bucket -> faiss.IndexIDMap2(IndexFlatIP)
         self._bucket_members: dict[int, set[int]] = {}
@@ -225,25 +234,46 @@ class StoryClusterer:
         # changed in memory by a call whose write failed: written by the next _persist
         self._unsaved: set[int] = set()
         self._unsaved_retired: dict[str, Story] = {}
-        self._load()
+        #: the store's story generation this state was loaded at or last written as
+        self._gen = 0
 
     # -- state ----------------------------------------------------------------------------
     def _load(self) -> None:
-        """Rebuild the in-memory state from the store (the source of truth)."""
+        """Rebuild the in-memory state from the store (the source of truth).
+
+        The story generation is read first: a story write by another process after it
+        makes this process's next write fail its claim (and reload) rather than overwrite.
+        Stored records that disagree with the membership read here (an article updated or
+        deleted after its story was last written, e.g. by a crash in between) are
+        rewritten by the next write.
+        """
+        self._gen = self.store.stories_generation()
         ids, vecs = self.store.embeddings()
         if ids:
             self._add_articles(ids, vecs)
         members: dict[str, list[int]] = {}
         for aid, sid in self.store.story_of(ids).items():
             members.setdefault(sid, []).append(self._handle[aid])
-        dirty: dict[str, bool] = {}
-        for st in self.store.list_stories(limit=2**62):
-            dirty[st.id] = bool(st.extra.get("dirty", True))
+        stored = {st.id: st for st in self.store.list_stories(limit=2**62, min_size=0)}
         for sid, hs in sorted(members.items()):
             sh = self._open_story(sid)
             for h in hs:
                 self._attach(h, sh)
-            self._stories[sh].dirty = dirty.get(sid, True)
+            st = stored.get(sid)
+            self._stories[sh].dirty = bool(st.extra.get("dirty", True)) if st else True
+            held = members_hash((self._art(h).id, self._art(h).chash) for h in hs)
+            if st is None or st.content_hash != held:
+                self._unsaved.add(sh)
+        for sid, st in stored.items():
+            if sid not in members:  # an active record whose articles are all gone
+                self._unsaved_retired[sid] = Story(
+                    id=sid, label=st.label, article_ids=[], first_at=st.first_at,
+                    last_at=st.last_at, outlets={}, status="deleted",
+                    extra={"dirty": False, "size": 0})
+        if self._unsaved or self._unsaved_retired:
+            log.info("story clusterer: %d stored stories disagree with their members;"
+                     " rewritten with the next write",
+                     len(self._unsaved) + len(self._unsaved_retired))
         self._since_refine = sum(len(s.members) for s in self._stories.values() if s.dirty)
         log.info("story clusterer: %d articles, %d stories loaded", len(ids), len(self._stories))
 
@@ -455,6 +485,9 @@ class StoryClusterer:
         Articles are placed in published order (ties by id). Changed stories are written in
         one transaction; every ``refine_every`` articles a refine pass follows.
         """
+        return self._claimed(lambda: self._assign(article_ids))
+
+    def _assign(self, article_ids: Sequence[str]) -> dict[str, str]:
         with self._lock, _faiss_single_thread():
             ids = list(dict.fromkeys(article_ids))
             touched: set[int] = set()
@@ -495,6 +528,9 @@ class StoryClusterer:
 
     def remove(self, article_ids: Sequence[str]) -> None:
         """Forget deleted articles; their stories shrink (an emptied story is ``deleted``)."""
+        self._claimed(lambda: self._remove(article_ids))
+
+    def _remove(self, article_ids: Sequence[str]) -> None:
         with self._lock:
             touched: set[int] = set()
             for aid in article_ids:
@@ -510,6 +546,34 @@ class StoryClusterer:
             except BaseException:
                 self._defer(touched)  # the articles are gone from the store all the same
                 raise
+
+    def _claimed(self, op: Callable[[], _T]) -> _T:
+        """Run a story-writing operation on state that is current with the store.
+
+        Another process may write stories to the same store (a digest job's refine beside
+        the API's online assignment). Every story write claims the next story generation
+        in its transaction (``Store.claim_stories_generation``); a write based on state
+        loaded before another process's write fails its claim and rolls back. So: reload
+        first when the generation moved on, and reload and redo when a claim fails.
+        """
+        with self._lock:
+            for attempt in range(_CLAIM_ATTEMPTS):
+                gen = self.store.stories_generation()
+                if gen != self._gen:
+                    log.info("stories changed by another writer (generation %d -> %d);"
+                             " reloading", self._gen, gen)
+                    self._reload()
+                try:
+                    return op()
+                except StoriesChanged:
+                    if attempt == _CLAIM_ATTEMPTS - 1:
+                        raise
+                    self._reload()
+            raise AssertionError("unreachable")
+
+    def _reload(self) -> None:
+        self._reset()
+        self._load()
 
     def _roll_back(self, placed: Sequence[int], touched: Iterable[int], first_new: int) -> None:
         """Undo the placements of an ``assign`` whose write failed, so that memory does not
@@ -583,6 +647,7 @@ class StoryClusterer:
         if not touched and not retired and not history:
             return
         with self.store.transaction() as db:
+            gen = self.store.claim_stories_generation(self._gen, db)
             for rec in retired:
                 self.store.save_story(rec, db)
             for sh in touched:
@@ -592,6 +657,7 @@ class StoryClusterer:
                 self.store.save_story(self._record(sh, "active" if s.members else "deleted"), db)
             for old, new, kind in history:
                 self.store.record_history(old, new, kind, db)
+        self._gen = gen
         self._unsaved.clear()
         self._unsaved_retired.clear()
         for sh in touched:  # emptied stories leave memory once stored as deleted
@@ -611,6 +677,9 @@ class StoryClusterer:
         Works on the stories changed since the last refine (all stories if ``full``) and the
         stories around them in time; returns counts of what changed.
         """
+        return self._claimed(lambda: self._refine(full=full))
+
+    def _refine(self, *, full: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         with self._lock, _faiss_single_thread():
             unassigned = self._assign_missing()

@@ -332,6 +332,97 @@ def test_articles_stored_without_clustering_are_placed_by_refine(
     _assert_gold(_partition(store, arts), arts)
 
 
+# -- several writers on one store -----------------------------------------------------------------
+def _records_agree(store: Store) -> None:
+    """Every active story record matches its members (size and content hash)."""
+    from storyline.index.stories import members_hash
+
+    for st in store.list_stories(limit=10**6, min_size=0):
+        got = store.get_articles(st.article_ids)
+        assert st.article_ids, f"active story {st.id} without members"
+        assert st.extra.get("size") == len(st.article_ids), st.id
+        assert st.content_hash == members_hash((a.id, a.content_hash) for a in got), st.id
+
+
+def test_a_second_writer_reloads_instead_of_overwriting(
+    make_store: Any, vectors: dict[str, Any]
+) -> None:
+    # The API's clusterer holds stories in memory; a digest job in another process refines
+    # the same store; the API's next write must build on that refine, not undo it.
+    arts = _articles()
+    early, late = arts[:-3], arts[-3:]
+    store = _store(make_store, vectors, early)
+    api = StoryClusterer(store, params=ClusterParams(join_threshold=99.0, refine_every=0))
+    api.assign([a.id for a in early])  # every article its own story
+    digest = StoryClusterer(make_store("stories"), params=ClusterParams(refine_every=0))
+    stats = digest.refine(full=True)
+    assert stats["merged"] > 0
+    merged = {st.id for st in store.list_stories(limit=100, status="merged")}
+    store.ingest([IngestItem(a, *vectors[a.id]) for a in late], "test")
+    api.assign([a.id for a in late])
+    _records_agree(store)
+    # what the refine retired stays retired, and its partition of the early articles stands
+    assert {st.id for st in store.list_stories(limit=100, status="merged")} == merged
+    assert {api.story_of(a.id) for a in early} == set(_partition(store, early).values())
+    _assert_gold(_partition(store, early), early)
+
+
+def test_a_story_write_on_stale_state_is_refused_and_redone(
+    make_store: Any, vectors: dict[str, Any]
+) -> None:
+    from storyline.index.store import StoriesChanged
+
+    arts = _articles()
+    store = _store(make_store, vectors, arts[:6])
+    a = StoryClusterer(store, params=ClusterParams(refine_every=0))
+    a.assign([x.id for x in arts[:3]])
+    b = StoryClusterer(make_store("stories"), params=ClusterParams(refine_every=0))
+    gen = store.stories_generation()
+    # the store refuses a claim from a stale generation, inside the writer's transaction
+    with pytest.raises(StoriesChanged), store.transaction() as db:
+        store.claim_stories_generation(gen - 1, db)
+    assert store.stories_generation() == gen
+    # b writes after a's check: a's write fails its claim, reloads and is redone
+    real = a.store.stories_generation
+    calls = {"n": 0}
+
+    def stale_once() -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            b.assign([x.id for x in arts[3:6]])  # lands between a's check and a's write
+            return gen
+        return real()
+
+    store.delete_article("volcano-0")  # as the pipeline does: the store first
+    a.store.stories_generation = stale_once  # type: ignore[method-assign]
+    try:
+        a.remove(["volcano-0"])
+    finally:
+        del a.store.stories_generation
+    assert calls["n"] >= 2
+    assert store.stories_generation() == gen + 2  # b's write, then a's redone one
+    placed = store.story_of([x.id for x in arts[1:6]])
+    assert set(placed) == {x.id for x in arts[1:6]}  # b's placements survived a's write
+    assert store.story_of(["volcano-0"]) == {}
+    _records_agree(store)
+
+
+def test_records_left_stale_by_a_crash_are_rewritten(
+    make_store: Any, vectors: dict[str, Any]
+) -> None:
+    arts = _articles()
+    store = _store(make_store, vectors, arts[:3])
+    StoryClusterer(store, params=ClusterParams(refine_every=0)).assign([a.id for a in arts[:3]])
+    # a process committed an update and a delete, then died before writing the stories
+    changed = replace(arts[0], text=arts[0].text + " Updated.")
+    store.ingest([IngestItem(changed, *vectors[arts[0].id])], "test")
+    store.delete_article(arts[1].id)
+    again = StoryClusterer(make_store("stories"), params=ClusterParams(refine_every=0))
+    store.ingest([IngestItem(arts[3], *vectors[arts[3].id])], "test")
+    again.assign([arts[3].id])  # the next write also rewrites what the crash left behind
+    _records_agree(store)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ingest_order_does_not_change_the_stories(
     make_store: Any, vectors: dict[str, Any], seed: int
