@@ -439,24 +439,19 @@ class Pipeline:
         for a in articles:  # the same id twice in one batch: the later one wins
             latest[a.id] = a
         batch = list(latest.values())
+        # Embedding is the slow part (seconds for a large batch): done before the write
+        # lock, so deletes, index flushes and other ingests do not wait on the model. What
+        # needs it is decided again under the lock (another writer may have stored,
+        # changed or deleted these ids or their content meanwhile); a vector depends only
+        # on the article's own content, so one computed here is reused, and only what
+        # became necessary meanwhile (rare) is embedded under the lock.
+        ready = self._embed_for_ingest(self._to_embed(batch, latest), precomputed)
         with self._write_lock:
-            known = self.store.existing_hashes([a.id for a in batch])
-            todo = [a for a in batch if known.get(a.id) != a.content_hash]
-            # Content already stored under another id is recorded, not embedded again.
-            by_hash = self.store.ids_for_hashes([a.content_hash for a in todo if a.id not in known])
-            # (unless that article is updated by this batch first: then it is stored anew)
-            by_hash = {h: i for h, i in by_hash.items() if i not in known or i not in latest}
-            first_of_hash: dict[str, str] = {}
-            need: list[Article] = []
-            for a in todo:
-                h = a.content_hash
-                if a.id not in known and (h in by_hash or h in first_of_hash):
-                    continue
-                first_of_hash.setdefault(h, a.id)
-                need.append(a)
-            vectors = self._embed_articles(need, precomputed)
-            ents = self.entity_keys([article_text(a) for a in need]) if need else []
-            vec_of = {a.id: (vectors[i], ents[i]) for i, a in enumerate(need)}
+            need = self._to_embed(batch, latest)
+            missing = [a for a in need if a.id not in ready]
+            if missing:
+                ready.update(self._embed_for_ingest(missing, precomputed))
+            vec_of = {a.id: ready[a.id] for a in need}
             dim = self.embedder.dim
             items = [
                 IngestItem(a, *vec_of.get(a.id, (np.zeros(dim, np.float32), ())))
@@ -486,6 +481,38 @@ class Pipeline:
                 for r in results
             ]
         return IngestReport(results, time.perf_counter() - t0)
+
+    def _to_embed(self, batch: Sequence[Article], latest: Mapping[str, Article]) -> list[Article]:
+        """The articles of ``batch`` (one per id) that ``ingest`` must embed, as the store
+        stands now: new or changed content, unless it is already stored under another id
+        (recorded as a duplicate) or repeats an earlier article of the batch."""
+        known = self.store.existing_hashes([a.id for a in batch])
+        todo = [a for a in batch if known.get(a.id) != a.content_hash]
+        # Content already stored under another id is recorded, not embedded again.
+        by_hash = self.store.ids_for_hashes([a.content_hash for a in todo if a.id not in known])
+        # (unless that article is updated by this batch first: then it is stored anew)
+        by_hash = {h: i for h, i in by_hash.items() if i not in known or i not in latest}
+        first_of_hash: dict[str, str] = {}
+        need: list[Article] = []
+        for a in todo:
+            h = a.content_hash
+            if a.id not in known and (h in by_hash or h in first_of_hash):
+                continue
+            first_of_hash.setdefault(h, a.id)
+            need.append(a)
+        return need
+
+    def _embed_for_ingest(
+        self,
+        arts: Sequence[Article],
+        precomputed: Mapping[str, npt.NDArray[np.float32]] | None,
+    ) -> dict[str, tuple[npt.NDArray[np.float32], tuple[str, ...]]]:
+        """Vector and entity keys of each article, by id."""
+        if not arts:
+            return {}
+        vectors = self._embed_articles(arts, precomputed)
+        ents = self.entity_keys([article_text(a) for a in arts])
+        return {a.id: (vectors[i], ents[i]) for i, a in enumerate(arts)}
 
     def _embed_articles(
         self,

@@ -285,6 +285,80 @@ def test_get_related_and_delete(loaded: TestClient[Litestar]) -> None:
     assert loaded.get("/health/ready").json()["indexed"] == 3
 
 
+def _queued(rt: Any, calls: int) -> None:
+    """Wait until ``calls`` calls are running or waiting in the runtime's pools."""
+    deadline = time.monotonic() + 30
+    pools = {id(p): p for p in (rt.io, rt.background, rt.inference)}.values()
+    while sum(p.pending for p in pools) < calls:
+        assert time.monotonic() < deadline, "the requests never reached a pool"
+        time.sleep(0.01)
+
+
+def test_reads_answer_at_once_while_a_long_ingest_and_deletes_run(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: DELETE ran on the 2-thread I/O pool and waited there for the write lock
+    an ingest held while embedding, so a GET of a stored article waited for the ingest
+    (5 s for a 6 s embedding). Writes now run where ingest does, and embedding is done
+    outside the write lock."""
+    app = make_app(pipeline)
+    rt = app.state.runtime
+    started, release = threading.Event(), threading.Event()
+    real = pipeline._embed_articles
+
+    def slow_embed(arts: Any, precomputed: Any = None) -> Any:
+        started.set()
+        release.wait(10)  # stands in for a large batch's embedding
+        return real(arts, precomputed)
+
+    new = [{"id": f"n-{i}", "text": f"New article number {i} about a city council vote."}
+           for i in range(3)]
+    with TestClient(app) as c, ThreadPoolExecutor(3) as ex:
+        assert c.post("/v1/articles", json={"articles": ARTS}, headers=AUTH).status_code == 200
+        monkeypatch.setattr(pipeline, "_embed_articles", slow_embed)
+        try:
+            ingest = ex.submit(c.post, "/v1/articles", json={"articles": new}, headers=AUTH)
+            assert started.wait(30)
+            deletes = [ex.submit(c.delete, f"/v1/articles/{i}", headers=AUTH)
+                       for i in ("court-2", "storm-1")]
+            _queued(rt, 3)
+            t0 = time.perf_counter()
+            r = c.get("/v1/articles/court-1")
+            assert r.status_code == 200 and r.json()["id"] == "court-1"
+            assert c.get("/v1/articles/storm-2/related").status_code == 200
+            assert time.perf_counter() - t0 < 1.0, "reads waited for the writes"
+        finally:
+            release.set()
+        assert ingest.result(30).status_code == 200
+        assert [d.result(30).status_code for d in deletes] == [204, 204]
+        assert_problem(c.get("/v1/articles/court-2"), 404)
+        assert c.get("/health/ready").json()["indexed"] == 5
+
+
+def test_writes_waiting_for_the_write_lock_leave_the_io_pool_to_reads(
+    pipeline: Pipeline,
+) -> None:
+    """DELETE and the index saver's flush wait for the pipeline's write lock: they run on
+    the background pool, so however long a write holds the lock, lookups answer."""
+    pipeline.ingest([_article(a) for a in ARTS])
+    app = make_app(pipeline, index_save_interval_s=0.05)  # the saver ticks meanwhile
+    rt = app.state.runtime
+    with TestClient(app) as c, ThreadPoolExecutor(3) as ex:
+        pipeline._write_lock.acquire()  # a long write
+        try:
+            deletes = [ex.submit(c.delete, f"/v1/articles/{i}", headers=AUTH)
+                       for i in ("court-2", "storm-1")]
+            _queued(rt, 2)
+            time.sleep(0.2)  # the index saver's ticks
+            get = ex.submit(c.get, "/v1/articles/court-1")
+            assert get.result(timeout=5).status_code == 200, "a lookup waited for a write"
+            assert not any(d.done() for d in deletes)  # they answer after their commit
+        finally:
+            pipeline._write_lock.release()
+        assert [d.result(30).status_code for d in deletes] == [204, 204]
+    assert pipeline.store.canonical_id("court-2") is None
+
+
 def test_search(loaded: TestClient[Litestar]) -> None:
     r = loaded.post("/v1/search", json={"text": "hurricane power outage", "k": 2})
     assert r.status_code == 200

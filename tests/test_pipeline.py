@@ -4,7 +4,10 @@ Tests marked ``both_backends`` run on SQLite and on PostgreSQL (see conftest.py)
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -477,3 +480,83 @@ def test_old_content_sent_with_the_update_of_its_holder_is_embedded(pipeline: Pi
     _, vec = pipeline.store.embeddings(["court-1-wire"])
     assert float(np.linalg.norm(vec[0])) > 0.5
     assert pipeline.related("court-2", k=1)[0].id == "court-1-wire"
+
+
+def _vector_of(pipeline: Pipeline, article: Article) -> np.ndarray:  # type: ignore[type-arg]
+    from storyline.service.pipeline import article_text
+
+    return np.asarray(pipeline.embedder.embed([article_text(article)])[0], dtype=np.float32)
+
+
+def _while_embedding(pipeline: Pipeline, other: Callable[[], None]) -> None:
+    """Make the next embedding of ``pipeline`` first run ``other`` on another thread (to its
+    end). Before embedding moved out of the write lock, ``other`` (a write) waited for it."""
+    real = pipeline._embed_articles
+    done: list[bool] = []
+
+    def embed(arts: Any, precomputed: Any = None) -> Any:
+        if not done:
+            done.append(True)
+            t = threading.Thread(target=other)
+            t.start()
+            t.join(10)
+            assert not t.is_alive(), "a write waited for an ingest's embedding"
+        return real(arts, precomputed)
+
+    pipeline._embed_articles = embed  # type: ignore[method-assign]
+
+
+@pytest.mark.both_backends
+def test_concurrent_ingests_of_one_id_end_with_the_last_committed_content(
+    pipeline: Pipeline,
+) -> None:
+    """Embedding runs outside the write lock: an ingest re-checks the store under the lock,
+    so whichever write commits last decides the content, and its own vector is stored."""
+    pipeline.ingest(ARTS)
+    first = Article("court-1", "A cat show was held in Paris on Sunday with hundreds of cats.",
+                    "Cat show", "Outlet A", published_at=T)
+    second = Article("court-1", "Hurricane Ida knocked out power to New Orleans overnight.",
+                     "Storm", "Outlet A", published_at=T)
+    # ``second`` commits while ``first`` is being embedded: ``first`` commits last
+    other: list[Any] = []
+    _while_embedding(pipeline, lambda: other.append(pipeline.ingest([second])))
+    rep = pipeline.ingest([first])
+    assert other[0].results[0].outcome == "updated"
+    assert rep.results[0].outcome == "updated"
+    st = pipeline.store
+    assert st.get_article("court-1").text == first.text
+    ids, vecs = st.embeddings(["court-1"])
+    assert ids == ["court-1"]
+    np.testing.assert_allclose(vecs[0], _vector_of(pipeline, first), atol=1e-5)
+    np.testing.assert_allclose(pipeline.index.reconstruct("court-1"), vecs[0], atol=1e-5)
+    assert len(pipeline.index) == 4
+    # the same content committed meanwhile: this ingest finds it unchanged
+    other.clear()
+    _while_embedding(pipeline, lambda: other.append(pipeline.ingest([second])))
+    rep = pipeline.ingest([second])
+    assert other[0].results[0].outcome == "updated"
+    assert rep.results[0].outcome == "unchanged"
+    _, vecs = st.embeddings(["court-1"])
+    np.testing.assert_allclose(vecs[0], _vector_of(pipeline, second), atol=1e-5)
+    np.testing.assert_allclose(pipeline.index.reconstruct("court-1"), vecs[0], atol=1e-5)
+
+
+@pytest.mark.both_backends
+def test_a_duplicate_whose_original_goes_meanwhile_is_embedded_under_the_lock(
+    pipeline: Pipeline,
+) -> None:
+    """Judged a duplicate (not embedded) before the lock; the article it repeated is
+    deleted meanwhile, so under the lock it is new content and embedded there."""
+    pipeline.ingest(ARTS)
+    wire = Article("storm-1-wire", ARTS[2].text, ARTS[2].title, "Wire", published_at=T)
+    other = Article("n-1", "A new bridge opened in Lisbon after ten years of works.",
+                    "Bridge opens", "Outlet D", published_at=T)
+    _while_embedding(pipeline, lambda: pipeline.delete("storm-1"))
+    rep = pipeline.ingest([wire, other])
+    assert [r.outcome for r in rep.results] == ["inserted", "inserted"]
+    assert pipeline.store.get_article("storm-1-wire").text == ARTS[2].text
+    _, vecs = pipeline.store.embeddings(["storm-1-wire"])
+    assert float(np.linalg.norm(vecs[0])) > 0.5
+    np.testing.assert_allclose(vecs[0], _vector_of(pipeline, wire), atol=1e-5)
+    assert pipeline.index.ids == {"court-1", "court-2", "storm-2", "storm-1-wire", "n-1"}
+    assert pipeline.related("storm-2", k=1)[0].id == "storm-1-wire"

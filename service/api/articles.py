@@ -105,7 +105,9 @@ class ArticlesController(Controller):
     )
     async def delete_article(self, rt: Rt, article_id: FromPath[str]) -> None:
         pipe = rt.get_pipeline()
-        await rt.io.run(pipe.delete, article_id)
+        # A write: it waits for the pipeline's write lock, so it runs where ingest does,
+        # never on the I/O pool, whose few threads serve the millisecond lookups.
+        await rt.background.run(pipe.delete, article_id, priority=PRIORITY_WRITE)
 
     @get(
         "/{article_id:str}/related", summary="Related coverage of a stored article",

@@ -42,9 +42,9 @@ class BackgroundTask:
 
 
 class PeriodicTask(BackgroundTask):
-    """Every ``interval_s`` (0 = never started): ``step(pipeline)`` on the I/O pool, once
-    the pipeline is loaded and ``applies`` to it. A failed step is logged; the next tick
-    tries again, and a full pool skips the tick."""
+    """Every ``interval_s`` (0 = never started): ``step(pipeline)`` on ``pool()`` (the I/O
+    pool unless overridden), once the pipeline is loaded and ``applies`` to it. A failed
+    step is logged; the next tick tries again, and a full pool skips the tick."""
 
     priority = PRIORITY_READ
 
@@ -59,6 +59,10 @@ class PeriodicTask(BackgroundTask):
     def applies(self, pipe: Any) -> bool:
         return True
 
+    def pool(self) -> Any:
+        """The pool ``step`` runs on: the I/O pool, for steps that only read."""
+        return self._rt.io
+
     def step(self, pipe: Any) -> None:
         raise NotImplementedError
 
@@ -69,7 +73,7 @@ class PeriodicTask(BackgroundTask):
             if pipe is None or not self.applies(pipe):
                 continue
             try:
-                await self._rt.io.run(self.step, pipe, priority=self.priority)
+                await self.pool().run(self.step, pipe, priority=self.priority)
             except Overloaded:
                 pass
             except Exception:

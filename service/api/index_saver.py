@@ -26,6 +26,11 @@ class IndexSaver(PeriodicTask):
     def applies(self, pipe: Any) -> bool:
         return hasattr(pipe, "flush_index")
 
+    def pool(self) -> Any:
+        # flush_index waits for the pipeline's write lock (held by ingest and delete): on
+        # the I/O pool that wait would hold up the lookups, so it runs where writes do.
+        return self._rt.background
+
     def step(self, pipe: Any) -> None:
         # this task's tick is the interval: write whatever changed since the last write
         if pipe.flush_index(force=True):

@@ -3,11 +3,14 @@
 Blocking work never runs on the event loop. Model calls (embedding, summaries) go to the
 ``inference`` pool: ``inference_workers`` threads plus at most ``inference_queue`` waiting
 calls; one more is refused at once with 503 + Retry-After instead of stalling the loop.
-Store and index reads (related, lookups, listings) and deletes go to a separate ``io`` pool
-so a long summary never delays a millisecond lookup. With the models on threads
-(``model_process`` off), on Linux the inference threads run ``inference_nice`` lower in CPU
-priority (threads they start inherit it): set it (10 measured best in that mode) so on a
-small box they do not take the cores from the lookups whenever both are runnable.
+Store and index reads (related, lookups, listings) go to a separate ``io`` pool so a long
+summary never delays a millisecond lookup. Writes (ingest, delete, index file flushes) wait
+for the pipeline's write lock, so they run on the ``background`` pool, never on ``io``: two
+deletes waiting behind a long ingest would otherwise take both I/O threads. With the models
+on threads (``model_process`` off), on Linux the inference threads run ``inference_nice``
+lower in CPU priority (threads they start inherit it): set it (10 measured best in that
+mode) so on a small box they do not take the cores from the lookups whenever both are
+runnable.
 """
 
 from __future__ import annotations
