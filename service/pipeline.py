@@ -905,6 +905,9 @@ class Pipeline:
                            key=lambda st: (-len(st.article_ids), min(st.article_ids)))
             for st in found:
                 arts = scratch.get_articles(st.article_ids)
+                # The scratch id is random; an id from the members' ids and contents makes
+                # the answer deterministic, the id included (it is not a stored story).
+                st = replace(st, id=f"adhoc_{st.content_hash[:16]}")
                 views.append(self._cached_analysis(st, arts, budget_words, mode))
             self._lru_put(self._set_views, set_key, views)
             return views

@@ -302,8 +302,12 @@ def test_ad_hoc_summaries_are_cached_by_content(pipeline: Pipeline) -> None:
     assert changed and not changed[0].cached
     # The cache is bounded.
     pipeline.settings = pipeline.settings.model_copy(update={"analysis_cache_size": 0})
-    assert not any(v.cached for v in pipeline.summarise_articles(mixed))
-    assert not any(v.cached for v in pipeline.summarise_articles(mixed))
+    x = pipeline.summarise_articles(mixed)
+    y = pipeline.summarise_articles(mixed)
+    assert not any(v.cached for v in x) and not any(v.cached for v in y)
+    # computed twice, the same answer, ids included (not stored stories: own prefix)
+    assert [v.story.id for v in x] == [v.story.id for v in y]
+    assert all(v.story.id.startswith("adhoc_") for v in x)
 
 
 def test_stored_analyses_of_older_analysis_code_are_recomputed(
