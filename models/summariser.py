@@ -3,10 +3,22 @@
 No torch here: onnxruntime, tokenizers (via the embedder) and numpy only. For one story:
 
 1. ``split_sentences``: a fast, deterministic rule splitter (abbreviations such as "Mr.",
-   "Nov. 8" and "U.S.", initials, quotations kept whole). A piece without terminal
-   punctuation is *incomplete*: the cut-off end of an excerpt (86% of AllSides excerpts),
-   a heading, a byline. Incomplete sentences are never extracted unless a story has
-   nothing else, but they still count as evidence when other sentences look for support.
+   "Nov. 8" and "U.S.", initials, quotations kept whole). It ends a sentence at
+   ``. ! ? …`` followed by whitespace, and at the CJK ``。！？．``, the Devanagari danda
+   ``। ॥`` and the Arabic/Urdu ``؟ ۔`` with or without whitespace; the next character must
+   be able to start a sentence: an uppercase letter, a digit, an opening quote/bracket, or
+   a letter of a caseless script (CJK, Arabic, Devanagari...). A lowercase letter never
+   starts one, so English whose sentences start lowercase stays one piece (see 1b). A
+   piece without terminal punctuation is *incomplete*: the cut-off end of an excerpt (86%
+   of AllSides excerpts), a heading, a byline. Incomplete sentences are never extracted
+   unless a story has nothing else, but they still count as evidence when other sentences
+   look for support.
+1b. ``story_sentences``: a piece over ``MAX_PIECE_WORDS`` words or ``MAX_PIECE_CHARS``
+   characters (a run-on text without usable punctuation) is no sentence a summary can use
+   whole. It is cut at the best boundaries it has (terminals the splitter rejected, then
+   ``; :``, then ``,`` and dashes, then word windows, then character windows for text
+   without spaces) into pieces under both caps; those pieces are incomplete, so they are
+   only used when the story has no complete sentence (see the budget rule).
 2. Every sentence and title is embedded once (MiniLM int8). Two feature sets, both shared
    with training so they cannot drift:
    - ``story_features`` per candidate sentence: similarity to the story centroid,
@@ -34,7 +46,13 @@ the summary reaches ``budget_words``; the last sentence added may cross the budg
 only if at least ``min_fit`` of its words fall inside it (otherwise shorter candidates are
 tried). So a summary exceeds the budget by less than one sentence, and a caller that needs
 a hard cap truncates at the budget (the evaluation does). If the only candidates are
-longer than the budget, the best one is returned whole.
+complete sentences longer than the budget, the best one is returned whole. A story
+without any complete sentence is summarised from incomplete pieces (excerpt ends,
+headings, the cut pieces of 1b); those are never passed off as sentences: in reading
+order each is cut at the words left in the budget, and "…" marks every cut end (a piece
+that starts inside a longer sentence gets a leading "…", one that does not end in
+terminal punctuation a trailing "…"), so a summary never silently ends mid-sentence and
+never exceeds the budget. Without the marks, the text is still verbatim.
 
 Citations: every sentence cites the article it was extracted from first (its text is a
 verbatim, whitespace-normalised substring of that article), then every other article of
@@ -42,8 +60,10 @@ the story holding a sentence with cosine >= ``support_threshold`` to it.
 
 Input handling: articles without text are skipped; none left (or no articles) ->
 ``InvalidInput``. Non-English text goes through the same path (MiniLM embeds anything;
-splitting also knows 。！？), degraded but extractive and crash-free. At most 40 sentences
-per article are considered, and a "sentence" over 90 words is only a last resort.
+splitting knows the terminals of 1), degraded but extractive and crash-free. Words are
+whitespace-separated, so a CJK sentence counts as one word against ``budget_words``. At
+most 40 sentences (pieces) per article are considered, a complete sentence over 90 words
+is only a last resort, and no piece exceeds ``MAX_PIECE_WORDS`` / ``MAX_PIECE_CHARS``.
 """
 
 from __future__ import annotations
@@ -87,6 +107,7 @@ __all__ = [
     "order_key",
     "prepare_story",
     "select_sentences",
+    "split_long",
     "split_sentences",
     "story_concepts",
     "story_features",
@@ -102,6 +123,13 @@ MAX_SENTENCES_PER_ARTICLE: Final = 40
 #: A "sentence" longer than this (a run-on text without punctuation) is not a candidate
 #: unless the story has nothing else.
 MAX_SENTENCE_WORDS: Final = 90
+#: A piece over either cap is cut (module doc, 1b). 120 words: the longest AllSides
+#: sentence has 76 words (502 characters), candidates stop at MAX_SENTENCE_WORDS = 90, and
+#: 120 is 1.5 times the default budget (80), so nothing real is cut while a run-on never
+#: reaches a summary whole. 800 characters: ~120 English words, and the bound for scripts
+#: without spaces (one "word"); MiniLM reads <= 256 word pieces of it anyway.
+MAX_PIECE_WORDS: Final = 120
+MAX_PIECE_CHARS: Final = 800
 #: Sentences shorter than this ("Here's why.") say nothing on their own.
 MIN_SENTENCE_WORDS: Final = 4
 #: the beam search keeps a dense [candidates, grams] count table; above this many cells
@@ -148,10 +176,15 @@ _STARTERS: Final = frozenset(
         "how", "who", "where", "also", "instead", "despite", "during", "under", "until"
     ]
 )
-_TERMINALS: Final = ".!?。！？…"
-_CLOSERS: Final = "\"'”’)]»"
-_OPENERS: Final = "\"'“‘([«¿¡"
-_BOUNDARY = re.compile(r"([.!?。！？…]+)([\"'”’)\]»]*)(\s+)")
+_TERMINALS: Final = ".!?。！？．…।॥؟۔"
+#: end a sentence with or without whitespace after them (CJK, Devanagari, Arabic/Urdu)
+_UNSPACED_TERMINALS: Final = "。！？．।॥؟۔"
+_CLOSERS: Final = "\"'”’)]»」』）"
+_OPENERS: Final = "\"'“‘([«¿¡「『（《"
+# The whitespace is optional in the pattern, but a match without it is only a boundary
+# after an unspaced terminal (``_split_allowed``); for text without those the accepted
+# matches are exactly those of the pattern with ``\s+``.
+_BOUNDARY = re.compile(r"([.!?。！？．…।॥؟۔]+)([\"'”’)\]»」』）]*)(\s*)")
 _PARA = re.compile(r"\n\s*\n|\r\n\s*\r\n|\n(?=\s*[“\"A-Z])")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NUMBER = re.compile(r"\d")
@@ -169,19 +202,59 @@ def _is_terminal(sentence: str) -> bool:
     return bool(s) and s[-1] in _TERMINALS and not s.endswith(("...", "…"))
 
 
-def _split_allowed(para: str, m: re.Match[str]) -> bool:
+def _caseless_letter(ch: str) -> bool:
+    """A letter of a script without case (CJK, Arabic, Devanagari...): may start a sentence."""
+    return ch.isalpha() and not ch.isupper() and not ch.islower()
+
+
+class _Quotes:
+    """Quote counts of a paragraph: in all of it, and in its head up to a position that only
+    moves forward (boundaries come in order), so each boundary costs O(1) amortised, not a
+    scan of the paragraph (a 150k-character run of short sentences)."""
+
+    __slots__ = ("close", "open", "para", "pos", "straight", "total_close", "total_open",
+                 "total_straight")
+
+    def __init__(self, para: str) -> None:
+        self.para, self.pos = para, 0
+        self.open = self.close = self.straight = 0
+        self.total_open, self.total_close = para.count("“"), para.count("”")
+        self.total_straight = para.count('"')
+
+    def advance(self, pos: int) -> None:
+        head = self.para[self.pos : pos]
+        self.open += head.count("“")
+        self.close += head.count("”")
+        self.straight += head.count('"')
+        self.pos = pos
+
+
+def _last_token(s: str, end: int) -> str:
+    """``s[:end].split()[-1]`` (or "") without splitting the whole head."""
+    j = end
+    while j > 0 and s[j - 1].isspace():
+        j -= 1
+    i = j
+    while i > 0 and not s[i - 1].isspace():
+        i -= 1
+    return s[i:j]
+
+
+def _split_allowed(para: str, m: re.Match[str], quotes: _Quotes) -> bool:
     punct, closers = m.group(1), m.group(2)
+    if not m.group(3) and not any(ch in _UNSPACED_TERMINALS for ch in punct):
+        return False
     nxt_pos = m.end()
     if nxt_pos >= len(para):
         return False
     nxt = para[nxt_pos]
-    if not (nxt.isupper() or nxt.isdigit() or nxt in _OPENERS):
+    if not (nxt.isupper() or nxt.isdigit() or nxt in _OPENERS or _caseless_letter(nxt)):
         return False
     if punct == "." and not closers:
-        before = para[: m.start()]
-        token = before.split()[-1] if before.split() else ""
+        token = _last_token(para, m.start())
         tok = token.lstrip(_OPENERS).lower()
-        if _INITIAL.search(before[-2:] if len(before) >= 2 else " " + before):
+        tail = para[max(0, m.start() - 2) : m.start()]
+        if _INITIAL.search(tail if len(tail) >= 2 else " " + tail):
             return False  # "John F. Kennedy"
         if tok in _TITLES or (tok in _BEFORE_NUMBER and nxt.isdigit()):
             return False
@@ -189,13 +262,13 @@ def _split_allowed(para: str, m: re.Match[str]) -> bool:
             word = _WORD.match(para, nxt_pos + (1 if nxt in _OPENERS else 0))
             return word is not None and word.group(0).lower() in _STARTERS
     # Inside an open quotation that closes later in the paragraph: one sentence.
-    head = para[: m.end(2)]
-    opened = head.count("“") - head.count("”")
-    if opened > 0 and "”" in para[m.end(2) :]:
+    quotes.advance(m.end(2))
+    opened = quotes.open - quotes.close
+    if opened > 0 and quotes.total_close > quotes.close:
         return False
     # Straight quotes only when the paragraph has no curly ones (mixed styles confuse it).
-    straight_open = "“" not in para and head.count('"') % 2 == 1
-    return not (straight_open and '"' in para[m.end(2) :])
+    straight_open = quotes.total_open == 0 and quotes.straight % 2 == 1
+    return not (straight_open and quotes.total_straight > quotes.straight)
 
 
 def split_sentences(text: str) -> list[tuple[int, int, bool]]:
@@ -212,8 +285,9 @@ def split_sentences(text: str) -> list[tuple[int, int, bool]]:
         base = pos
         pos = para_m.end() if para_m else len(text)
         start = 0
+        quotes = _Quotes(para)
         for m in _BOUNDARY.finditer(para):
-            if _split_allowed(para, m):
+            if _split_allowed(para, m, quotes):
                 _add_span(spans, para, base, start, m.end(2))
                 start = m.end()
         _add_span(spans, para, base, start, len(para))
@@ -232,6 +306,68 @@ def _add_span(
     spans.append((s, s + len(stripped), _is_terminal(stripped)))
 
 
+# Cut points of an over-long piece, best first (module doc, 1b); a cut falls after the match.
+_CUT_LEVELS: Final = (
+    # terminals the splitter rejected (a lowercase next word, an abbreviation)
+    re.compile(r"[.!?…।॥؟۔。！？．]+[\"'”’)\]»」』）]*(?=\s)|[。！？．।॥؟۔]+[”’」』）]*"),
+    re.compile(r"[;:][\"'”’)\]»]*(?=\s)|[；：]"),
+    re.compile(r",[\"'”’)\]»]*(?=\s)|[，、]|\s[—–-]{1,2}(?=\s)|[—–]"),
+)
+_NONSPACE = re.compile(r"\S+")
+
+
+def _over_cap(text: str) -> bool:
+    return len(text) > MAX_PIECE_CHARS or len(text.split()) > MAX_PIECE_WORDS
+
+
+def _strip_span(text: str, lo: int, hi: int) -> tuple[int, int] | None:
+    while lo < hi and text[lo].isspace():
+        lo += 1
+    while hi > lo and text[hi - 1].isspace():
+        hi -= 1
+    return (lo, hi) if lo < hi else None
+
+
+def _pack(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge neighbouring spans while the merged text stays under both caps."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if out and not _over_cap(text[out[-1][0] : hi]):
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _windows(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Last resort: runs of whole words under both caps; a word over the character cap
+    (text without spaces) in character windows."""
+    units: list[tuple[int, int]] = []
+    for m in _NONSPACE.finditer(text, lo, hi):
+        a, b = m.span()
+        units += [(k, min(k + MAX_PIECE_CHARS, b)) for k in range(a, b, MAX_PIECE_CHARS)]
+    return _pack(text, units)
+
+
+def split_long(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` spans of ``text`` (whitespace-normalised) in order, each under
+    ``MAX_PIECE_WORDS`` words and ``MAX_PIECE_CHARS`` characters; ``[(0, len)]`` if it is."""
+    span = _strip_span(text, 0, len(text))
+    return [] if span is None else _split_span(text, *span, 0)
+
+
+def _split_span(text: str, lo: int, hi: int, level: int) -> list[tuple[int, int]]:
+    if not _over_cap(text[lo:hi]):
+        return [(lo, hi)]
+    if level >= len(_CUT_LEVELS):
+        return _windows(text, lo, hi)
+    cuts = [m.end() for m in _CUT_LEVELS[level].finditer(text, lo, hi) if lo < m.end() < hi]
+    units = [s for a, b in itertools.pairwise([lo, *cuts, hi]) if (s := _strip_span(text, a, b))]
+    if len(units) < 2:
+        return _split_span(text, lo, hi, level + 1)
+    return _pack(text, [p for a, b in units for p in _split_span(text, a, b, level + 1)])
+
+
 # --------------------------------------------------------------------------- story prep
 
 
@@ -243,10 +379,25 @@ class Sentence:
     n_in_article: int
     complete: bool
     n_words: int
+    #: a piece cut out of an over-long sentence (module doc, 1b), starting inside it
+    cut_start: bool = False
 
     @property
     def is_candidate(self) -> bool:
         return self.complete and MIN_SENTENCE_WORDS <= self.n_words <= MAX_SENTENCE_WORDS
+
+    def excerpt(self, max_words: int) -> str:
+        """The text as a summary shows it: a complete sentence as is; an incomplete piece
+        cut to ``max_words`` (>= 1) words, "…" marking each cut end (module doc)."""
+        if self.complete:
+            return self.text
+        words = self.text.split(" ")  # whitespace-normalised: one space between words
+        cut_end = len(words) > max_words
+        text = " ".join(words[: max(1, max_words)]) if cut_end else self.text
+        bare = text.rstrip(_CLOSERS)
+        if cut_end or not (bare and bare[-1] in _TERMINALS):
+            text += "…"
+        return "…" + text if self.cut_start else text
 
 
 @dataclass(slots=True)
@@ -283,13 +434,23 @@ def usable_articles(articles: Sequence[Article]) -> list[Article]:
 
 
 def story_sentences(articles: Sequence[Article]) -> list[Sentence]:
+    """The first ``MAX_SENTENCES_PER_ARTICLE`` pieces of every article; an over-long
+    "sentence" becomes incomplete pieces under the caps (module doc, 1b)."""
     out: list[Sentence] = []
     for ai, art in enumerate(articles):
-        spans = split_sentences(art.text)[:MAX_SENTENCES_PER_ARTICLE]
-        for pi, (s, e, complete) in enumerate(spans):
+        pieces: list[tuple[str, bool, bool]] = []  # (text, complete, cut_start)
+        for s, e, complete in split_sentences(art.text):
+            if len(pieces) >= MAX_SENTENCES_PER_ARTICLE:
+                break
             text = normalise_ws(art.text[s:e])
+            if _over_cap(text):
+                pieces += [(text[a:b], False, a > 0) for a, b in split_long(text)]
+            else:
+                pieces.append((text, complete, False))
+        pieces = pieces[:MAX_SENTENCES_PER_ARTICLE]
+        for pi, (text, complete, cut_start) in enumerate(pieces):
             out.append(
-                Sentence(text, ai, pi, len(spans), complete, len(text.split()))
+                Sentence(text, ai, pi, len(pieces), complete, len(text.split()), cut_start)
             )
     return out
 
@@ -1137,7 +1298,7 @@ def choose_headline(story: PreparedStory, rule: str = "centroid") -> str:
     has_title = [i for i, a in enumerate(story.articles) if a.title.strip()]
     if not has_title:
         first = story.sentences[story.candidates[0]] if story.candidates else story.sentences[0]
-        return first.text
+        return first.excerpt(MAX_PIECE_WORDS)
     if len(has_title) == 1:
         return normalise_ws(story.articles[has_title[0]].title)
     if rule == "title_centroid":
@@ -1245,13 +1406,20 @@ class ExtractiveSummariser:
         return sorted(picked, key=lambda i: order_key(story, i))
 
     def summarise_prepared(self, story: PreparedStory, budget_words: int) -> Summary:
-        out = []
+        out: list[SummarySentence] = []
+        words = 0
         for i in self.select(story, budget_words):
             s = story.sentences[i]
+            text = s.text
+            if not s.complete:  # an excerpt: cut at the budget, the cuts marked (module doc)
+                if out and words >= budget_words:
+                    continue
+                text = s.excerpt(budget_words - words)
+            words += len(text.split())
             ids = [story.articles[s.article].id]
             ids += [story.articles[a].id
                     for a in supporting_articles(story, i, self.params.support_threshold)]
-            out.append(SummarySentence(text=s.text, article_ids=tuple(ids)))
+            out.append(SummarySentence(text=text, article_ids=tuple(ids)))
         return Summary(
             headline=choose_headline(story, self.params.headline),
             sentences=tuple(out),

@@ -7,6 +7,7 @@ missing. Real AllSides stories come from the shared data (``shared_data`` fixtur
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import replace
@@ -20,11 +21,14 @@ import pytest
 from storyline.models.errors import InvalidInput
 from storyline.models.registry import SUMMARISER, Manifest
 from storyline.models.summariser import (
+    MAX_PIECE_CHARS,
+    MAX_PIECE_WORDS,
     ExtractiveSummariser,
     _Coverage,
     concept_weight_table,
     normalise_ws,
     select_sentences,
+    split_long,
     split_sentences,
     story_concepts,
     story_features,
@@ -97,6 +101,74 @@ def test_splitter_on_allsides_drops_about_the_documented_share_of_fragments(
     last_incomplete = sum(not split_sentences(a["text"])[-1][2] for a in arts)
     # NOTES: 86% of the excerpts end in a cut-off sentence.
     assert 0.80 <= last_incomplete / len(arts) <= 0.92
+
+
+def test_splitter_splits_cjk_without_whitespace() -> None:
+    text = "政府周一通过了预算。反对派强烈批评了这些计划！他们会怎么做？“我们反对。”他说．完"
+    assert _sentences(text) == [
+        ("政府周一通过了预算。", True),
+        ("反对派强烈批评了这些计划！", True),
+        ("他们会怎么做？", True),
+        ("“我们反对。”", True),
+        ("他说．", True),
+        ("完", False),
+    ]
+
+
+def test_splitter_knows_danda_and_arabic_terminals_and_caseless_starts() -> None:
+    hindi = "सर्वोच्च न्यायालय ने फैसला सुनाया। आलोचकों ने कहा कि यह खतरनाक है।डेमोक्रेट्स दबाव डालेंगे॥ 2024 में"
+    assert [s for s, _ in _sentences(hindi)] == [
+        "सर्वोच्च न्यायालय ने फैसला सुनाया।", "आलोचकों ने कहा कि यह खतरनाक है।",
+        "डेमोक्रेट्स दबाव डालेंगे॥", "2024 में"]
+    arabic = "قضت المحكمة العليا بالحصانة. هل القرار خطير؟ وقال المنتقدون نعم"
+    assert [s for s, _ in _sentences(arabic)] == [
+        "قضت المحكمة العليا بالحصانة.", "هل القرار خطير؟", "وقال المنتقدون نعم"]
+    urdu = "عدالت نے فیصلہ سنایا۔ ناقدین نے تنقید کی۔"
+    assert len(_sentences(urdu)) == 2
+
+
+def test_splitter_still_needs_a_capital_after_latin_terminals() -> None:
+    # English behaviour is unchanged: a lowercase word never starts a sentence, and
+    # "." needs whitespace after it (the caseless rule is for scripts without case).
+    text = "the court ruled. the end. Then it split.x.y e.g. the case"
+    assert [s for s, _ in _sentences(text)] == [
+        "the court ruled. the end.", "Then it split.x.y e.g. the case"]
+
+
+def test_split_long_cuts_run_ons_at_clause_boundaries_then_word_windows() -> None:
+    clauses = "; ".join(f"clause {i} says that officers were immune, critics said"
+                        for i in range(40))
+    for text in [clauses, " ".join(["word"] * 6000), "最高法院裁定警察享有有限豁免权，" * 300,
+                 "字" * 5000, "Short sentence."]:
+        text = normalise_ws(text)
+        spans = split_long(text)
+        assert spans and spans[0][0] == 0 and spans[-1][1] == len(text)
+        for (s, e), (s2, _) in itertools.pairwise(spans):
+            assert s < e <= s2 and not text[e:s2].strip(), "in order, nothing but spaces dropped"
+        for s, e in spans:
+            piece = text[s:e]
+            assert piece == piece.strip()
+            assert len(piece.split()) <= MAX_PIECE_WORDS and len(piece) <= MAX_PIECE_CHARS
+    spans = split_long(normalise_ws(clauses))
+    assert all(normalise_ws(clauses)[s:e].endswith(";") for s, e in spans[:-1]), "cut at ';'"
+    assert split_long("Short sentence.") == [(0, 15)]
+
+
+def test_story_sentences_turn_an_over_long_sentence_into_incomplete_pieces() -> None:
+    text = "Officials met on Monday. " + " ".join(["Word"] + ["word"] * 999) + ". The vote passed."
+    sents = story_sentences([Article(id="a", text=text)])
+    assert sents[0].text == "Officials met on Monday." and sents[0].complete
+    assert sents[-1].text == "The vote passed." and sents[-1].complete
+    pieces = sents[1:-1]
+    assert len(pieces) == 9
+    assert all(not p.complete and p.n_words <= MAX_PIECE_WORDS for p in pieces)
+    assert [p.cut_start for p in pieces] == [False] + [True] * 8
+    assert [s.position for s in sents] == list(range(len(sents)))
+    # How a piece reads in a summary: every cut end is marked.
+    assert pieces[0].excerpt(3) == "Word word word…"
+    assert pieces[-1].excerpt(500).startswith("…word") and pieces[-1].excerpt(500).endswith(".")
+    assert pieces[1].excerpt(500) == "…" + pieces[1].text + "…"
+    assert sents[0].excerpt(2) == sents[0].text, "a complete sentence is never cut"
 
 
 # --------------------------------------------------------------------------- model
@@ -256,7 +328,8 @@ def test_very_long_articles(
         src = {a.id: a for a in arts}[s.article_ids[0]]
         assert s.text in normalise_ws(src.text)
     only_run_on = summariser.summarise([Article(id="runon", text=run_on)], 30)
-    assert only_run_on.sentences  # the one (over-long) candidate, kept whole
+    # No complete sentence: an excerpt of the run-on, cut at the budget, the cut marked.
+    assert [s.text for s in only_run_on.sentences] == [" ".join(["word"] * 30) + "…"]
 
 
 def test_non_english_text_does_not_crash(summariser: ExtractiveSummariser) -> None:
@@ -275,6 +348,54 @@ def test_non_english_text_does_not_crash(summariser: ExtractiveSummariser) -> No
     for s in summary.sentences:
         src = {a.id: a for a in arts}[s.article_ids[0]]
         assert s.text in normalise_ws(src.text)
+
+
+def _unpunctuated(n_chars: int) -> str:
+    return ("the court ruled on monday that officers were immune and critics said the ruling "
+            "was dangerous " * (n_chars // 90 + 1))[:n_chars]
+
+
+_SCRIPT_CASES = {
+    "chinese_150k": ("最高法院裁定警察享有有限豁免权，民主党人表示将推动立法改革。"
+                     * 5000)[:150_000],
+    "chinese_no_spaces": "北京时间周一，最高法院裁定警察享有有限豁免权。这一决定引起了广泛争议。"
+                         "民主党人表示将推动立法改革。" * 3,
+    "hindi": "सर्वोच्च न्यायालय ने सोमवार को फैसला सुनाया। आलोचकों ने कहा कि यह फैसला खतरनाक है। "
+             "डेमोक्रेट्स सुधार के लिए दबाव डालेंगे।" * 10,
+    "arabic": " ".join(f"قضت المحكمة العليا رقم {i} بأن ضباط الشرطة يتمتعون بالحصانة."
+                       for i in range(30)),
+    "lowercase_english": " ".join(f"the court ruled in case {i} that officers were immune from "
+                                  "suit." for i in range(30)),
+    "unpunctuated_150k": _unpunctuated(150_000),
+}
+
+
+@pytest.mark.parametrize("budget", [10, 80])
+@pytest.mark.parametrize("case", sorted(_SCRIPT_CASES))
+def test_any_script_or_run_on_respects_the_budget_and_never_ends_mid_sentence(
+    summariser: ExtractiveSummariser, case: str, budget: int
+) -> None:
+    art = Article(id=case, title="T", text=_SCRIPT_CASES[case])
+    summary = summariser.summarise([art], budget)
+    assert summary.sentences
+    counts = [len(s.text.split()) for s in summary.sentences]
+    # The budget rule: all but the last inside the budget, the last by min_fit.
+    before = sum(counts[:-1])
+    assert before < budget
+    assert budget - before >= summariser.params.min_fit * counts[-1]
+    assert len(summary.text) < 5_000, "bounded, not the article"
+    source = normalise_ws(art.text)
+    for s in summary.sentences:
+        assert s.article_ids[0] == case, "cites its article"
+        assert s.text.strip("…") in source, "verbatim but for the cut marks"
+        bare = s.text.rstrip("\"'”’)]»」』）")
+        assert bare[-1] in ".!?。！？．…।॥؟۔", f"ends mid-sentence: {s.text[-30:]!r}"
+        assert len(s.text) <= MAX_PIECE_CHARS + 2, "no over-long piece reaches a summary"
+        if case.startswith("chinese"):
+            assert s.text.count("。") == 1, "one sentence, not a run of them"
+    if case.endswith("150k") or case == "lowercase_english":
+        assert summary.word_count <= budget
+    assert summary == summariser.summarise([art], budget), "deterministic"
 
 
 def test_deterministic(
@@ -351,6 +472,13 @@ def test_check_faithful_catches_unsupported_and_foreign_citations(
         SummarySentence(s0.text, ()),
     ))
     assert check_faithful(bad, story) == [False, False, False]
+    # the "…" that mark an excerpt's cut ends are not source text; what they enclose is
+    run_on = Article("run-on", " ".join(["the council met again and talked about roads"] * 40))
+    story = summariser.prepare([run_on])
+    cut = summariser.summarise_prepared(story, 12)
+    assert cut.sentences[-1].text.endswith("…") and all(check_faithful(cut, story))
+    made_up = Summary(cut.headline, (SummarySentence("…aliens met the council…", ("run-on",)),))
+    assert check_faithful(made_up, story) == [False]
 
 
 # --------------------------------------------------------------------------- training
