@@ -154,8 +154,12 @@ def load_newsmtsc(path: Path) -> tuple[list[tuple[str, int, int]], npt.NDArray[n
 
     items: list[tuple[str, int, int]] = []
     labels: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{path}:{lineno}: invalid UTF-8 ({exc.reason})") from None
             if not line.strip():
                 continue
             try:

@@ -33,7 +33,7 @@ import shutil
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from storyline.models.errors import ModelBuildError
+from storyline.models.errors import InvalidInput, ModelBuildError
 from storyline.models.registry import (
     EMBEDDER,
     SUMMARISER,
@@ -114,40 +114,81 @@ def _parse_time(raw: Any) -> datetime | None:
         return None
 
 
+def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line of a JSONL file (a leading UTF-8 BOM is
+    skipped); a line that is not UTF-8 or not a JSON object raises ``InvalidInput`` naming
+    ``path:line``."""
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{path}:{n}: invalid UTF-8 ({exc.reason})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise InvalidInput(f"{path}:{n}: expected a JSON object")
+            yield n, obj
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool) and bool(str(value).strip())
+
+
+def _opt_str(obj: dict[str, Any], name: str, where: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{where}: {name} must be a string")
+    return value
+
+
 def load_allsides(articles_file: Path, stories_file: Path) -> list[AllSidesStory]:
-    """Stories with their member articles, in the stories file's order."""
+    """Stories with their member articles, in the stories file's order.
+
+    Article ids named by a story but absent from ``articles_file`` are left out of it. A
+    malformed line raises ``InvalidInput`` naming ``file:line`` and the field.
+    """
     arts: dict[str, Article] = {}
-    with articles_file.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            arts[str(r["id"])] = Article(
-                id=str(r["id"]),
-                text=r.get("text") or "",
-                title=r.get("title") or "",
-                source=r.get("source"),
-                url=r.get("url"),
-                published_at=_parse_time(r.get("published_at")),
-                story_id=str(r.get("story_id")),
-                lean=r.get("lean"),
-            )
+    for n, r in _jsonl_objects(articles_file):
+        where = f"{articles_file}:{n}"
+        if not _is_id(r.get("id")):
+            raise InvalidInput(f"{where}: id must be a non-empty string or integer")
+        aid = str(r["id"]).strip()
+        fields = {k: _opt_str(r, k, where) for k in ("text", "title", "source", "url", "lean")}
+        arts[aid] = Article(
+            id=aid,
+            text=fields["text"] or "",
+            title=fields["title"] or "",
+            source=fields["source"],
+            url=fields["url"],
+            published_at=_parse_time(r.get("published_at")),
+            story_id=str(r.get("story_id")),
+            lean=fields["lean"],
+        )
     out = []
-    with stories_file.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            members = tuple(arts[str(i)] for i in r["article_ids"] if str(i) in arts)
-            out.append(
-                AllSidesStory(
-                    story_id=str(r["story_id"]),
-                    split=str(r.get("split", "")),
-                    headline=r.get("headline") or "",
-                    summary=r.get("summary") or "",
-                    articles=members,
-                )
+    for n, r in _jsonl_objects(stories_file):
+        where = f"{stories_file}:{n}"
+        if not _is_id(r.get("story_id")):
+            raise InvalidInput(f"{where}: story_id must be a non-empty string or integer")
+        ids = r.get("article_ids")
+        if not isinstance(ids, list) or not all(_is_id(i) for i in ids):
+            raise InvalidInput(f"{where}: article_ids must be a list of article ids "
+                               "(strings or integers)")
+        fields = {k: _opt_str(r, k, where) for k in ("split", "headline", "summary")}
+        members = tuple(arts[k] for k in (str(i).strip() for i in ids) if k in arts)
+        out.append(
+            AllSidesStory(
+                story_id=str(r["story_id"]).strip(),
+                split=fields["split"] or "",
+                headline=fields["headline"] or "",
+                summary=fields["summary"] or "",
+                articles=members,
             )
+        )
     return out
 
 

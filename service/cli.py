@@ -6,13 +6,14 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from storyline.models.errors import StorylineError
+from storyline.models.errors import InvalidInput, NotFound, StorylineError
 from storyline.service.settings import Settings
 
 app = typer.Typer(
@@ -62,13 +63,32 @@ def emit(obj: Any, as_json: bool) -> None:
         typer.echo(json.dumps(obj, default=str, sort_keys=True))
 
 
-def _dt(value: str | None) -> datetime | None:
+def _dt(value: str | None, option: str) -> datetime | None:
+    """``option``'s value as an aware UTC datetime; a bad one is ``InvalidInput`` naming it."""
     if value is None:
         return None
+    from storyline.models.errors import InvalidArticle
     from storyline.service.ingest import parse_datetime
 
-    parsed: datetime | None = parse_datetime(value)
+    try:
+        parsed: datetime | None = parse_datetime(value)
+    except InvalidArticle:
+        raise InvalidInput(
+            f"{option}: '{value[:40]}' is not an ISO 8601 date-time (e.g. 2024-05-01 or "
+            "2024-05-01T12:00:00Z)") from None
     return parsed
+
+
+def input_file(path: Path, option: str) -> Path:
+    """An input file the user named with ``option``: it must exist (else ``NotFound``, exit
+    3) and be a readable file (else ``InvalidInput``, exit 2)."""
+    if not path.exists():
+        raise NotFound(f"{option}: {path}: no such file")
+    if path.is_dir():
+        raise InvalidInput(f"{option}: {path} is a folder, not a file")
+    if not os.access(path, os.R_OK):
+        raise InvalidInput(f"{option}: {path} is not readable")
+    return path
 
 
 def open_pipeline(data_dir: Path | None = None) -> Any:
@@ -199,7 +219,8 @@ def ingest(
     ray_workers: RayWorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest articles. Bad lines are reported and skipped; exit 2 if any line failed.
+    """Ingest articles. Bad lines and unreadable sources are reported and skipped (the rest
+    is ingested); exit 2 if any failed.
 
     With --engine ray the new and changed articles are embedded by a Ray Data job (in
     chunks of 10,000), then stored as usual."""
@@ -208,8 +229,6 @@ def ingest(
     from storyline.service.ingest import read_source
 
     if engine not in ("local", "ray"):
-        from storyline.models.errors import InvalidInput
-
         raise InvalidInput(f"unknown engine '{engine}' (use local or ray)")
     pipe = open_pipeline(data_dir)
     errors: list[str] = []
@@ -237,12 +256,24 @@ def ingest(
                     totals[key] += val
         pending.clear()
 
+    def lines_of(src: str) -> Iterator[Any]:
+        """read_source, with a source that cannot be read at all (missing, empty, not a
+        feed) reported like a bad line, so that the other sources still go in."""
+        try:
+            yield from read_source(src, max_chars=pipe.settings.max_article_chars)
+        except InvalidInput as exc:
+            errors.append(exc.detail)
+            totals["failed"] += 1
+        except OSError as exc:
+            errors.append(f"{src}: cannot read ({exc.strerror or exc})")
+            totals["failed"] += 1
+
     try:
         with session as ray:
             for src in sources:
-                for parsed in read_source(src, max_chars=pipe.settings.max_article_chars):
+                for parsed in lines_of(src):
                     if parsed.error is not None:
-                        errors.append(f"{src}: {parsed.error.detail}")
+                        errors.append(f"{parsed.source or src}: {parsed.error.detail}")
                         totals["failed"] += 1
                         continue
                     pending.append(parsed.article)
@@ -287,8 +318,9 @@ def related(
     as_json: JsonOpt = False,
 ) -> None:
     """Related coverage for a stored article (itself and its exact duplicates excluded)."""
+    start, end = _dt(since, "--since"), _dt(until, "--until")
     pipe = open_pipeline(data_dir)
-    hits = pipe.related(article_id, k=k, since=_dt(since), until=_dt(until), source=source)
+    hits = pipe.related(article_id, k=k, since=start, until=end, source=source)
     if not as_json:
         _print_hits(hits)
     emit({"id": article_id, "related": _hits_json(hits)}, as_json)
@@ -305,8 +337,9 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Free-text search over stored articles."""
+    start, end = _dt(since, "--since"), _dt(until, "--until")
     pipe = open_pipeline(data_dir)
-    hits = pipe.search(text, k=k, since=_dt(since), until=_dt(until), source=source)
+    hits = pipe.search(text, k=k, since=start, until=end, source=source)
     if not as_json:
         _print_hits(hits)
     emit({"query": text, "results": _hits_json(hits)}, as_json)
@@ -399,10 +432,18 @@ def digest(
     import sqlite3
 
     from storyline.models.errors import StoreError
-    from storyline.service.digest import build_digest, make_progress, parse_formats, resolve_period
+    from storyline.service.digest import (
+        build_digest,
+        make_progress,
+        parse_formats,
+        prepare_out_dir,
+        resolve_period,
+    )
 
-    start, end = resolve_period(date, _dt(since), _dt(until))
+    start, end = resolve_period(date, _dt(since, "--since"), _dt(until, "--until"))
     fmts = parse_formats(fmt)
+    if out is not None:  # before any work: a bad --out used to fail after the digest
+        prepare_out_dir(out, name="--out")
     s = settings(data_dir)
     if s.database_url is None and not s.db_path.exists():
         raise StoreError(f"no database at {s.db_path}: ingest articles first")
@@ -457,6 +498,7 @@ def eval_retrieval(
     """Related-coverage recall@k / MRR against gold story ids, ours vs the plain baseline."""
     from storyline.service.evaluation.retrieval import evaluate_retrieval, format_table
 
+    input_file(articles, "--articles")
     res = evaluate_retrieval(articles, models_dir=settings(data_dir).models_dir)
     if not as_json:
         typer.echo(format_table(res))
@@ -475,6 +517,9 @@ def eval_target_sentiment(
     """Macro-F1 / accuracy of the served int8 target-sentiment model, VADER floor beside it."""
     from storyline.service.evaluation.sentiment import evaluate_target_sentiment
 
+    input_file(newsmtsc, "--newsmtsc")
+    if train is not None:
+        input_file(train, "--train")
     s = settings(data_dir)
     res = evaluate_target_sentiment(newsmtsc, s.models_dir, train_file=train, threads=s.threads)
     if not as_json:
@@ -498,6 +543,8 @@ def eval_stance(
     from storyline.models.stance import ActorStanceTagger, load_target_scorer
     from storyline.service.evaluation.stance import evaluate_stance
 
+    input_file(articles, "--articles")
+    input_file(gold, "--gold")
     extractor = SpacyActorExtractor()
     scorer = load_target_scorer(settings(data_dir).models_dir, fallback=False)
     tagger = ActorStanceTagger(scorer, attributor=extractor)
@@ -524,6 +571,7 @@ def eval_clustering(
     """Story clustering BCubed / pairwise F1 against gold story ids (throwaway data dir)."""
     from storyline.service.evaluation.clustering import evaluate_clustering, format_table
 
+    input_file(articles, "--articles")
     res = evaluate_clustering(articles, order=order, baselines=baselines, seed=seed,
                               models_dir=settings(data_dir).models_dir)
     if not as_json:
@@ -539,8 +587,6 @@ def cluster_refine(
 ) -> None:
     """Merge stories that now belong together and split stories that drifted apart
     (old ids keep resolving to the new ones). Run it periodically, e.g. from cron."""
-    from storyline.models.errors import InvalidInput
-
     pipe = open_pipeline(data_dir)
     if pipe.clusterer is None:
         raise InvalidInput("story clustering is switched off for this pipeline")
@@ -569,6 +615,9 @@ def models_train_summariser(
     """Train the extractive summariser's ONNX scorer on the split=train stories."""
     from storyline.models.summariser_train import train_summariser
 
+    for path, option in ((articles, "--articles"), (stories, "--stories")):
+        if path is not None:
+            input_file(path, option)
     data = _shared_data() / "allsides"
     res = train_summariser(
         settings(data_dir).models_dir, articles_file=articles or data / "articles.jsonl",
@@ -592,8 +641,12 @@ def eval_summaries(
     as_json: JsonOpt = False,
 ) -> None:
     """ROUGE-1/2/L F1, faithfulness and latency of the summariser at the reference length."""
-    from storyline.service.evaluation.summaries import evaluate_summaries, format_table
+    from storyline.service.evaluation.summaries import SPLITS, evaluate_summaries, format_table
 
+    if split not in SPLITS:
+        raise InvalidInput(f"--split: expected dev, train or all, got '{split}'")
+    input_file(articles, "--articles")
+    input_file(stories, "--stories")
     s = settings(data_dir)
     res = evaluate_summaries(articles, stories, split=split, baselines=baselines,
                              models_dir=s.models_dir, threads=s.threads, limit=limit)
@@ -615,6 +668,16 @@ def main() -> None:
     except StorylineError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         sys.exit(exc.exit_code)
+    # Backstops, so a path or encoding problem no check caught is still one line, never a
+    # traceback: a missing file is "not found" (3), any other file problem bad input (2).
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(NotFound.exit_code if isinstance(exc, FileNotFoundError)
+                 else InvalidInput.exit_code)
+    except UnicodeError as exc:
+        typer.echo(f"error: text encoding: {exc}", err=True)
+        sys.exit(InvalidInput.exit_code)
 
 
 if __name__ == "__main__":

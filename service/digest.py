@@ -254,12 +254,12 @@ def resolve_period(
     if day is not None:
         if since is not None or until is not None:
             raise InvalidInput("give either --date or --since/--until, not both")
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
+            raise InvalidInput(f"--date: expected YYYY-MM-DD, got '{day}'")
         try:
-            if len(day) != 10:
-                raise ValueError(day)
             return day_period(date.fromisoformat(day))
-        except ValueError:
-            raise InvalidInput(f"--date: expected YYYY-MM-DD, got '{day}'") from None
+        except ValueError as exc:  # the right shape, but e.g. 2024-02-30 or month 13
+            raise InvalidInput(f"--date: {day} does not exist ({exc})") from None
     if since is None and until is None:
         return day_period((today or datetime.now(UTC).date()) - timedelta(days=1))
     if since is None or until is None:
@@ -851,6 +851,24 @@ class DigestResult:
                 f"{self.seconds:.1f} s{where}")
 
 
+def prepare_out_dir(out_dir: Path, *, name: str = "output folder") -> Path:
+    """Create ``out_dir`` (with its parents) or raise ``InvalidInput`` saying why it cannot
+    be the digest's output folder (``name`` is how the message calls it, e.g. ``--out``)."""
+    if not out_dir.is_dir():
+        # the nearest existing ancestor: a file there ("afile/sub") is the usual mistake
+        anc = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+        if anc is not None and not anc.is_dir():
+            raise InvalidInput(f"{name}: {anc} is a file, not a folder")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(
+                f"{name}: cannot create {out_dir} ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{name}: {out_dir} is not writable")
+    return out_dir
+
+
 def _write_atomic(path: Path, body: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -937,6 +955,8 @@ def build_digest(
         from storyline.service.ray_engine import import_ray
 
         import_ray()
+    if out_dir is not None:  # a bad output folder fails here, not after the work
+        prepare_out_dir(out_dir)
     prog: Progress = progress or _Silent()
     store = pipeline.store
     key = period_key(since, until)
@@ -1023,7 +1043,11 @@ def build_digest(
         if out_dir is not None:
             for fmt in fmts:
                 path = out_dir / f"{key}.{fmt}"
-                _write_atomic(path, bodies[fmt])
+                try:
+                    _write_atomic(path, bodies[fmt])
+                except OSError as exc:  # e.g. the folder went away or the disk is full
+                    raise InvalidInput(f"output folder: cannot write {path}: "
+                                       f"{exc.strerror or exc}") from None
                 files[fmt] = path
     bodies = {f: bodies[f] for f in fmts}
     res = DigestResult(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ class ParsedLine:
     line: int
     article: Article | None = None
     error: InvalidArticle | None = None
+    #: the file it came from, when read from a folder (else the caller's source)
+    source: str | None = None
 
 
 def parse_datetime(value: str, *, line: int | None = None) -> datetime:
@@ -95,11 +97,18 @@ def parse_article(
         raise InvalidArticle(
             f"{len(text):,} characters is over the limit of {max_chars:,}", line=line, field="text"
         )
+    if "\x00" in text:
+        # no database text type holds NUL (PostgreSQL refuses it), and no news text has one
+        raise InvalidArticle("must not contain NUL (\\u0000) characters", line=line,
+                             field="text")
     fields: dict[str, Any] = {}
     for name in _OPTIONAL_STR:
         v = obj.get(name)
         if v is not None and not isinstance(v, str):
             raise InvalidArticle("must be a string", line=line, field=name)
+        if isinstance(v, str) and "\x00" in v:
+            raise InvalidArticle("must not contain NUL (\\u0000) characters", line=line,
+                                 field=name)
         fields[name] = v.strip() if isinstance(v, str) and v.strip() else None
     title = fields.pop("title") or ""
     if len(title) > 2000:
@@ -126,12 +135,16 @@ def read_articles_jsonl(path: Path, *, max_chars: int = 200_000) -> Iterator[Par
         for n, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
-            seen = True
             try:
-                text = raw.decode("utf-8")
+                # utf-8-sig: a byte order mark (Windows editors write one) is not content
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
+                seen = True
                 yield ParsedLine(n, error=InvalidArticle(f"invalid UTF-8 ({exc.reason})", line=n))
                 continue
+            if not text.strip():  # a byte order mark alone
+                continue
+            seen = True
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
@@ -152,7 +165,7 @@ def read_txt(path: Path, *, max_chars: int = 200_000) -> ParsedLine:
     (when it reached us), which keeps it in the right day's digest.
     """
     try:
-        content = path.read_bytes().decode("utf-8")
+        content = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return ParsedLine(1, error=InvalidArticle(f"{path.name}: invalid UTF-8 ({exc.reason})"))
     title, _, body = content.strip().partition("\n")
@@ -249,7 +262,17 @@ def read_source(source: str | Path, *, max_chars: int = 200_000) -> Iterator[Par
         if not files:
             raise InvalidInput(f"{path}: no .jsonl, .txt or feed files")
         for f in files:
-            yield from read_source(f, max_chars=max_chars)
+            # One unusable file (empty, unreadable, not a feed) is reported like a bad
+            # line; the folder's other files still go in.
+            try:
+                for parsed in read_source(f, max_chars=max_chars):
+                    yield parsed if parsed.source else replace(parsed, source=str(f))
+            except InvalidInput as exc:
+                detail = exc.detail.removeprefix(f"{f}: ")
+                yield ParsedLine(0, error=InvalidArticle(detail), source=str(f))
+            except OSError as exc:
+                yield ParsedLine(0, error=InvalidArticle(f"cannot read ({exc.strerror or exc})"),
+                                 source=str(f))
         return
     if path.suffix == ".jsonl":
         yield from read_articles_jsonl(path, max_chars=max_chars)

@@ -149,3 +149,12 @@ def test_unknown_extension_is_refused(tmp_path: Path) -> None:
     p.write_text("a,b")
     with pytest.raises(InvalidInput, match="unknown format"):
         list(read_source(p))
+
+
+def test_nul_characters_in_text_or_fields_are_refused() -> None:
+    # PostgreSQL cannot store them: refused at parse time, naming the field, on every backend
+    with pytest.raises(InvalidArticle, match=r"field 'text'.*NUL"):
+        parse_article({"id": "a", "text": "Storm hits.\x00"})
+    with pytest.raises(InvalidArticle, match=r"field 'source'.*NUL"):
+        parse_article({"id": "a", "text": "Storm hits.", "source": "Wire\x00"})
+    assert parse_article({"id": "a", "text": "Storm\thits.\nAgain."}).text == "Storm\thits.\nAgain."

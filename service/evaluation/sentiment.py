@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from storyline.models.errors import InvalidInput
 from storyline.models.sentiment import (
     LABELS,
     VADER_THRESHOLDS,
@@ -67,6 +68,13 @@ def evaluate_target_sentiment(
     train). ``ms_per_target`` is wall time of ``predict`` (tokenising included) per target.
     """
     items, y = load_newsmtsc(newsmtsc_file)
+    if not items:
+        raise InvalidInput(f"nothing to evaluate: {newsmtsc_file} has no targets")
+    train: tuple[list[tuple[str, int, int]], npt.NDArray[np.int64]] | None = None
+    if train_file is not None:  # checked before the model loads
+        train = load_newsmtsc(train_file)
+        if not train[0]:
+            raise InvalidInput(f"--train: {train_file} has no targets to tune VADER on")
     model = TargetSentimentModel(models_dir, threads=threads)
     t0 = time.perf_counter()
     probs = model.predict(items, batch_size=batch_size)
@@ -76,11 +84,7 @@ def evaluate_target_sentiment(
     result["examples_per_s"] = round(len(items) / elapsed, 1) if elapsed > 0 else None
     result["model_id"] = model.model_id
 
-    if train_file is not None:
-        train_items, train_y = load_newsmtsc(train_file)
-        thresholds = tune_vader_thresholds(train_items, train_y)
-    else:
-        thresholds = VADER_THRESHOLDS
+    thresholds = tune_vader_thresholds(*train) if train is not None else VADER_THRESHOLDS
     vader = classification_metrics(y, vader_predict(items, thresholds))
     result["baseline_vader"] = {
         "macro_f1": vader["macro_f1"],

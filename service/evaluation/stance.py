@@ -4,7 +4,7 @@ Inputs:
 
 * ``articles_file``: JSONL in storyline's article format (id, title, text, source, url,
   published_at, lang, lean optional), read with ``storyline.service.ingest``.
-* ``gold_file``: JSONL, one judgement per line, either
+* ``gold_file``: JSONL, one judgement per line (``article_id`` a string or integer), either
   ``{"article_id", "actor", "label"}`` — how the article portrays the actor — or
   ``{"article_id", "speaker", "target", "label"}`` — the speaker's stance toward the target
   in that article; ``label`` is ``negative | neutral | positive``.
@@ -73,8 +73,12 @@ class GoldItem:
 def read_gold(path: Path) -> list[GoldItem]:
     """Parse the gold file; a malformed line raises ``InvalidInput`` naming the line."""
     items: list[GoldItem] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, start=1):
+            try:
+                raw = line.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{path}:{n}: invalid UTF-8 ({exc.reason})") from None
             if not raw.strip():
                 continue
             try:
@@ -87,8 +91,12 @@ def read_gold(path: Path) -> list[GoldItem]:
             if label not in POLARITIES:
                 raise InvalidInput(f"{path}:{n}: label must be one of {', '.join(POLARITIES)}")
             aid = obj.get("article_id")
-            if not isinstance(aid, str) or not aid:
-                raise InvalidInput(f"{path}:{n}: article_id must be a non-empty string")
+            if isinstance(aid, int) and not isinstance(aid, bool):
+                aid = str(aid)  # as the article format allows integer ids
+            if not isinstance(aid, str) or not aid.strip():
+                raise InvalidInput(
+                    f"{path}:{n}: article_id must be a non-empty string or integer")
+            aid = aid.strip()  # article ids are stripped when articles are read
             if "speaker" in obj or "target" in obj:
                 sp, tg = obj.get("speaker"), obj.get("target")
                 if not (isinstance(sp, str) and sp.strip() and isinstance(tg, str) and tg.strip()):
@@ -108,7 +116,7 @@ def _read_articles(path: Path) -> dict[str, Article]:
     out: dict[str, Article] = {}
     for parsed in read_articles_jsonl(path):
         if parsed.error is not None:
-            raise parsed.error
+            raise InvalidInput(f"{path}: {parsed.error.detail}")
         if parsed.article is not None:
             out[parsed.article.id] = parsed.article
     return out
@@ -162,6 +170,8 @@ def evaluate_stance(
     """Coverage and macro-F1 of portrayal and speaker->target stance (see module doc)."""
     articles = _read_articles(articles_file)
     gold = read_gold(gold_file)
+    if not gold:
+        raise InvalidInput(f"nothing to evaluate: {gold_file} has no gold lines")
     missing = sorted({g.article_id for g in gold} - articles.keys())
     if missing:
         raise InvalidInput(

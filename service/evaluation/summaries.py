@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from storyline.models.errors import InvalidInput
 from storyline.models.summariser import (
     ExtractiveSummariser,
     PreparedStory,
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 BASELINES = ("lead", "lexrank", "textrank", "centroid")
+SPLITS = ("dev", "train", "all")
 _SUMY_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
 
@@ -142,13 +144,17 @@ def baseline_summary(story: PreparedStory, budget: int, kind: str) -> list[int]:
 
 def check_faithful(summary: Summary, story: PreparedStory) -> list[bool]:
     """Per sentence: every cited id is in the story and one cited article holds the text
-    verbatim (whitespace-normalised)."""
+    verbatim (whitespace-normalised). An excerpt of an incomplete piece carries "…" at its
+    cut ends (the summariser's budget rule); those marks are not source text."""
     texts = {a.id: normalise_ws(a.text) for a in story.articles}
     out = []
     for s in summary.sentences:
         ids = s.article_ids
         ok = bool(ids) and all(i in texts for i in ids)
-        ok = ok and any(normalise_ws(s.text) in texts[i] for i in ids if i in texts)
+        shown = normalise_ws(s.text)
+        bare = shown.removeprefix("…").removesuffix("…")
+        ok = ok and any(shown in texts[i] or (bare and bare in texts[i])
+                        for i in ids if i in texts)
         out.append(ok)
     return out
 
@@ -185,12 +191,29 @@ def evaluate_summaries(
 ) -> dict[str, Any]:
     """Score the served summariser on the ``split`` stories; baselines in the same run.
 
-    ``split="all"`` uses every story. Stories without articles or reference are skipped.
+    ``split="all"`` uses every story. Stories without articles or reference are skipped;
+    ``InvalidInput`` when none is left (or ``split`` is not one of ``SPLITS``).
     """
+    if split not in SPLITS:
+        raise InvalidInput(f"split must be dev, train or all, got '{split}'")
+    in_split = [s for s in load_allsides(articles_file, stories_file)
+                if split == "all" or s.split == split]
+    which = "" if split == "all" else f"{split} "
+    if not in_split:
+        raise InvalidInput(f"nothing to evaluate: no {which}story in {stories_file}")
     stories: list[AllSidesStory] = [
-        s for s in load_allsides(articles_file, stories_file)
-        if (split == "all" or s.split == split) and s.articles and s.summary.strip()
+        s for s in in_split
+        if any(a.text.strip() for a in s.articles) and s.summary.strip()
     ]
+    if not stories:
+        n = len(in_split)
+        if not any(s.articles for s in in_split):
+            why = f"names an article of {articles_file}"
+        else:
+            why = "has both a reference summary and an article with text"
+        raise InvalidInput(
+            f"nothing to evaluate: of the {n} {which}{'story' if n == 1 else 'stories'} in "
+            f"{stories_file}, none {why}")
     if limit is not None:
         stories = stories[:limit]
     summariser = ExtractiveSummariser(models_dir, threads=threads)
