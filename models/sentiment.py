@@ -150,28 +150,20 @@ def pad_batch(
 
 def load_newsmtsc(path: Path) -> tuple[list[tuple[str, int, int]], npt.NDArray[np.int64]]:
     """One (sentence, start, end) item and label index per target of a NewsMTSC JSONL file."""
-    import json
+    from storyline.models.jsonl import jsonl_objects
 
     items: list[tuple[str, int, int]] = []
     labels: list[int] = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"{path}:{lineno}: invalid UTF-8 ({exc.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                sentence = row["sentence_normalized"]
-                for t in row["targets"]:
-                    start, end = int(t["from"]), int(t["to"])
-                    validate_span(sentence, start, end)
-                    items.append((sentence, start, end))
-                    labels.append(POLARITY_TO_INDEX[float(t["polarity"])])
-            except (ValueError, KeyError, TypeError, InvalidInput) as exc:
-                raise InvalidInput(f"{path}:{lineno}: not a NewsMTSC line ({exc})") from exc
+    for lineno, row in jsonl_objects(path):
+        try:
+            sentence = row["sentence_normalized"]
+            for t in row["targets"]:
+                start, end = int(t["from"]), int(t["to"])
+                validate_span(sentence, start, end)
+                items.append((sentence, start, end))
+                labels.append(POLARITY_TO_INDEX[float(t["polarity"])])
+        except (ValueError, KeyError, TypeError, InvalidInput) as exc:
+            raise InvalidInput(f"{path}:{lineno}: not a NewsMTSC line ({exc})") from exc
     return items, np.asarray(labels, dtype=np.int64)
 
 

@@ -33,7 +33,7 @@ import shutil
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storyline.models.errors import InvalidInput, ModelBuildError
+from storyline.models.jsonl import jsonl_objects
 from storyline.models.registry import (
     EMBEDDER,
     SUMMARISER,
@@ -114,27 +115,6 @@ def _parse_time(raw: Any) -> datetime | None:
         return None
 
 
-def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-blank line of a JSONL file (a leading UTF-8 BOM is
-    skipped); a line that is not UTF-8 or not a JSON object raises ``InvalidInput`` naming
-    ``path:line``."""
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"{path}:{n}: invalid UTF-8 ({exc.reason})") from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise InvalidInput(f"{path}:{n}: expected a JSON object")
-            yield n, obj
-
-
 def _is_id(value: Any) -> bool:
     return isinstance(value, str | int) and not isinstance(value, bool) and bool(str(value).strip())
 
@@ -153,7 +133,7 @@ def load_allsides(articles_file: Path, stories_file: Path) -> list[AllSidesStory
     malformed line raises ``InvalidInput`` naming ``file:line`` and the field.
     """
     arts: dict[str, Article] = {}
-    for n, r in _jsonl_objects(articles_file):
+    for n, r in jsonl_objects(articles_file):
         where = f"{articles_file}:{n}"
         if not _is_id(r.get("id")):
             raise InvalidInput(f"{where}: id must be a non-empty string or integer")
@@ -170,7 +150,7 @@ def load_allsides(articles_file: Path, stories_file: Path) -> list[AllSidesStory
             lean=fields["lean"],
         )
     out = []
-    for n, r in _jsonl_objects(stories_file):
+    for n, r in jsonl_objects(stories_file):
         where = f"{stories_file}:{n}"
         if not _is_id(r.get("story_id")):
             raise InvalidInput(f"{where}: story_id must be a non-empty string or integer")

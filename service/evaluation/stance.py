@@ -31,7 +31,6 @@ for speaker->target items.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -72,41 +71,30 @@ class GoldItem:
 
 def read_gold(path: Path) -> list[GoldItem]:
     """Parse the gold file; a malformed line raises ``InvalidInput`` naming the line."""
+    from storyline.models.jsonl import jsonl_objects
+
     items: list[GoldItem] = []
-    with path.open("rb") as fh:
-        for n, line in enumerate(fh, start=1):
-            try:
-                raw = line.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"{path}:{n}: invalid UTF-8 ({exc.reason})") from None
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise InvalidInput(f"{path}:{n}: expected a JSON object")
-            label = obj.get("label")
-            if label not in POLARITIES:
-                raise InvalidInput(f"{path}:{n}: label must be one of {', '.join(POLARITIES)}")
-            aid = obj.get("article_id")
-            if isinstance(aid, int) and not isinstance(aid, bool):
-                aid = str(aid)  # as the article format allows integer ids
-            if not isinstance(aid, str) or not aid.strip():
-                raise InvalidInput(
-                    f"{path}:{n}: article_id must be a non-empty string or integer")
-            aid = aid.strip()  # article ids are stripped when articles are read
-            if "speaker" in obj or "target" in obj:
-                sp, tg = obj.get("speaker"), obj.get("target")
-                if not (isinstance(sp, str) and sp.strip() and isinstance(tg, str) and tg.strip()):
-                    raise InvalidInput(f"{path}:{n}: speaker and target must be non-empty strings")
-                items.append(GoldItem(n, aid, label, speaker=sp, target=tg))
-            else:
-                actor = obj.get("actor")
-                if not isinstance(actor, str) or not actor.strip():
-                    raise InvalidInput(f"{path}:{n}: actor must be a non-empty string")
-                items.append(GoldItem(n, aid, label, actor=actor))
+    for n, obj in jsonl_objects(path):
+        label = obj.get("label")
+        if label not in POLARITIES:
+            raise InvalidInput(f"{path}:{n}: label must be one of {', '.join(POLARITIES)}")
+        aid = obj.get("article_id")
+        if isinstance(aid, int) and not isinstance(aid, bool):
+            aid = str(aid)  # as the article format allows integer ids
+        if not isinstance(aid, str) or not aid.strip():
+            raise InvalidInput(
+                f"{path}:{n}: article_id must be a non-empty string or integer")
+        aid = aid.strip()  # article ids are stripped when articles are read
+        if "speaker" in obj or "target" in obj:
+            sp, tg = obj.get("speaker"), obj.get("target")
+            if not (isinstance(sp, str) and sp.strip() and isinstance(tg, str) and tg.strip()):
+                raise InvalidInput(f"{path}:{n}: speaker and target must be non-empty strings")
+            items.append(GoldItem(n, aid, label, speaker=sp, target=tg))
+        else:
+            actor = obj.get("actor")
+            if not isinstance(actor, str) or not actor.strip():
+                raise InvalidInput(f"{path}:{n}: actor must be a non-empty string")
+            items.append(GoldItem(n, aid, label, actor=actor))
     return items
 
 
