@@ -402,6 +402,11 @@ def test_reads_can_require_a_key(pipeline: Pipeline) -> None:
         assert c.get("/v1/stories", headers=AUTH).status_code == 200
         assert c.get("/health/ready").status_code == 200  # probes stay public
         assert c.get("/schema/openapi.json").status_code == 200
+        # a wrong key is told so (not asked for one); OPTIONS reads nothing and needs none
+        bad = assert_problem(c.get("/v1/stories", headers={"Authorization": "Bearer x"}), 401)
+        assert "not valid" in bad["detail"]
+        r = c.options("/v1/stories")
+        assert r.status_code == 204 and "GET" in r.headers["Allow"]
 
 
 def test_rate_limit_per_client_and_per_key(pipeline: Pipeline) -> None:
@@ -421,6 +426,9 @@ def test_rate_limit_per_client_and_per_key(pipeline: Pipeline) -> None:
         assert c.get("/v1/stories", headers=AUTH).status_code == 200
         for _ in range(5):
             assert c.get("/health/live").status_code == 200
+        # ...but a path that merely contains a probe's name is (ids are client-chosen)
+        assert_problem(c.get("/v1/articles/health-1"), 429)
+        assert_problem(c.get("/v1/stories/schema"), 429)
 
 
 def test_rate_limit_window_starts_again_after_its_reset(

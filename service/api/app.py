@@ -150,12 +150,14 @@ def create_app(settings: Settings, *, pipeline: Any | None = None) -> Litestar:
     runtime = Runtime(settings, pipeline)
     rate_limit = RateLimitConfig(
         rate_limit=("minute", settings.rate_limit_per_minute),
-        exclude=["/health", "/metrics", "/schema"],
+        # litestar matches these as one unanchored regex: anchored, so that a client-chosen
+        # id such as /v1/articles/health-1 cannot slip past the limit
+        exclude=[r"^/health(/|$)", r"^/metrics$", r"^/schema(/|$)"],
         identifier_for_request=rate_limit_identifier,
         middleware_class=WindowCountRateLimitMiddleware,
     )
     prometheus = PrometheusConfig(app_name="storyline", prefix="storyline_http",
-                                  group_path=True, exclude=["/metrics"])
+                                  group_path=True, exclude=[r"^/metrics$"])
     cors = None
     if settings.cors_origins:
         cors = CORSConfig(allow_origins=list(settings.cors_origins),

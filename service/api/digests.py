@@ -54,7 +54,7 @@ _BY_ACCEPT = {"application/json": "json", "text/html": "html", "text/markdown": 
 
 def choose_format(request: Request[Any, Any, Any], fmt: str | None) -> str:
     if fmt is not None:
-        key = _ALIASES.get(fmt.lower())
+        key = _ALIASES.get(fmt)  # the query parameter's enum has already checked it
         if key is None:
             msg = "one of json, html, md"
             raise InvalidInput(f"format: {msg}",

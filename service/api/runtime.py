@@ -310,6 +310,8 @@ def authorize(request: Request[Any, Any, Any]) -> None:
     Run by ``before_request`` rather than as a litestar guard: litestar hands each guard a
     ``copy()`` of the route handler, 2 % of the service's interpreter time under load.
     """
+    if request.method == "OPTIONS":  # answers Allow only; reads nothing
+        return
     level = request.route_handler.opt.get("auth", "read")
     if level == "write":
         check_write_key(request)
@@ -319,8 +321,10 @@ def authorize(request: Request[Any, Any, Any]) -> None:
     rt = runtime_of(request)
     if rt.settings.read_requires_key:
         token = bearer_token(request)
-        if token is None or not rt.key_ok(token):
+        if token is None:
             raise NotAuthorizedException("reads need 'Authorization: Bearer <API key>' here")
+        if not rt.key_ok(token):
+            raise NotAuthorizedException("the API key is not valid")
 
 
 def rate_limit_identifier(request: Request[Any, Any, Any]) -> str:
