@@ -76,6 +76,9 @@ class InvalidArticle(InvalidInput):
         super().__init__(prefix + detail, line=line, field=field, **extra)
         self.line = line
         self.field = field
+        #: ``detail`` without the line/field prefix, for callers that name the place
+        #: themselves (a query parameter, a CLI option)
+        self.reason = detail
 
 
 class NotFound(StorylineError):

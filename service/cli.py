@@ -72,10 +72,9 @@ def _dt(value: str | None, option: str) -> datetime | None:
 
     try:
         parsed: datetime | None = parse_datetime(value)
-    except InvalidArticle:
+    except InvalidArticle as exc:  # not a date, or out of range: parse_datetime says which
         raise InvalidInput(
-            f"{option}: '{value[:40]}' is not an ISO 8601 date-time (e.g. 2024-05-01 or "
-            "2024-05-01T12:00:00Z)") from None
+            f"{option}: {exc.reason} (e.g. 2024-05-01 or 2024-05-01T12:00:00Z)") from None
     return parsed
 
 

@@ -431,10 +431,8 @@ def query_time(value: str | None, name: str, source: str = "query") -> Any:
 
     try:
         return parse_datetime(value)
-    except InvalidArticle as exc:
-        # parse_datetime's own reason (not a date, or out of range), without the
-        # article field it names
-        msg = exc.detail.split(": ", 1)[1] if exc.field else exc.detail
+    except InvalidArticle as exc:  # not a date, or out of range: parse_datetime says which
+        msg = exc.reason
         raise InvalidInput(f"{name}: {msg}",
                            errors=[{"field": name, "message": msg, "source": source}]) from None
 
