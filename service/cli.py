@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -52,7 +53,23 @@ RayWorkersOpt = Annotated[
 
 
 def settings(data_dir: Path | None = None) -> Settings:
-    s = Settings()
+    """The one settings object; a bad ``STORYLINE_*`` value is ``InvalidInput`` naming it."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        s = Settings()
+    except SettingsError as exc:  # a list or dict setting whose value is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"STORYLINE_{field.group(1).upper()}" if field else "a STORYLINE_ variable"
+        raise InvalidInput(f"invalid setting {name}: {exc.__cause__ or exc}"
+                           " (list settings are JSON, e.g. [\"a\", \"b\"])") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"STORYLINE_{'_'.join(str(p) for p in e['loc'][:1]).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid setting {problems}") from None
     if data_dir is not None:
         s = s.model_copy(update={"data_dir": data_dir})
     return s
@@ -484,7 +501,8 @@ def serve(
     # GIL waits up to this interval per hand-off (CPython's default is 5 ms).
     sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level.lower(),
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, proxy_headers=True,
+                forwarded_allow_ips=s.forwarded_allow_ips)
 
 
 # -- evaluation ---------------------------------------------------------------------------

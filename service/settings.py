@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -175,6 +176,30 @@ class Settings(BaseSettings):
     read_requires_key: bool = False
     rate_limit_per_minute: int = Field(600, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="`storyline serve`: peers (addresses or CIDR networks, or '*') whose"
+        " X-Forwarded-For / X-Forwarded-Proto are believed; the client address the rate"
+        " limit and the logs use comes from them",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        # uvicorn silently keeps an entry it cannot parse as a literal host name, so a
+        # typo here would put every client behind the proxy in one rate-limit bucket.
+        if "*" in value and value != ["*"]:
+            raise ValueError("'*' trusts every peer and must stand alone")
+        for entry in value:
+            if entry == "*":
+                continue
+            try:  # as uvicorn reads them: a network is strict (no host bits set)
+                ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or a CIDR network like 10.0.0.0/8"
+                ) from None
+        return value
 
     log_level: str = "INFO"
 

@@ -354,3 +354,19 @@ def test_eval_stance_article_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match=r"arts\.jsonl: line 2: invalid JSON"):
         evaluate_stance(arts, gold, extractor=None, tagger=None)  # type: ignore[arg-type]
 
+
+
+# -- settings -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "value", "needle"), [
+    ("STORYLINE_RATE_LIMIT_PER_MINUTE", "0", "greater than or equal to 1"),
+    ("STORYLINE_FORWARDED_ALLOW_IPS", '["10.0.0.1/8"]', "'10.0.0.1/8' is not an IP address"),
+    ("STORYLINE_FORWARDED_ALLOW_IPS", '["*", "10.0.0.0/8"]', "must stand alone"),
+    ("STORYLINE_FORWARDED_ALLOW_IPS", "10.0.0.1", "list settings are JSON"),
+])
+def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, name: str, value: str,
+                                             needle: str) -> None:
+    env = {**os.environ, "STORYLINE_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           name: value}
+    r = subprocess.run([sys.executable, "-m", "storyline.service.cli", "serve", "--port", "1"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    _one_line_error(r, 2, f"invalid setting {name}", needle)
