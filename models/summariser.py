@@ -61,7 +61,8 @@ the story holding a sentence with cosine >= ``support_threshold`` to it.
 Input handling: articles without text are skipped; none left (or no articles) ->
 ``InvalidInput``. Non-English text goes through the same path (MiniLM embeds anything;
 splitting knows the terminals of 1), degraded but extractive and crash-free. Words are
-whitespace-separated, so a CJK sentence counts as one word against ``budget_words``. At
+whitespace-separated, except that each Han or kana character counts as one word against
+``budget_words`` (``count_words``), so Chinese and Japanese summaries keep the budget. At
 most 40 sentences (pieces) per article are considered, a complete sentence over 90 words
 is only a last resort, and no piece exceeds ``MAX_PIECE_WORDS`` / ``MAX_PIECE_CHARS``.
 """
@@ -87,6 +88,7 @@ from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.protocols import Embedder
 from storyline.models.registry import SUMMARISER, Manifest
 from storyline.models.types import Article, Summary, SummarySentence
+from storyline.models.words import BUDGET_WORD, count_words
 
 __all__ = [
     "CONCEPT_FEATURE_NAMES",
@@ -313,11 +315,10 @@ _CUT_LEVELS: Final = (
     re.compile(r"[;:][\"'”’)\]»]*(?=\s)|[；：]"),
     re.compile(r",[\"'”’)\]»]*(?=\s)|[，、]|\s[—–-]{1,2}(?=\s)|[—–]"),
 )
-_NONSPACE = re.compile(r"\S+")
 
 
 def _over_cap(text: str) -> bool:
-    return len(text) > MAX_PIECE_CHARS or len(text.split()) > MAX_PIECE_WORDS
+    return len(text) > MAX_PIECE_CHARS or count_words(text) > MAX_PIECE_WORDS
 
 
 def _strip_span(text: str, lo: int, hi: int) -> tuple[int, int] | None:
@@ -343,7 +344,7 @@ def _windows(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
     """Last resort: runs of whole words under both caps; a word over the character cap
     (text without spaces) in character windows."""
     units: list[tuple[int, int]] = []
-    for m in _NONSPACE.finditer(text, lo, hi):
+    for m in BUDGET_WORD.finditer(text, lo, hi):
         a, b = m.span()
         units += [(k, min(k + MAX_PIECE_CHARS, b)) for k in range(a, b, MAX_PIECE_CHARS)]
     return _pack(text, units)
@@ -391,9 +392,9 @@ class Sentence:
         cut to ``max_words`` (>= 1) words, "…" marking each cut end (module doc)."""
         if self.complete:
             return self.text
-        words = self.text.split(" ")  # whitespace-normalised: one space between words
-        cut_end = len(words) > max_words
-        text = " ".join(words[: max(1, max_words)]) if cut_end else self.text
+        ends = [m.end() for m in BUDGET_WORD.finditer(self.text)]
+        cut_end = len(ends) > max_words
+        text = self.text[: ends[max(1, max_words) - 1]] if cut_end else self.text
         bare = text.rstrip(_CLOSERS)
         if cut_end or not (bare and bare[-1] in _TERMINALS):
             text += "…"
@@ -450,7 +451,7 @@ def story_sentences(articles: Sequence[Article]) -> list[Sentence]:
         pieces = pieces[:MAX_SENTENCES_PER_ARTICLE]
         for pi, (text, complete, cut_start) in enumerate(pieces):
             out.append(
-                Sentence(text, ai, pi, len(pieces), complete, len(text.split()), cut_start)
+                Sentence(text, ai, pi, len(pieces), complete, count_words(text), cut_start)
             )
     return out
 
@@ -1415,7 +1416,7 @@ class ExtractiveSummariser:
                 if out and words >= budget_words:
                     continue
                 text = s.excerpt(budget_words - words)
-            words += len(text.split())
+            words += count_words(text)
             ids = [story.articles[s.article].id]
             ids += [story.articles[a].id
                     for a in supporting_articles(story, i, self.params.support_threshold)]

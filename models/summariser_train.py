@@ -744,7 +744,7 @@ def build_key(models_dir: Path, articles_file: Path, stories_file: Path, seed: i
     for p in (articles_file, stories_file):
         h.update(sha256_file(p).encode())
     h.update(_embedder_digest(models_dir).encode())
-    for mod in ("summariser.py", "summariser_train.py"):
+    for mod in ("summariser.py", "summariser_train.py", "words.py"):
         h.update(sha256_file(Path(__file__).with_name(mod)).encode())
     h.update(json.dumps({"seed": seed, "v": RECIPE_VERSION}).encode())
     return h.hexdigest()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from storyline.models.words import count_words
+
 __all__ = [
     "Actor",
     "ActorMention",
@@ -86,7 +88,7 @@ class Summary:
 
     @property
     def word_count(self) -> int:
-        return sum(len(s.text.split()) for s in self.sentences)
+        return sum(count_words(s.text) for s in self.sentences)
 
 
 @dataclass(frozen=True, slots=True)

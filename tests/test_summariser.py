@@ -24,6 +24,7 @@ from storyline.models.summariser import (
     MAX_PIECE_CHARS,
     MAX_PIECE_WORDS,
     ExtractiveSummariser,
+    Sentence,
     _Coverage,
     concept_weight_table,
     normalise_ws,
@@ -36,6 +37,7 @@ from storyline.models.summariser import (
 )
 from storyline.models.summariser_train import AllSidesStory, load_allsides
 from storyline.models.types import Article, Summary
+from storyline.models.words import count_words
 
 
 def _sentences(text: str) -> list[tuple[str, bool]]:
@@ -350,6 +352,26 @@ def test_non_english_text_does_not_crash(summariser: ExtractiveSummariser) -> No
         assert s.text in normalise_ws(src.text)
 
 
+def test_chinese_and_japanese_count_characters_against_the_budget() -> None:
+    assert count_words("Putin said NATO was a threat.") == 6, "spaced scripts: str.split()"
+    assert count_words("政府周一通过了预算。") == 9
+    # 東 京 2020年 オ リ ン ピ ッ ク, Japan’s PM 说。
+    assert count_words("東京2020年オリンピック, Japan’s PM 说。") == 12
+    assert count_words("") == 0
+    short = Sentence("政府周一通过了预算反对派强烈批评", 0, 0, 1, False, 16)
+    assert short.excerpt(4) == "政府周一…"
+
+
+def test_a_chinese_story_keeps_its_budget(summariser: ExtractiveSummariser) -> None:
+    text = ("政府周一通过了新的年度预算。反对派议员强烈批评了这些开支计划。"
+            "财政部长为增加的国防开支辩护。分析人士预计明年的赤字将会扩大。"
+            "总理表示将在下周公布更多细节。")
+    summary = summariser.summarise([Article(id="zh", title="预算", text=text)], 30)
+    # Each of these sentences is 13-17 characters: two fit in 30, not all five.
+    assert 1 <= len(summary.sentences) <= 2, summary.sentences
+    assert summary.word_count <= 30 + 17
+
+
 def _unpunctuated(n_chars: int) -> str:
     return ("the court ruled on monday that officers were immune and critics said the ruling "
             "was dangerous " * (n_chars // 90 + 1))[:n_chars]
@@ -378,11 +400,16 @@ def test_any_script_or_run_on_respects_the_budget_and_never_ends_mid_sentence(
     art = Article(id=case, title="T", text=_SCRIPT_CASES[case])
     summary = summariser.summarise([art], budget)
     assert summary.sentences
-    counts = [len(s.text.split()) for s in summary.sentences]
-    # The budget rule: all but the last inside the budget, the last by min_fit.
+    counts = [count_words(s.text) for s in summary.sentences]
     before = sum(counts[:-1])
-    assert before < budget
-    assert budget - before >= summariser.params.min_fit * counts[-1]
+    if case.startswith("chinese") and budget == 10:
+        # Every sentence has over 20 characters (words), so none fits 10 by min_fit: the
+        # summary is the one whole sentence a summary always has, not a cut one.
+        assert len(counts) == 1 and counts[0] > 2 * budget
+    else:
+        # The budget rule: all but the last inside the budget, the last by min_fit.
+        assert before < budget
+        assert budget - before >= summariser.params.min_fit * counts[-1]
     assert len(summary.text) < 5_000, "bounded, not the article"
     source = normalise_ws(art.text)
     for s in summary.sentences:
@@ -393,8 +420,10 @@ def test_any_script_or_run_on_respects_the_budget_and_never_ends_mid_sentence(
         assert len(s.text) <= MAX_PIECE_CHARS + 2, "no over-long piece reaches a summary"
         if case.startswith("chinese"):
             assert s.text.count("。") == 1, "one sentence, not a run of them"
-    if case.endswith("150k") or case == "lowercase_english":
+    if case in ("unpunctuated_150k", "lowercase_english"):  # pieces, cut at the budget
         assert summary.word_count <= budget
+    if case.startswith("chinese"):  # each character counts as a word (count_words)
+        assert summary.word_count == sum(counts) > len(summary.text.split())
     assert summary == summariser.summarise([art], budget), "deterministic"
 
 
