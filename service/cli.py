@@ -22,12 +22,17 @@ app = typer.Typer(
     help="Multi-document news summarisation, story clustering and actor stance.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Docstrings are wrapped at the source's line length; markdown reflows their paragraphs.
+    rich_markup_mode="markdown",
 )
-models_app = typer.Typer(help="Build and train model artefacts.", no_args_is_help=True)
-index_app = typer.Typer(help="The FAISS vector index.", no_args_is_help=True)
+models_app = typer.Typer(help="Build and train model artefacts.", no_args_is_help=True,
+                         rich_markup_mode="markdown")
+index_app = typer.Typer(help="The FAISS vector index.", no_args_is_help=True,
+                        rich_markup_mode="markdown")
 eval_app = typer.Typer(help="Quality evaluation on JSONL in the documented formats.",
-                       no_args_is_help=True)
-cluster_app = typer.Typer(help="Story clustering maintenance.", no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode="markdown")
+cluster_app = typer.Typer(help="Story clustering maintenance.", no_args_is_help=True,
+                          rich_markup_mode="markdown")
 app.add_typer(models_app, name="models")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
@@ -235,8 +240,10 @@ def ingest(
     ray_workers: RayWorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest articles. Bad lines and unreadable sources are reported and skipped (the rest
-    is ingested); exit 2 if any failed.
+    """Ingest articles from JSONL, text or RSS/Atom files, folders or feed URLs.
+
+    Bad lines and unreadable sources are reported and skipped (the rest is ingested);
+    exit 2 if any failed.
 
     With --engine ray the new and changed articles are embedded by a Ray Data job (in
     chunks of 10,000), then stored as usual."""
@@ -389,8 +396,10 @@ def demo(
         bool, typer.Option("--digest/--no-digest", help="also build the digest of SOURCE")
     ] = True,
 ) -> None:
-    """The main job: ingest SOURCE, print related coverage and index statistics, and build
-    the digest of the days SOURCE covers."""
+    """The main job: ingest SOURCE, show related coverage, build its days' digest.
+
+    Ingests SOURCE, prints related coverage and index statistics, and builds the digest
+    of the days SOURCE covers."""
     from storyline.service.ingest import read_source
 
     pipe = open_pipeline(data_dir)
@@ -441,8 +450,10 @@ def digest(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the digest of a day or period: ranked stories with cited summaries and stances,
-    as HTML, Markdown and JSON; stored for GET /v1/digests/{key} and written to --out.
+    """Build the digest of a day or period (HTML, Markdown, JSON).
+
+    Ranked stories with cited summaries and stances, as HTML, Markdown and JSON; stored
+    for GET /v1/digests/{key} and written to --out.
 
     With --engine ray the summaries and stances not computed yet run as a Ray Data job."""
     import sqlite3
@@ -602,8 +613,9 @@ def cluster_refine(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Merge stories that now belong together and split stories that drifted apart
-    (old ids keep resolving to the new ones). Run it periodically, e.g. from cron."""
+    """Merge stories that now belong together and split those that drifted apart.
+
+    Old ids keep resolving to the new ones. Run it periodically, e.g. from cron."""
     pipe = open_pipeline(data_dir)
     if pipe.clusterer is None:
         raise InvalidInput("story clustering is switched off for this pipeline")
