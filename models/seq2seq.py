@@ -60,6 +60,7 @@ from storyline.models.protocols import Embedder
 from storyline.models.registry import Manifest, ModelSpec
 from storyline.models.summariser import normalise_ws, split_sentences, usable_articles
 from storyline.models.types import Article, Summary, SummarySentence
+from storyline.models.words import count_words
 
 __all__ = [
     "CONFIG_FILE",
@@ -395,7 +396,7 @@ class Seq2SeqSummariser:
         seen: set[str] = set()
         for (text, _), ids in zip(pieces, cited, strict=True):
             key = text.casefold()
-            n = len(text.split())
+            n = count_words(text)
             if not ids or key in seen or n < MIN_WORDS:
                 continue  # unsupported (the guard), a repeat, or too short to say anything
             if out and words >= budget_words:

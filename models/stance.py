@@ -88,6 +88,7 @@ from storyline.models.types import (
     StanceLabel,
     Statement,
     TowardStance,
+    normalise_lean,
 )
 
 if TYPE_CHECKING:
@@ -488,8 +489,8 @@ class ActorStanceTagger:
             for s, art in scored:
                 if art is not None and art.source:
                     by_outlet[art.source].append(s)
-                if art is not None and art.lean:
-                    by_lean[art.lean].append(s)
+                if art is not None and (lean := normalise_lean(art.lean)) is not None:
+                    by_lean[lean].append(s)
             portrayal = Portrayal(
                 overall=overall,
                 by_outlet={

@@ -39,6 +39,17 @@ def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
 
+def normalise_lean(value: str | None) -> str | None:
+    """One spelling per lean ("Lean-Left", "lean left" -> "lean left"); blank -> None.
+
+    Feeds spell an outlet's lean freely; grouping by the raw value would split one lean
+    into several groups (or, keyed by a normalised name later, keep only one of them).
+    """
+    if not value or not value.strip():
+        return None
+    return " ".join(value.replace("-", " ").replace("_", " ").split()).casefold()
+
+
 @dataclass(frozen=True, slots=True)
 class Article:
     """One news article in storyline's article format.

@@ -235,6 +235,23 @@ def test_portrayal_breaks_down_by_outlet_and_lean(ex: SpacyActorExtractor) -> No
     assert p.overall.label in {"mixed", "neutral"}
 
 
+def test_portrayal_by_lean_groups_spellings_of_one_lean(ex: SpacyActorExtractor) -> None:
+    # Feeds spell leans freely: "Left" and "left" are one group, holding both articles
+    # (the digest keys leans by this spelling, and used to keep only one group's score).
+    arts = [
+        Article(id="q1", text="Boris Johnson won praise for a brilliant, generous budget.",
+                source="Left Daily", lean="Left"),
+        Article(id="q2", text="Boris Johnson faced fury over a disastrous, cruel scandal.",
+                source="Other Left", lean="left"),
+        Article(id="q3", text="Boris Johnson met officials in London.", source="Centre",
+                lean=" Lean-Center "),
+    ]
+    tagger = ActorStanceTagger(VaderTargetScorer(), attributor=ex)
+    p = _stance(tagger.tag(ex.extract(arts), arts), "Boris Johnson").portrayal
+    assert set(p.by_lean) == {"left", "lean center"}
+    assert {e.article_id for e in p.by_lean["left"].evidence} == {"q1", "q2"}
+
+
 def _seed() -> Article:
     path = sorted(SEEDS.glob("*.txt"))[0]
     title, text = path.read_text(encoding="utf-8").split("\n", 1)
