@@ -308,10 +308,14 @@ class PostgresStore:
                 a = item.article
                 h = a.content_hash
                 row = db.execute(
-                    sa.select(articles.c.content_hash).where(articles.c.id == a.id)
-                ).first()
-                if row is not None and row.content_hash == h:
-                    results.append(IngestResult(a.id, "unchanged"))
+                    sa.select(articles).where(articles.c.id == a.id)
+                ).mappings().first()
+                if row is not None and row["content_hash"] == h:
+                    if _article(row) == a:  # every field (times by instant)
+                        results.append(IngestResult(a.id, "unchanged"))
+                        continue
+                    self._update_metadata(db, a, now)
+                    results.append(IngestResult(a.id, "updated"))
                     continue
                 if row is None:
                     dup = db.execute(
@@ -319,6 +323,17 @@ class PostgresStore:
                         .order_by(articles.c.id).limit(1)
                     ).first()
                     if dup is not None:
+                        d = duplicates.c
+                        same = db.execute(sa.select(d.id).where(
+                            d.id == a.id, d.canonical_id == dup.id,
+                            d.source.is_not_distinct_from(a.source),
+                            d.url.is_not_distinct_from(a.url),
+                            d.published_at.is_not_distinct_from(_utc(a.published_at)),
+                        )).first()
+                        if same is not None:  # re-sent as it was recorded: nothing to write
+                            results.append(
+                                IngestResult(a.id, "duplicate", duplicate_of=dup.id))
+                            continue
                         rec = {
                             "canonical_id": dup.id, "source": a.source, "url": a.url,
                             "published_at": _utc(a.published_at), "recorded_at": now,
@@ -404,6 +419,19 @@ class PostgresStore:
         if until is not None:
             q = q.where(articles.c.published_ts < until.timestamp())
         return [r["id"] for r in self._rows(q.order_by(articles.c.published_ts))]
+
+    def _update_metadata(self, db: sa.Connection, a: Article, now: datetime) -> None:
+        """As ``SQLiteStore._update_metadata``: the new fields replace the stored ones
+        (vector, entities and duplicates stay), the story's stored outputs are dropped and
+        the change feed records an upsert."""
+        db.execute(sa.update(articles).where(articles.c.id == a.id).values(
+            title=a.title, text=a.text, source=a.source, url=a.url,
+            published_at=_utc(a.published_at), published_ts=_ts(a.published_at),
+            lang=a.lang, lean=a.lean, gold_story_id=a.story_id, updated_at=now,
+        ))
+        db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id.in_(
+            sa.select(story_members.c.story_id).where(story_members.c.article_id == a.id))))
+        db.execute(sa.insert(changes).values(article_id=a.id, op="upsert", at=now))
 
     def _promote_duplicates(self, db: sa.Connection, article_id: str, now: datetime) -> list[str]:
         """As ``SQLiteStore._promote_duplicates``: the first duplicate of ``article_id``
@@ -645,10 +673,12 @@ class PostgresStore:
             .where(story_members.c.story_id == stories.c.id).scalar_subquery()
         )
         q = sa.select(stories).where(stories.c.status == status, size >= min_size)
+        # a bound leaves out stories with no dated article (NULL compares false), as
+        # articles_between leaves out undated articles
         if since is not None:
-            q = q.where(sa.func.coalesce(stories.c.last_ts, 0) >= since.timestamp())
+            q = q.where(stories.c.last_ts >= since.timestamp())
         if until is not None:
-            q = q.where(sa.func.coalesce(stories.c.first_ts, 0) < until.timestamp())
+            q = q.where(stories.c.first_ts < until.timestamp())
         rows = self._rows(
             # SQLite sorts NULL last in DESC order
             q.order_by(stories.c.last_ts.desc().nulls_last(), stories.c.id)
@@ -733,6 +763,25 @@ class PostgresStore:
                 pgd.insert(digests).values(date=date, format=fmt, **values)
                 .on_conflict_do_update(index_elements=["date", "format"], set_=values)
             )
+
+    def put_digests(self, date: str, bodies: dict[str, str]) -> None:
+        """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
+        transaction: a format not in ``bodies`` is removed, so no older run's body is left."""
+        now = _now()
+        with self.transaction() as db:
+            db.execute(sa.delete(digests).where(digests.c.date == date))
+            if bodies:  # an upsert, in case a concurrent run inserted the key meanwhile
+                ins = pgd.insert(digests)
+                db.execute(ins.on_conflict_do_update(
+                    index_elements=["date", "format"],
+                    set_={"body": ins.excluded.body, "created_at": ins.excluded.created_at},
+                ), [{"date": date, "format": fmt, "body": body, "created_at": now}
+                    for fmt, body in sorted(bodies.items())])
+
+    def delete_digest(self, date: str) -> bool:
+        """Remove every format of digest ``date``; True when one was stored."""
+        with self.transaction() as db:
+            return db.execute(sa.delete(digests).where(digests.c.date == date)).rowcount > 0
 
     def get_digest(self, date: str, fmt: str) -> str:
         rows = self._rows(

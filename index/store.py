@@ -219,6 +219,8 @@ class Store(Protocol):
     def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None: ...
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None: ...
     def put_digest(self, date: str, fmt: str, body: str) -> None: ...
+    def put_digests(self, date: str, bodies: dict[str, str]) -> None: ...
+    def delete_digest(self, date: str) -> bool: ...
     def get_digest(self, date: str, fmt: str) -> str: ...
     def digest_dates(self) -> list[str]: ...
     def close(self) -> None: ...
@@ -357,11 +359,17 @@ class SQLiteStore:
     ) -> list[IngestResult]:
         """Insert or update a batch in one transaction.
 
-        Same id and same content: ``unchanged``. Same id, new content: ``updated``.
-        New id whose content hash matches another stored article: ``duplicate``
-        (recorded in ``duplicates``, not stored twice). An update first hands the old
-        content to the article's duplicates (see ``_promote_duplicates``); the ids that
-        became stored articles that way are appended to ``promoted``.
+        Same id and the same fields: ``unchanged`` (nothing is written). Same id, new
+        content: ``updated``. Same id and content hash but other metadata (source, url,
+        published_at, lang, lean, story_id, or title/text differing only in case or
+        spacing): ``updated`` too, the row takes the new fields and keeps its stored
+        vector and entities (``item.vector`` is not used), and the stored outputs of its
+        story are dropped (their keys cover content, not metadata). New id whose content
+        hash matches another stored article: ``duplicate`` (recorded in ``duplicates``,
+        not stored twice; a re-sent duplicate's source, url and time replace the
+        record's). An update first hands the old content to the article's duplicates
+        (see ``_promote_duplicates``); the ids that became stored articles that way are
+        appended to ``promoted``.
         """
         results: list[IngestResult] = []
         now = _now()
@@ -369,15 +377,30 @@ class SQLiteStore:
             for item in items:
                 a = item.article
                 h = a.content_hash
-                row = db.execute("SELECT content_hash FROM articles WHERE id=?", (a.id,)).fetchone()
+                row = db.execute(
+                    f"SELECT content_hash, {_ARTICLE_COLUMNS} FROM articles WHERE id=?", (a.id,)
+                ).fetchone()
                 if row is not None and row["content_hash"] == h:
-                    results.append(IngestResult(a.id, "unchanged"))
+                    if _article_of(tuple(row)[1:]) == a:  # every field (times by instant)
+                        results.append(IngestResult(a.id, "unchanged"))
+                        continue
+                    self._update_metadata(db, a, now)
+                    results.append(IngestResult(a.id, "updated"))
                     continue
                 if row is None:
                     dup = db.execute(
                         "SELECT id FROM articles WHERE content_hash=? ORDER BY id LIMIT 1", (h,)
                     ).fetchone()
                     if dup is not None:
+                        same = db.execute(
+                            "SELECT 1 FROM duplicates WHERE id=? AND canonical_id=?"
+                            " AND source IS ? AND url IS ? AND published_at IS ?",
+                            (a.id, dup["id"], a.source, a.url, _iso(a.published_at)),
+                        ).fetchone()
+                        if same is not None:  # re-sent as it was recorded: nothing to write
+                            results.append(
+                                IngestResult(a.id, "duplicate", duplicate_of=dup["id"]))
+                            continue
                         db.execute(
                             "INSERT OR REPLACE INTO duplicates(id, canonical_id, source, url,"
                             " published_at, recorded_at) VALUES (?,?,?,?,?,?)",
@@ -473,6 +496,25 @@ class SQLiteStore:
             (lo, hi),
         )
         return [r["id"] for r in rows]
+
+    def _update_metadata(self, db: sqlite3.Connection, a: Article, now: str) -> None:
+        """A stored article re-sent with the same content hash and other fields: they
+        replace the stored ones; vector and entities stay (the text they come from did
+        not change), and so do its duplicates (same content). The outputs stored for its
+        story are dropped: their keys cover content, and portrayal by outlet and lean,
+        the order in time and the quotes depend on these fields too. The change feed
+        records an upsert, so replicas and the story clusterer pick it up."""
+        db.execute(
+            "UPDATE articles SET title=?, text=?, source=?, url=?, published_at=?,"
+            " published_ts=?, lang=?, lean=?, gold_story_id=?, updated_at=? WHERE id=?",
+            (a.title, a.text, a.source, a.url, _iso(a.published_at), _ts(a.published_at),
+             a.lang, a.lean, a.story_id, now, a.id),
+        )
+        db.execute(
+            "DELETE FROM story_outputs WHERE story_id IN"
+            " (SELECT story_id FROM story_members WHERE article_id=?)", (a.id,),
+        )
+        db.execute("INSERT INTO changes(article_id, op, at) VALUES (?, 'upsert', ?)", (a.id, now))
 
     def _promote_duplicates(self, db: sqlite3.Connection, article_id: str, now: str) -> list[str]:
         """Before stored article ``article_id`` changes content or goes: its duplicates
@@ -723,13 +765,20 @@ class SQLiteStore:
         offset: int = 0,
         status: str = "active",
     ) -> list[Story]:
-        lo = since.timestamp() if since else float("-inf")
-        hi = until.timestamp() if until else float("inf")
+        # A bound leaves out stories with no dated article (NULL compares false), as
+        # articles_between leaves out undated articles; with neither bound they are listed.
+        bounds = ""
+        params: list[Any] = [status]
+        if since is not None:
+            bounds += " AND s.last_ts >= ?"
+            params.append(since.timestamp())
+        if until is not None:
+            bounds += " AND s.first_ts < ?"
+            params.append(until.timestamp())
         rows = self._query(
-            f"{_STORY_SELECT} WHERE s.status=? AND COALESCE(s.last_ts, 0) >= ?"
-            " AND COALESCE(s.first_ts, 0) < ? AND (SELECT COUNT(*) FROM story_members m"
+            f"{_STORY_SELECT} WHERE s.status=?{bounds} AND (SELECT COUNT(*) FROM story_members m"
             " WHERE m.story_id = s.id) >= ? ORDER BY s.last_ts DESC, s.id LIMIT ? OFFSET ?",
-            (status, lo, hi, min_size, limit, offset),
+            (*params, min_size, limit, offset),
         )
         return [self._story(r) for r in rows]
 
@@ -804,6 +853,22 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO digests(date, format, body, created_at) VALUES (?,?,?,?)",
                 (date, fmt, body, _now()),
             )
+
+    def put_digests(self, date: str, bodies: dict[str, str]) -> None:
+        """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
+        transaction: a format not in ``bodies`` is removed, so no older run's body is left."""
+        now = _now()
+        with self.transaction() as db:
+            db.execute("DELETE FROM digests WHERE date=?", (date,))
+            db.executemany(
+                "INSERT INTO digests(date, format, body, created_at) VALUES (?,?,?,?)",
+                [(date, fmt, body, now) for fmt, body in sorted(bodies.items())],
+            )
+
+    def delete_digest(self, date: str) -> bool:
+        """Remove every format of digest ``date``; True when one was stored."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM digests WHERE date=?", (date,)).rowcount > 0
 
     def get_digest(self, date: str, fmt: str) -> str:
         rows = self._query("SELECT body FROM digests WHERE date=? AND format=?", (date, fmt))

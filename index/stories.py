@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -58,7 +59,7 @@ from storyline.index.types import Story
 from storyline.models.errors import InvalidInput
 from storyline.models.types import Article
 
-__all__ = ["ClusterParams", "StoryClusterer", "title_tokens"]
+__all__ = ["ClusterParams", "StoryClusterer", "article_print", "members_hash", "title_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,14 @@ def members_hash(members: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+def article_print(a: Article) -> str:
+    """Hash of every field of an article that an analysis of it reads: title and text as
+    they are (the content hash ignores case and spacing), outlet, url, time, language and
+    lean (time orders the summary; outlet and lean split the portrayal)."""
+    return hashlib.sha256(msgspec.json.encode(
+        (a.title, a.text, a.source, a.url, a.published_at, a.lang, a.lean))).hexdigest()
+
+
 class StoryClusterer:
     """Assigns articles to stories as they are ingested; see the module docstring."""
 
@@ -261,8 +270,15 @@ class StoryClusterer:
                 self._attach(h, sh)
             st = stored.get(sid)
             self._stories[sh].dirty = bool(st.extra.get("dirty", True)) if st else True
-            held = members_hash((self._art(h).id, self._art(h).chash) for h in hs)
-            if st is None or st.content_hash != held:
+            arts = [self._art(h) for h in hs]
+            held = members_hash((a.id, a.chash) for a in arts)
+            dated = [a.ts for a in arts if a.dated]
+            span = ((datetime.fromtimestamp(min(dated), UTC),
+                     datetime.fromtimestamp(max(dated), UTC)) if dated else (None, None))
+            outlets = dict(Counter(a.source for a in arts if a.source))
+            # (times and outlets too: an article's metadata may have changed alone)
+            if (st is None or st.content_hash != held or (st.first_at, st.last_at) != span
+                    or st.outlets != outlets):
                 self._unsaved.add(sh)
         for sid, st in stored.items():
             if sid not in members:  # an active record whose articles are all gone
@@ -482,8 +498,11 @@ class StoryClusterer:
     def assign(self, article_ids: Sequence[str]) -> dict[str, str]:
         """Place new or changed stored articles into stories; returns ``{article_id: story_id}``.
 
-        Articles are placed in published order (ties by id). Changed stories are written in
-        one transaction; every ``refine_every`` articles a refine pass follows.
+        Articles are placed in published order (ties by id). An article whose content
+        changed is placed anew; one whose metadata alone changed (same content hash, same
+        vector) stays in its story with its new time, title and outlet, unless its new
+        time is outside the story's window (then it is placed anew). Changed stories are
+        written in one transaction; every ``refine_every`` articles a refine pass follows.
         """
         return self._claimed(lambda: self._assign(article_ids))
 
@@ -492,6 +511,9 @@ class StoryClusterer:
             ids = list(dict.fromkeys(article_ids))
             touched: set[int] = set()
             waiting: list[int] = []  # loaded at start but never placed: place as they are
+            kept: list[str] = []  # metadata updated in place, still in their story
+            held = [aid for aid in ids if aid in self._handle]
+            now_stored = {a.id: a for a in self.store.get_articles(held)} if held else {}
             for aid in ids:
                 h = self._handle.get(aid)
                 if h is None:
@@ -500,14 +522,22 @@ class StoryClusterer:
                 if sh < 0:
                     waiting.append(h)
                     continue
-                touched.add(sh)  # updated content: old vector and membership go first
-                self._drop_article(h)
+                touched.add(sh)
+                stored = now_stored.get(aid)
+                if stored is not None and stored.content_hash == self._art(h).chash:
+                    # same content (same vector), other metadata: refreshed where it is
+                    if self._refresh(h, stored):
+                        kept.append(aid)
+                    else:  # its new time is outside its story's window: placed anew
+                        waiting.append(h)
+                    continue
+                self._drop_article(h)  # updated content: old vector and membership go first
             fresh = [aid for aid in ids if aid not in self._handle]
             sids, vecs = self.store.embeddings(fresh) if fresh else ([], None)
             handles = waiting + (
                 self._add_articles(sids, vecs) if sids and vecs is not None else []
             )
-            sids = [self._art(h).id for h in handles]
+            sids = [self._art(h).id for h in handles] + kept
             handles.sort(key=lambda h: (self._art(h).ts, self._art(h).id))
             nbrs = self._neighbours(handles, self.params.candidates)
             first_new = self._next_story
@@ -525,6 +555,41 @@ class StoryClusterer:
                 self.refine()
             return {aid: self._stories[self._art(self._handle[aid]).story].sid
                     for aid in sids if aid in self._handle}
+
+    def _refresh(self, h: int, a: Article) -> bool:
+        """Take a held article's new metadata (title, outlet, time; same content, so the
+        same vector): a changed time moves it to its new time bucket. It stays in its
+        story if the story's span, with the new time, is still within the window (True);
+        otherwise it is left without a story, to be placed anew (False)."""
+        art = self._art(h)
+        if a.published_at is not None:
+            ts = a.published_at.timestamp()
+        else:  # undated now: its first-seen time if it had one, else now (as when loaded)
+            ts = art.ts if not art.dated else time.time()
+        art.title = a.title
+        art.tokens = title_tokens(a.title)
+        art.source = a.source
+        art.dated = a.published_at is not None
+        sh = art.story
+        self._detach(h)  # the story's span without it
+        if ts != art.ts:
+            import faiss
+
+            old_b, new_b = self._bucket(art.ts), self._bucket(ts)
+            if old_b != new_b:
+                self._buckets[old_b].remove_ids(
+                    faiss.IDSelectorBatch(np.asarray([h], dtype=np.int64)))
+                self._bucket_members[old_b].discard(h)
+                self._bucket_index(new_b).add_with_ids(
+                    self._vecs[[h]], np.asarray([h], dtype=np.int64))
+                self._bucket_members.setdefault(new_b, set()).add(h)
+            art.ts = ts
+            self._ts[h] = ts
+        s = self._stories[sh]
+        if s.members and s.span_with(ts) > self._window_s:
+            return False
+        self._attach(h, sh)
+        return True
 
     def remove(self, article_ids: Sequence[str]) -> None:
         """Forget deleted articles; their stories shrink (an emptied story is ``deleted``)."""

@@ -438,7 +438,8 @@ def digest(
     since: Annotated[str | None, typer.Option(help="period start (ISO 8601), with --until")] = None,
     until: Annotated[str | None, typer.Option(help="period end, exclusive")] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="comma-separated: html,md,json")
+        str, typer.Option("--format", help="comma-separated: html,md,json; the files written"
+                          " to --out (the store always gets all three)")
     ] = "html,md,json",
     out: Annotated[
         Path | None, typer.Option(help="output folder \\[default: <data_dir>/digests]")
@@ -706,6 +707,9 @@ def main() -> None:
                  else InvalidInput.exit_code)
     except UnicodeError as exc:
         typer.echo(f"error: text encoding: {exc}", err=True)
+        sys.exit(InvalidInput.exit_code)
+    except OverflowError as exc:  # a date or number at the edge of what Python represents
+        typer.echo(f"error: out of range: {exc}", err=True)
         sys.exit(InvalidInput.exit_code)
 
 

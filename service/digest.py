@@ -21,9 +21,14 @@
    from it, the HTML page (Jinja2 with autoescaping: every article-derived string is escaped;
    the page is self-contained: inline CSS and SVG, no script, a CSP that forbids any
    request) and the Markdown text.
-5. **store**: every rendered format goes to the store (``put_digest(key, fmt, body)``; the
-   JSON always, since later digests read it for novelty) and, with ``out_dir``, to
-   ``<out_dir>/<key>.<fmt>``, written atomically.
+5. **store**: all three formats, always, replace whatever the store held for the key in one
+   transaction (``put_digests(key, bodies)``), so the formats served for a key always come
+   from the same run (later digests read the JSON for novelty). With ``out_dir``, the
+   ``formats`` asked for are written to ``<out_dir>/<key>.<fmt>`` atomically and that key's
+   files of the other formats are removed (they would be an older run's). A period with
+   nothing to digest (no article, or no active story) raises ``NotFound`` after removing
+   the key's stored digest and files, so a digest whose articles were all deleted is not
+   served any more.
 
 Ranking (documented in the JSON under ``ranking`` as well)::
 
@@ -36,10 +41,12 @@ Ranking (documented in the JSON under ``ranking`` as well)::
 * ``recency = 0.5 + 0.5 * (t_last - since) / (until - since)``, ``t_last`` the story's latest
   article in the period: 1 at the end of the period, 0.5 at its start;
 * ``novelty = NOVELTY_FLOOR + (1 - NOVELTY_FLOOR) * new / articles``, ``new`` the period's
-  articles not featured in an earlier digest (one whose period started before this one's,
-  within ``lookback_days``). A story never featured before has novelty 1 (status ``new``);
-  one featured before that has grown is ``developing``; one featured before with nothing new
-  (overlapping periods) keeps only ``NOVELTY_FLOOR`` and is a ``repeat``.
+  articles not featured in an earlier digest (one whose period starts before this one's and
+  also ends before this one's end, within ``lookback_days``; a digest covering this period,
+  even one built later, is not earlier, so re-running a period gives the same answer).
+  A story never featured before has novelty 1 (status ``new``); one featured before that
+  has grown is ``developing``; one featured before with nothing new (overlapping periods)
+  keeps only ``NOVELTY_FLOOR`` and is a ``repeat``.
 
 Ties break by more articles, then story id, so the order is deterministic. A story counts as
 featured before when an earlier digest featured the same id, one of its ancestors (merged or
@@ -74,7 +81,7 @@ import msgspec
 from storyline.index.stories import members_hash as stories_members_hash
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput, NotFound
-from storyline.models.types import ActorStance, Article, Stance, Summary
+from storyline.models.types import ActorStance, Article, Stance, Summary, normalise_lean
 
 __all__ = [
     "ENGINES",
@@ -224,9 +231,15 @@ def _utc(dt: datetime) -> datetime:
 
 
 def day_period(day: date) -> tuple[datetime, datetime]:
-    """``[day 00:00 UTC, next day 00:00 UTC)``."""
+    """``[day 00:00 UTC, next day 00:00 UTC)``; ``InvalidInput`` for 9999-12-31, whose end
+    is past the last representable date."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return start, start + timedelta(days=1)
+    try:
+        return start, start + timedelta(days=1)
+    except OverflowError:
+        raise InvalidInput(f"{day.isoformat()} is out of range: a digest period must end by "
+                           f"{date.max.isoformat()} (the last day it can cover is "
+                           f"{(date.max - timedelta(days=1)).isoformat()})") from None
 
 
 def period_key(since: datetime, until: datetime) -> str:
@@ -257,14 +270,30 @@ def resolve_period(
         if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):
             raise InvalidInput(f"--date: expected YYYY-MM-DD, got '{day}'")
         try:
-            return day_period(date.fromisoformat(day))
+            the_day = date.fromisoformat(day)
         except ValueError as exc:  # the right shape, but e.g. 2024-02-30 or month 13
             raise InvalidInput(f"--date: {day} does not exist ({exc})") from None
+        try:
+            return day_period(the_day)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--date: {exc}") from None
     if since is None and until is None:
         return day_period((today or datetime.now(UTC).date()) - timedelta(days=1))
     if since is None or until is None:
         raise InvalidInput("--since and --until go together")
-    since, until = _utc(since), _utc(until)
+    ends = []
+    for name, value in (("--since", since), ("--until", until)):
+        try:
+            value = _utc(value)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise InvalidInput(f"{name}: {value.isoformat()} is out of range in UTC") from None
+        # Keys name periods to the minute: a second or microsecond would give two different
+        # periods one key (the second run overwriting the first).
+        if value.second or value.microsecond:
+            raise InvalidInput(f"{name}: {value.isoformat()} is not a whole minute (digest "
+                               "periods start and end on a minute, e.g. 2021-10-18T06:30Z)")
+        ends.append(value)
+    since, until = ends
     if until <= since:
         raise InvalidInput("--until must be after --since")
     return since, until
@@ -316,10 +345,18 @@ class _Earlier:
     articles_of: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
-def _earlier_digests(store: Any, since: datetime, key: str, lookback_days: int) -> _Earlier:
-    """Stories featured in stored digests whose period started before ``since``."""
+def _earlier_digests(
+    store: Any, since: datetime, until: datetime, key: str, lookback_days: int
+) -> _Earlier:
+    """Stories featured in the stored digests earlier than ``[since, until)``: those whose
+    period starts before ``since`` and ends before ``until``. One that covers this period
+    (ends at or after ``until``) is not earlier, even where it starts before: it may have
+    been built later, and counting it would change this period's digest on a re-run."""
     out = _Earlier()
-    lo = (since - timedelta(days=lookback_days)).date()
+    try:
+        lo = (since - timedelta(days=lookback_days)).date()
+    except OverflowError:  # a period near 0001-01-01: look back as far as dates go
+        lo = date.min
     for other in store.digest_dates():
         start = _key_start(other)
         if other == key or start is None or start < lo or start > since.date():
@@ -330,9 +367,10 @@ def _earlier_digests(store: Any, since: datetime, key: str, lookback_days: int) 
             continue
         try:
             o_since = _utc(datetime.fromisoformat(doc["period"]["since"]))
-        except (KeyError, TypeError, ValueError):
+            o_until = _utc(datetime.fromisoformat(doc["period"]["until"]))
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
-        if o_since >= since:
+        if o_since >= since or o_until >= until:
             continue
         for st in doc.get("stories", []):
             sid, rank = str(st.get("id")), int(st.get("rank", 0))
@@ -355,12 +393,6 @@ def _ancestors(store: Any, story_id: str, limit: int = 64) -> set[str]:
                 seen.add(h.old_id)
                 frontier.append(h.old_id)
     return seen
-
-
-def _lean(value: str | None) -> str | None:
-    if not value or not value.strip():
-        return None
-    return " ".join(value.replace("-", " ").replace("_", " ").split()).casefold()
 
 
 def _rank(
@@ -389,7 +421,7 @@ def _rank(
         )
         c.new_articles = sum(1 for a in arts if a.id not in prev_articles)
         c.outlets = len({a.source for a in arts if a.source})
-        c.leans = len({lean for a in arts if (lean := _lean(a.lean))})
+        c.leans = len({lean for a in arts if (lean := normalise_lean(a.lean))})
         last = max(_utc(a.published_at) for a in arts if a.published_at is not None)
         c.recency = 0.5 + 0.5 * min(1.0, max(0.0, (last - since).total_seconds() / span))
         c.novelty = NOVELTY_FLOOR + (1.0 - NOVELTY_FLOOR) * c.new_articles / len(arts)
@@ -551,7 +583,7 @@ def _coverage(arts: Sequence[Article]) -> list[dict[str, Any]]:
     """Outlets grouped by lean (known leans in spectrum order, then ``unknown``)."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
     for a in arts:
-        groups[_lean(a.lean) or "unknown"][a.source or "unknown outlet"] += 1
+        groups[normalise_lean(a.lean) or "unknown"][a.source or "unknown outlet"] += 1
     order = sorted((g for g in groups if g != "unknown"), key=_lean_sort)
     if "unknown" in groups:
         order.append("unknown")
@@ -575,7 +607,7 @@ def _story_entry(rank: int, c: _Candidate, an: _Analysed) -> dict[str, Any]:
             num[aid] = len(sources) + 1
             sources.append({
                 "n": num[aid], "article_id": a.id, "title": a.title or a.id,
-                "outlet": a.source, "lean": _lean(a.lean), "url": safe_url(a.url),
+                "outlet": a.source, "lean": normalise_lean(a.lean), "url": safe_url(a.url),
                 "published_at": _iso(a.published_at),
             })
         return num[aid]
@@ -596,7 +628,7 @@ def _story_entry(rank: int, c: _Candidate, an: _Analysed) -> dict[str, Any]:
             "name": st.actor.name, "type": st.actor.type, "salience": st.actor.salience,
             "portrayal": {
                 "overall": _stance(p.overall, by_id),
-                "by_lean": {(_lean(k) or k): _stance(v, by_id, evidence=False)
+                "by_lean": {(normalise_lean(k) or k): _stance(v, by_id, evidence=False)
                             for k, v in sorted(p.by_lean.items())},
                 "by_outlet": {k: _stance(v, by_id, evidence=False)
                               for k, v in sorted(p.by_outlet.items())},
@@ -663,7 +695,7 @@ def chart(story: dict[str, Any]) -> dict[str, Any] | None:
     by_lean = any(a["portrayal"]["by_lean"] for a in actors)
     if by_lean:
         groups = sorted({g for a in actors for g in a["portrayal"]["by_lean"]},
-                        key=lambda g: _lean_sort(_lean(g) or g))
+                        key=lambda g: _lean_sort(normalise_lean(g) or g))
     else:
         counts: Counter[str] = Counter()
         for cov in story["coverage"]:
@@ -677,7 +709,7 @@ def chart(story: dict[str, Any]) -> dict[str, Any] | None:
     def x(score: float) -> float:
         return round(left + (max(-1.0, min(1.0, score)) + 1) / 2 * plot_w, 1)
 
-    colours = {g: _colour(_lean(g) or g if by_lean else g, i, by_lean)
+    colours = {g: _colour(normalise_lean(g) or g if by_lean else g, i, by_lean)
                for i, g in enumerate(groups)}
     rows = []
     for i, a in enumerate(actors):
@@ -833,6 +865,7 @@ class DigestResult:
     until: datetime
     #: the JSON document (what ``bodies['json']`` encodes)
     document: dict[str, Any]
+    #: every format (html, md, json), as stored; ``files`` has the ones written to ``out_dir``
     bodies: dict[str, str]
     #: articles published in the period and stories with at least one of them
     articles: int
@@ -882,6 +915,33 @@ def _write_atomic(path: Path, body: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_files(out_dir: Path, key: str, fmts: Sequence[str]) -> list[Path]:
+    """Remove ``<out_dir>/<key>.<fmt>`` for ``fmts``; the paths that were there."""
+    gone = []
+    for fmt in fmts:
+        path = out_dir / f"{key}.{fmt}"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise InvalidInput(f"output folder: cannot remove {path}: "
+                               f"{exc.strerror or exc}") from None
+        gone.append(path)
+    return gone
+
+
+def _drop_stale(store: Any, key: str, out_dir: Path | None) -> str:
+    """Remove a digest stored for ``key`` (and its files in ``out_dir``): the period has
+    nothing to digest now, e.g. its articles were deleted. What to add to the message."""
+    stored = store.delete_digest(key)
+    files = _remove_files(out_dir, key, FORMATS) if out_dir is not None else []
+    if not stored and not files:
+        return ""
+    what = " and ".join(w for w, on in (("stored digest", stored), ("files", files)) if on)
+    return f" (removed the {what} of {key})"
 
 
 def _clusterer(pipeline: Any) -> Any | None:
@@ -938,8 +998,14 @@ def build_digest(
     single-node Ray; ``ray_workers`` actors, default one per CPU) and stores the results
     first; the digest is byte-identical to the local engine's.
 
+    All three formats are rendered and replace the key's stored digest in one transaction;
+    ``formats`` only chooses which of them are written to ``out_dir`` (that key's files of
+    the other formats there are removed, being an older run's).
+
     Raises ``InvalidInput`` for a bad period / top / format / engine and ``NotFound`` when
-    no article was published in the period.
+    the period has nothing to digest (no article published in it, or none in an active
+    story); a digest stored for the key before (and its files in ``out_dir``) is removed
+    first, and the message says so.
     """
     t0 = time.perf_counter()
     since, until = _utc(since), _utc(until)
@@ -975,7 +1041,8 @@ def build_digest(
         ids = store.articles_between(since, until)
         if not ids:
             raise NotFound(f"no articles published between {since.isoformat()} and "
-                           f"{until.isoformat()}: nothing to digest")
+                           f"{until.isoformat()}: nothing to digest"
+                           + _drop_stale(store, key, out_dir))
         arts = {a.id: a for a in store.get_articles(ids)}
         story_of = store.story_of(ids)
         grouped: dict[str, list[Article]] = defaultdict(list)
@@ -991,9 +1058,9 @@ def build_digest(
         if unplaced:
             prog.log(f"{unplaced} articles of the period belong to no story (not clustered)")
         if not stories:
-            raise NotFound(f"the {len(ids)} articles published in {key} belong to no story; "
-                           "is clustering on?")
-        earlier = _earlier_digests(store, since, key, lookback_days)
+            raise NotFound(f"the {len(ids)} articles published in {key} belong to no active "
+                           "story; is clustering on?" + _drop_stale(store, key, out_dir))
+        earlier = _earlier_digests(store, since, until, key, lookback_days)
         ranked = _rank(store, stories, grouped, earlier, since, until)
         featured = ranked[:top]
     prog.log(f"{len(ids)} articles, {len(stories)} stories; featuring {len(featured)}")
@@ -1028,18 +1095,16 @@ def build_digest(
                        "featured": len(entries)},
             "ranking": RANKING_DOC, "stories": entries,
         }
-        bodies = {"json": render_json(doc)}
-        if "html" in fmts:
-            bodies["html"] = render_html(doc)
-        if "md" in fmts:
-            bodies["md"] = render_markdown(doc)
+        # Every format, whatever ``formats`` says (rendering is cheap): the store then never
+        # holds one format of this run beside another of an older run. The JSON is what
+        # later digests read to tell new stories from developing ones.
+        bodies = {"html": render_html(doc), "md": render_markdown(doc),
+                  "json": render_json(doc)}
 
     prog.stage("store")
     files: dict[str, Path] = {}
     with _timed(stages, "store"):
-        # JSON always: later digests read it to tell new stories from developing ones.
-        for fmt in ("json", *[f for f in fmts if f != "json"]):
-            store.put_digest(key, fmt, bodies[fmt])
+        store.put_digests(key, bodies)
         if out_dir is not None:
             for fmt in fmts:
                 path = out_dir / f"{key}.{fmt}"
@@ -1049,7 +1114,7 @@ def build_digest(
                     raise InvalidInput(f"output folder: cannot write {path}: "
                                        f"{exc.strerror or exc}") from None
                 files[fmt] = path
-    bodies = {f: bodies[f] for f in fmts}
+            _remove_files(out_dir, key, [f for f in FORMATS if f not in fmts])
     res = DigestResult(
         key=key, since=since, until=until, document=doc, bodies=bodies, articles=len(ids),
         stories=len(stories), featured=[e["id"] for e in entries], recomputed=recomputed,
@@ -1065,5 +1130,8 @@ def digest_period_for(articles: Sequence[Article]) -> tuple[datetime, datetime] 
     if not dated:
         return None
     first, last = min(dated).date(), max(dated).date()
-    return day_period(first)[0], day_period(last)[1]
+    try:
+        return day_period(first)[0], day_period(last)[1]
+    except InvalidInput as exc:
+        raise InvalidInput(f"digest of the articles' days: {exc}") from None
 

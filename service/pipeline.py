@@ -6,7 +6,6 @@ Protocol) to the store and keeps the FAISS index in step with the database.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -25,7 +24,7 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 
 from storyline.index.store import IngestItem, SQLiteStore
-from storyline.index.stories import members_hash
+from storyline.index.stories import article_print, members_hash
 from storyline.index.types import ArticleBrief, IngestResult, Story
 from storyline.index.vectors import VectorIndex
 from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
@@ -53,8 +52,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: Part of every analysis key. Bump it when code changes what the same model files produce
 #: for the same articles (selection, alias resolution, stance aggregation), so stored
 #: analyses are recomputed instead of served stale. 2: portrayal by the highest mean class,
-#: family-name-first aliases (session 13).
-ANALYSIS_VERSION = 2
+#: family-name-first aliases (session 13). 3: portrayal by lean keyed by the normalised
+#: lean, and Han/kana characters counted as budget words (session 16).
+ANALYSIS_VERSION = 3
 
 
 def article_text(a: Article) -> str:
@@ -742,7 +742,9 @@ class Pipeline:
         """A stored story with its summary and stances, computed once per story content.
 
         Cached outputs are keyed by the story's content hash (member ids and their
-        content), the budget and the summary mode, so only changed stories are recomputed.
+        content), the budget and the summary mode, so only changed stories are recomputed;
+        a member's metadata change drops them (``Store.ingest``). The default budget's
+        analysis is stored; other budgets are kept in memory only (``analysis_cache_size``).
         """
         view = self._story_view(story_id, budget_words, compute=True, mode=mode)
         assert view is not None
@@ -768,8 +770,8 @@ class Pipeline:
         versions and need not be read again (under load each read costs GIL hand-offs).
         """
         latest = list({a.id: a for a in articles}.values())
-        own = {a.id: a.content_hash for a in latest}
-        story = self._exact_story(own, own if stored else self._stored_hashes(latest))
+        own = {a.id: article_print(a) for a in latest}
+        story = self._exact_story(own, own if stored else self._stored_prints(latest))
         if story is None:
             return self._cached_set(self._set_key(latest, budget_words, "extractive"))
         members = None
@@ -785,10 +787,8 @@ class Pipeline:
         content hash (title + text): time orders the summary and outlet and lean split the
         portrayal, and inline articles may repeat a text under other metadata."""
         budget = budget_words or self.settings.summary_words
-        prints = ((a.id, hashlib.sha256(msgspec.json.encode(
-            (a.title, a.text, a.source, a.url, a.published_at, a.lang, a.lean))).hexdigest())
-            for a in articles)
-        return self.analysis_key(members_hash(prints), budget, mode)
+        return self.analysis_key(members_hash((a.id, article_print(a)) for a in articles),
+                                 budget, mode)
 
     def _lru_get(self, cache: OrderedDict[str, Any], key: str) -> Any:
         """``cache[key]`` or None; both in-memory caches hold ``analysis_cache_size``."""
@@ -833,14 +833,23 @@ class Pipeline:
         if articles is None:
             articles = self.store.get_articles(story.article_ids)
         key = self.analysis_key(story.content_hash, budget, mode)
-        # The key covers the story's content, so a decoded analysis kept in memory is as
-        # current as the stored one, without reading and decoding it on every request.
-        mem_key = f"story:{key}"
+        # The key covers the story's content and the in-memory key its members' metadata
+        # too (outlet, lean and time shape the analysis; see ``article_print``), so a
+        # decoded analysis kept in memory is as current as the stored one, without reading
+        # and decoding it on every request, in every replica.
+        prints = members_hash((a.id, article_print(a)) for a in articles)
+        mem_key = f"story:{key}:{prints}"
         hit = self._lru_get(self._analyses, mem_key)
         if hit is not None:
             return StoryView(story, articles, hit[0], list(hit[1]), cached=True)
+        # One stored analysis per story and mode, of the default budget: the one digests
+        # and most reads ask for. Other budgets live in the in-memory LRU alone, so a read
+        # with another budget neither evicts it nor grows the store.
+        stored = budget == self.settings.summary_words
         kind = "analysis" if mode == "extractive" else f"analysis:{mode}"
-        cached = self.store.get_output(story.id, kind)
+        # (a metadata change drops the stored row, see ``Store.ingest``: its key, shared
+        # with the digest job, covers content only)
+        cached = self.store.get_output(story.id, kind) if stored else None
         if cached is not None and cached[0] == key:
             summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
             self._lru_put(self._analyses, mem_key, (summary, list(stances)))
@@ -848,10 +857,18 @@ class Pipeline:
         if not compute:
             return None
         summary, stances, timing = self.analyse(articles, budget, mode)
-        payload = msgspec.json.encode((summary, stances)).decode()
-        self.store.put_output(story.id, kind, key, payload)
+        if stored and self._members_unchanged(story, prints):
+            payload = msgspec.json.encode((summary, stances)).decode()
+            self.store.put_output(story.id, kind, key, payload)
         self._lru_put(self._analyses, mem_key, (summary, stances))
         return StoryView(story, articles, summary, stances, timing)
+
+    def _members_unchanged(self, story: Story, prints: str) -> bool:
+        """Whether ``story``'s members still read as ``prints`` (``members_hash`` of their
+        ``article_print``): an analysis of articles whose metadata changed while it ran is
+        not stored (the change dropped the stored outputs, and its key would match)."""
+        now = self.store.get_articles(story.article_ids)
+        return members_hash((a.id, article_print(a)) for a in now) == prints
 
     def summarise_articles(
         self, articles: Sequence[Article], *, budget_words: int | None = None, store: bool = False,
@@ -874,15 +891,18 @@ class Pipeline:
         from storyline.index.stories import StoryClusterer
 
         latest = list({a.id: a for a in articles}.values())
-        stored = self._stored_hashes(latest)
-        exact = self._exact_story({a.id: a.content_hash for a in latest}, stored)
+        stored_arts = {a.id: a for a in self.store.get_articles([a.id for a in latest])}
+        exact = self._exact_story({a.id: article_print(a) for a in latest},
+                                  {i: article_print(a) for i, a in stored_arts.items()})
         if exact is not None:
             return [self.story_view(exact.id, budget_words=budget_words, mode=mode)]
         set_key = self._set_key(latest, budget_words, mode)
         hit = self._cached_set(set_key)
         if hit is not None:
             return hit
-        same = [a.id for a in latest if stored.get(a.id) == a.content_hash]
+        # the stored vector of the same content (metadata aside) is this article's vector
+        same = [a.id for a in latest
+                if a.id in stored_arts and stored_arts[a.id].content_hash == a.content_hash]
         scratch = SQLiteStore(Path(":memory:"))
         try:
             have: dict[str, npt.NDArray[np.float32]] = {}
@@ -914,13 +934,15 @@ class Pipeline:
         finally:
             scratch.close()
 
-    def _stored_hashes(self, articles: Sequence[Article]) -> dict[str, str]:
-        """Content hash of each of ``articles`` that is stored under its id."""
-        return {a.id: a.content_hash for a in self.store.get_articles([a.id for a in articles])}
+    def _stored_prints(self, articles: Sequence[Article]) -> dict[str, str]:
+        """``article_print`` of each of ``articles`` that is stored under its id."""
+        return {a.id: article_print(a)
+                for a in self.store.get_articles([a.id for a in articles])}
 
     def _exact_story(self, latest: dict[str, str], stored: dict[str, str]) -> Story | None:
-        """The stored story whose members are exactly the articles ``latest`` (id -> content
-        hash), unchanged, if any (``stored``: ``_stored_hashes`` of them)."""
+        """The stored story whose members are exactly the articles ``latest`` (id ->
+        ``article_print``), unchanged (metadata included), if any (``stored``:
+        ``_stored_prints`` of them)."""
         if stored != latest:
             return None
         owners = set(self.store.story_of(list(latest)).values())

@@ -696,6 +696,34 @@ def test_story_list_paging_filters(loaded: TestClient[Litestar], pipeline: Pipel
     assert_problem(loaded.get("/v1/stories", params={"page": 0}), 422, "page")
 
 
+def test_story_list_order_and_undated_stories_are_as_documented(
+    loaded: TestClient[Litestar], pipeline: Pipeline
+) -> None:
+    """Findings 10 and 11: the list is by latest coverage (``last_at``), not by update, as
+    its description says; a time bound leaves out stories with no dated article (they were
+    taken as published at 1970-01-01)."""
+    undated = {"id": "grain-1", "title": "Undated piece on the grain harvest",
+               "text": "Farmers brought in the grain harvest across the plains this week."}
+    r = loaded.post("/v1/articles", json={"articles": [undated]}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    _stories(pipeline)
+    pipeline.store.save_story(Story("s-undated", "Undated piece on the grain harvest",
+                                    ["grain-1"], None, None, {}))
+    # written last (the most recently updated), covered earliest: listed after s-court
+    st = pipeline.store.get_story("s-storm")
+    pipeline.store.save_story(st)
+    spec = loaded.get("/schema/openapi.json").json()
+    text = spec["paths"]["/v1/stories"]["get"]["description"]
+    assert "latest coverage first" in text and "recently updated" not in text
+    items = loaded.get("/v1/stories").json()["items"]
+    assert [s["id"] for s in items] == ["s-court", "s-storm", "s-undated"]
+    for params in ({"since": "1960-01-01T00:00:00Z", "until": "1970-01-01T00:00:01Z"},
+                   {"until": "1970-01-01T00:00:01Z"}):
+        assert loaded.get("/v1/stories", params=params).json()["items"] == [], params
+    got = loaded.get("/v1/stories", params={"until": "2030-01-01T00:00:00Z"}).json()
+    assert [s["id"] for s in got["items"]] == ["s-court", "s-storm"]
+
+
 def test_moved_stories_redirect_or_name_their_successors(
     loaded: TestClient[Litestar], pipeline: Pipeline
 ) -> None:
@@ -976,3 +1004,84 @@ def test_summarise_ids_read_in_one_go_and_follow_duplicates(tmp_path: Path) -> N
         _stored(pipe, ["a", "nope"])
     assert err.value.extra["missing"] == ["nope"]
     st.close()
+
+
+# -- digests: key suffixes, equivalent keys, q-values, the documented example (audit w16) ------
+def test_digest_key_suffix_selects_the_format_and_earlier_links_resolve(
+    client: TestClient[Litestar], pipeline: Pipeline,
+) -> None:
+    """The page's links to earlier digests (``<key>.html#story-…``, right between files in
+    --out) resolve against /v1/digests/<key> to /v1/digests/<key>.html: served as HTML."""
+    import re
+    from urllib.parse import urljoin
+
+    from storyline.service import digest as dg
+    from storyline.service.api.digests import DIGEST_EXAMPLE
+
+    doc = DIGEST_EXAMPLE
+    pipeline.store.put_digests("2021-10-18", {
+        "json": dg.render_json(doc), "html": dg.render_html(doc), "md": dg.render_markdown(doc)})
+    pipeline.store.put_digests("2021-10-17", {"json": "{}", "html": "<p>17</p>", "md": "# 17"})
+    page = client.get("/v1/digests/2021-10-18", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    hrefs = re.findall(r'<p class="previous">.*?href="([^"#]+)', page.text, re.S)
+    assert hrefs == ["2021-10-17.html"]
+    earlier = client.get(urljoin(str(page.url), hrefs[0]))
+    assert earlier.status_code == 200, earlier.text
+    assert earlier.headers["content-type"].startswith("text/html") and earlier.text == "<p>17</p>"
+    for suffix, media, body in (("md", "text/markdown", "# 17"),
+                                ("json", "application/json", "{}")):
+        r = client.get(f"/v1/digests/2021-10-17.{suffix}", headers={"Accept": "text/html"})
+        assert r.headers["content-type"].startswith(media) and r.text == body  # suffix > Accept
+    r = client.get("/v1/digests/2021-10-17.html", params={"format": "md"})
+    assert r.text == "# 17"  # ?format= > suffix
+    for bad in ("2021-10-17.pdf", "2021-10-17.", "2021-10-17.html.md"):
+        assert_problem(client.get(f"/v1/digests/{bad}"), 422, "key")
+
+
+def test_digest_equivalent_keys_find_the_stored_one(client: TestClient[Litestar],
+                                                    pipeline: Pipeline) -> None:
+    pipeline.store.put_digest("2021-10-17", "json", '{"k": 1}')
+    pipeline.store.put_digest("2021-10-17..2021-10-18", "json", '{"k": 2}')
+    for key in ("2021-10-17", "2021-10-17..2021-10-17", "2021-10-17T0000Z..2021-10-18T0000Z",
+                "2021-10-17T0000Z..2021-10-18T0000Z.json"):
+        r = client.get(f"/v1/digests/{key}")
+        assert r.status_code == 200 and r.json() == {"k": 1}, key
+    assert client.get("/v1/digests/2021-10-17T0000Z..2021-10-19T0000Z").json() == {"k": 2}
+    for bad in ("2021-10-17T0600Z..2021-10-17T0600Z", "9999-12-31", "9999-12-30..9999-12-31"):
+        assert_problem(client.get(f"/v1/digests/{bad}"), 422, "key")
+
+
+def test_digest_accept_q_values_are_honoured(client: TestClient[Litestar],
+                                             pipeline: Pipeline) -> None:
+    for fmt, body in (("json", "{}"), ("html", "<p>"), ("md", "#")):
+        pipeline.store.put_digest("2021-10-18", fmt, body)
+    cases = {
+        "text/html;q=0, application/json;q=0": "application/json",  # none acceptable
+        "text/html;q=0, */*": "application/json",
+        "text/*, text/html;q=0": "text/markdown",  # the more specific range decides
+        "text/markdown;q=0.4, text/html;q=0.8": "text/html",
+        "application/json;q=0, text/*;q=0.5": "text/html",
+        "text/markdown, text/html": "text/markdown",
+        "image/png": "application/json",
+    }
+    for accept, media in cases.items():
+        r = client.get("/v1/digests/2021-10-18", headers={"Accept": accept})
+        assert r.status_code == 200 and r.headers["content-type"].startswith(media), accept
+
+
+def test_openapi_digest_example_is_a_valid_digest(client: TestClient[Litestar]) -> None:
+    import jsonschema
+
+    from storyline.service import digest as dg
+
+    schema = json.loads((Path(dg.__file__).parent / "digest_schema.json").read_text("utf-8"))
+    assert "/v1/digests/{key}" in schema["description"]
+    spec = client.get("/schema/openapi.json").json()
+    ok = spec["paths"]["/v1/digests/{key}"]["get"]["responses"]["200"]
+    examples = [e["value"] for c in ok["content"].values() for e in c["examples"].values()]
+    assert examples
+    for value in examples:
+        jsonschema.Draft202012Validator(
+            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+        ).validate(value)

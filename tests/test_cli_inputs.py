@@ -370,3 +370,20 @@ def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, name: str, value: s
     r = subprocess.run([sys.executable, "-m", "storyline.service.cli", "serve", "--port", "1"],
                        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     _one_line_error(r, 2, f"invalid setting {name}", needle)
+
+
+# -- digest periods at the calendar's ends and below the minute (audit w16) ------------------
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--date", "9999-12-31"], ["--date", "9999-12-31", "out of range"]),
+    (["--since", "0001-01-01T00:00+01:00", "--until", "0001-01-02T00:00Z"],
+     ["--since", "out of range"]),
+    (["--since", "2021-10-17T20:00Z", "--until", "2021-10-18T03:47:30Z"],
+     ["--until", "whole minute"]),
+    (["--since", "2021-10-17T20:00:00.5Z", "--until", "2021-10-18T03:47Z"],
+     ["--since", "whole minute"]),
+])
+def test_digest_periods_a_key_cannot_name_are_one_line_errors(
+    tmp_path: Path, args: list[str], needles: list[str],
+) -> None:
+    r = run(tmp_path / "data", "digest", *args)
+    _one_line_error(r, 2, *needles)

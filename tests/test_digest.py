@@ -65,11 +65,15 @@ def test_ranking_order_volume_outlets_leans_recency_novelty(tmp_path: Path) -> N
         "s_repeat": [_art(f"r{i}", 18, o, le) for i, (o, le) in enumerate(spectrum)],
     }
     since, until = dg.day_period(DAY.date())
-    # An earlier, overlapping two-day digest already featured s_repeat with the same articles;
-    # an earlier day featured s_old, which has since been merged into s_dev.
+    # An earlier, overlapping 24-hour digest already featured s_repeat with the same
+    # articles; an earlier day featured s_old, which has since been merged into s_dev.
+    store.put_digest("2021-10-19T1900Z..2021-10-20T1900Z", "json", json.dumps({
+        "period": {"since": "2021-10-19T19:00:00+00:00", "until": "2021-10-20T19:00:00+00:00"},
+        "stories": [{"id": "s_repeat", "rank": 1, "article_ids": ["r0", "r1", "r2"]}]}))
+    # A digest covering this day (built later, say) is not an earlier one: s_wide stays new.
     store.put_digest("2021-10-19..2021-10-20", "json", json.dumps({
         "period": {"since": "2021-10-19T00:00:00+00:00", "until": "2021-10-21T00:00:00+00:00"},
-        "stories": [{"id": "s_repeat", "rank": 1, "article_ids": ["r0", "r1", "r2"]}]}))
+        "stories": [{"id": "s_wide", "rank": 1, "article_ids": ["w0", "w1", "w2"]}]}))
     store.put_digest("2021-10-19", "json", json.dumps({
         "period": {"since": "2021-10-19T00:00:00+00:00", "until": "2021-10-20T00:00:00+00:00"},
         "stories": [{"id": "s_old", "rank": 2, "article_ids": ["old1"]}]}))
@@ -78,7 +82,7 @@ def test_ranking_order_volume_outlets_leans_recency_novelty(tmp_path: Path) -> N
         "period": {"since": "2021-10-21T00:00:00+00:00", "until": "2021-10-22T00:00:00+00:00"},
         "stories": [{"id": "s_wide", "rank": 1, "article_ids": ["w0"]}]}))
     store.record_history("s_old", "s_dev", "merge")
-    earlier = dg._earlier_digests(store, since, "2021-10-20", 14)
+    earlier = dg._earlier_digests(store, since, until, "2021-10-20", 14)
     ranked = dg._rank(store, [_story(k, v) for k, v in sorted(groups.items())], groups,
                       earlier, since, until)
     order = [c.story.id for c in ranked]
@@ -324,3 +328,161 @@ def test_interrupted_run_resumes_and_only_changed_stories_are_resummarised(
     assert cached_before is not None and cached_after is not None
     assert cached_after[0] != cached_before[0], "the cache key follows the story's content"
     assert dg.build_digest(pipe, since=since, until=until).recomputed == []
+
+
+# ----------------------------------------------------------- audit w16: digest regressions
+def _ingest(pipe: Pipeline, shared_data: Path, *groups: str) -> dict[str, list[Article]]:
+    arts = {k: v for k, v in world_articles(shared_data).items() if k in groups}
+    pipe.ingest([a for v in arts.values() for a in v])
+    return arts
+
+
+def test_a_run_with_fewer_formats_replaces_every_stored_format(
+    pipeline: Pipeline, shared_data: Path, tmp_path: Path,
+) -> None:
+    """Every run stores html, md and json of its key together; --format only picks the files
+    written to --out (the key's files of other formats there are removed, being older)."""
+    dev = _ingest(pipeline, shared_data, "dev")["dev"]
+    since, until = dg.day_period((DAY - timedelta(days=1)).date())
+    out = tmp_path / "out"
+    first = dg.build_digest(pipeline, since=since, until=until, out_dir=out)
+    assert first.document["totals"]["articles"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "2021-10-19.html", "2021-10-19.json", "2021-10-19.md"]
+    pipeline.delete(dev[0].id)
+    res = dg.build_digest(pipeline, since=since, until=until, formats=["json"], out_dir=out)
+    doc = json.loads(pipeline.store.get_digest("2021-10-19", "json"))
+    assert doc == res.document and doc["totals"]["articles"] == 1
+    # the page and the text served for the key describe the same run as its JSON
+    assert pipeline.store.get_digest("2021-10-19", "html") == dg.render_html(doc)
+    assert pipeline.store.get_digest("2021-10-19", "md") == dg.render_markdown(doc)
+    assert all(dev[0].id not in pipeline.store.get_digest("2021-10-19", f)
+               for f in dg.FORMATS)
+    assert set(res.files) == {"json"} and set(res.bodies) == {"html", "md", "json"}
+    assert sorted(p.name for p in out.iterdir()) == ["2021-10-19.json"]
+
+
+def test_an_emptied_period_removes_its_stored_digest(
+    pipeline: Pipeline, shared_data: Path, tmp_path: Path,
+) -> None:
+    """Every article of a digested period deleted (a takedown): the re-run exits NotFound
+    and the old digest is no longer stored or in --out, and the message says so."""
+    dev = _ingest(pipeline, shared_data, "dev")["dev"]
+    since, until = dg.day_period((DAY - timedelta(days=1)).date())
+    out = tmp_path / "out"
+    dg.build_digest(pipeline, since=since, until=until, out_dir=out)
+    for a in dev[:2]:
+        pipeline.delete(a.id)
+    with pytest.raises(NotFound, match=r"nothing to digest \(removed the stored digest and "
+                                       r"files of 2021-10-19\)"):
+        dg.build_digest(pipeline, since=since, until=until, out_dir=out)
+    assert "2021-10-19" not in pipeline.store.digest_dates()
+    assert list(out.iterdir()) == []
+    with pytest.raises(NotFound) as info:  # nothing left to remove: nothing said
+        dg.build_digest(pipeline, since=since, until=until, out_dir=out)
+    assert "removed" not in str(info.value)
+
+
+def test_a_period_of_articles_in_no_story_removes_its_stored_digest(
+    data_dir: Path, embedder: Any, shared_data: Path,
+) -> None:
+    from storyline.service.settings import Settings
+
+    pipe = Pipeline(Settings(data_dir=data_dir), embedder=embedder, clusterer=False)
+    try:
+        pipe.ingest(world_articles(shared_data)["one"])
+        pipe.store.put_digests("2021-10-20", {"json": "{}", "html": "<p>", "md": "#"})
+        since, until = dg.day_period(DAY.date())
+        with pytest.raises(NotFound, match=r"no active story.*\(removed the stored digest "
+                                           r"of 2021-10-20\)"):
+            dg.build_digest(pipe, since=since, until=until)
+        assert pipe.store.digest_dates() == []
+    finally:
+        pipe.store.close()
+
+
+def test_dates_at_the_ends_of_the_calendar_are_input_errors(tmp_path: Path) -> None:
+    from datetime import date, timezone
+
+    with pytest.raises(InvalidInput, match="--date: 9999-12-31 is out of range"):
+        dg.resolve_period("9999-12-31", None, None)
+    assert dg.resolve_period("9999-12-30", None, None)[1] == datetime(9999, 12, 31, tzinfo=UTC)
+    with pytest.raises(InvalidInput, match="out of range"):
+        dg.day_period(date.max)
+    plus1, minus1 = timezone(timedelta(hours=1)), timezone(timedelta(hours=-1))
+    with pytest.raises(InvalidInput, match=r"--since: .* out of range"):
+        dg.resolve_period(None, datetime(1, 1, 1, tzinfo=plus1), datetime(1, 1, 2, tzinfo=UTC))
+    with pytest.raises(InvalidInput, match=r"--until: .* out of range"):
+        dg.resolve_period(None, datetime(9999, 12, 31, tzinfo=UTC),
+                          datetime(9999, 12, 31, 23, 30, tzinfo=minus1))
+    # demo: the days of the ingested articles
+    late = Article(id="x", text="t", published_at=datetime(9999, 12, 31, 12, tzinfo=UTC))
+    with pytest.raises(InvalidInput, match="out of range"):
+        dg.digest_period_for([late])
+    # the lookback of a period starting on 0001-01-01 stops at the first day
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    store.put_digest("0001-01-01", "json", json.dumps({
+        "period": {"since": "0001-01-01T00:00:00+00:00", "until": "0001-01-02T00:00:00+00:00"},
+        "stories": [{"id": "s1", "rank": 1, "article_ids": ["a"]}]}))
+    since, until = dg.day_period(date(1, 1, 2))
+    earlier = dg._earlier_digests(store, since, until, "0001-01-02", 14)
+    assert earlier.by_story == {"s1": [("0001-01-01", 1)]}
+    assert dg._earlier_digests(store, *dg.day_period(date.min), "0001-01-01", 14).by_story == {}
+    store.close()
+
+
+def test_a_digest_of_the_first_day_of_the_calendar(pipeline: Pipeline,
+                                                   shared_data: Path) -> None:
+    src = world_articles(shared_data)["one"][:1]
+    first = datetime(1, 1, 1, 12, tzinfo=UTC)
+    pipeline.ingest([replace(src[0], published_at=first)])
+    since, until = dg.resolve_period("0001-01-01", None, None)
+    res = dg.build_digest(pipeline, since=since, until=until)
+    assert res.key == "0001-01-01" and len(res.featured) == 1
+    validate(res.document)
+
+
+def test_since_and_until_must_be_whole_minutes() -> None:
+    """Keys name periods to the minute: 03:47:30 and 03:47 would share one key."""
+    s = datetime(2021, 10, 17, 20, tzinfo=UTC)
+    u = datetime(2021, 10, 18, 3, 47, tzinfo=UTC)
+    assert dg.resolve_period(None, s, u) == (s, u)
+    with pytest.raises(InvalidInput, match=r"--until: .* not a whole minute"):
+        dg.resolve_period(None, s, u.replace(second=30))
+    with pytest.raises(InvalidInput, match=r"--since: .* not a whole minute"):
+        dg.resolve_period(None, s.replace(microsecond=1), u)
+
+
+def test_a_digest_covering_a_period_is_not_an_earlier_one(
+    pipeline: Pipeline, shared_data: Path,
+) -> None:
+    """Re-running a day after a longer digest that covers it was built: byte-identical (the
+    longer one is not an "earlier digest" of the day)."""
+    _ingest(pipeline, shared_data, "dev", "one")
+    since, until = dg.day_period(DAY.date())
+    day = dg.build_digest(pipeline, since=since, until=until)
+    assert {s["status"] for s in day.document["stories"]} == {"new"}
+    longer = dg.build_digest(pipeline, since=since - timedelta(days=1), until=until)
+    assert longer.key == "2021-10-19..2021-10-20"
+    again = dg.build_digest(pipeline, since=since, until=until)
+    assert again.bodies == day.bodies
+    # a sliding window that ended before this day's end still counts as earlier
+    window = dg.build_digest(pipeline, since=since - timedelta(hours=12),
+                             until=until - timedelta(hours=3))
+    later = dg.build_digest(pipeline, since=since, until=until)
+    assert window.key in {p["digest"] for s in later.document["stories"] for p in s["previous"]}
+
+
+def _example(status: str) -> dict[str, Any]:
+    from storyline.service.api.digests import DIGEST_EXAMPLE
+
+    doc = json.loads(json.dumps(DIGEST_EXAMPLE))
+    doc["stories"][0]["status"] = status
+    return doc
+
+
+def test_previous_coverage_caption_follows_the_status() -> None:
+    dev, rep = dg.render_html(_example("developing")), dg.render_html(_example("repeat"))
+    assert "Developing story — earlier coverage:" in dev
+    assert "Featured before in:" in rep and "Developing story" not in rep
+    assert 'href="2021-10-17.html#story-s-000041"' in rep

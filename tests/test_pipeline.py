@@ -564,3 +564,114 @@ def test_a_duplicate_whose_original_goes_meanwhile_is_embedded_under_the_lock(
     np.testing.assert_allclose(vecs[0], _vector_of(pipeline, wire), atol=1e-5)
     assert pipeline.index.ids == {"court-1", "court-2", "storm-2", "storm-1-wire", "n-1"}
     assert pipeline.related("storm-2", k=1)[0].id == "storm-1-wire"
+
+
+@pytest.mark.both_backends
+def test_corrected_metadata_updates_the_article_its_story_and_analysis(
+    pipeline: Pipeline, embedder: Any
+) -> None:
+    """Finding 6: the same title and text with a corrected time, outlet, lean and url was
+    answered ``unchanged`` and dropped. It is an update now: the row, the story's dates and
+    outlets, the clusterer's time and the stored analysis (portrayal by outlet and lean)
+    follow it, in this process and in a replica."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    st = pipeline.store
+    pipeline.ingest(ARTS)
+    sid = st.story_of(["court-1"])["court-1"]
+    assert st.story_of(["court-2"])["court-2"] == sid
+    pipeline.story_view(sid)
+    replica = Pipeline(pipeline.settings, embedder=embedder, clusterer=False)
+    try:
+        assert replica.cached_story_view(sid) is not None  # now held in its memory too
+        seq = st.last_seq()
+        later = T + timedelta(hours=5)
+        fixed = replace(ARTS[1], source="Outlet Z", lean="right", url="http://z/court-2",
+                        published_at=later)
+        res = pipeline.ingest([fixed]).results[0]
+        assert (res.outcome, res.story_id) == ("updated", sid)
+        got = st.get_article("court-2")
+        assert (got.source, got.lean, got.url, got.published_at) == (
+            "Outlet Z", "right", "http://z/court-2", later)
+        story = st.get_story(sid)
+        assert story.outlets == {"Outlet A": 1, "Outlet Z": 1}
+        assert (story.first_at, story.last_at) == (T, later)
+        assert [(c.article_id, c.op) for c in st.changes_since(seq)] == [("court-2", "upsert")]
+        assert replica.follow_changes() == 1
+        # the analysis of the old metadata is served by no one
+        assert pipeline.cached_story_view(sid) is None
+        assert replica.cached_story_view(sid) is None
+        again = pipeline.story_view(sid)
+        assert not again.cached and {a.source for a in again.articles} == {"Outlet A",
+                                                                         "Outlet Z"}
+        assert replica.cached_story_view(sid) is not None
+        # the same again: unchanged, nothing written
+        seq = st.last_seq()
+        assert pipeline.ingest([fixed]).results[0].outcome == "unchanged"
+        assert st.last_seq() == seq and pipeline.cached_story_view(sid) is not None
+        # moved out of its story's window: the clusterer's time follows it
+        far = replace(fixed, published_at=T + timedelta(days=10))
+        assert pipeline.ingest([far]).results[0].outcome == "updated"
+        moved = st.story_of(["court-2"])["court-2"]
+        assert moved != sid
+        old = st.get_story(sid)
+        assert old.article_ids == ["court-1"] and (old.first_at, old.last_at) == (T, T)
+        since = T + timedelta(days=9)
+        assert [s.id for s in st.list_stories(since=since)] == [moved]
+        # and it is found at its new time: a rewrite of it from that day joins it
+        near = Article("court-2b", ARTS[1].text + " Lawyers said they would appeal.",
+                       ARTS[1].title, "Outlet Y", published_at=T + timedelta(days=10, hours=2))
+        assert pipeline.ingest([near]).results[0].story_id == moved
+    finally:
+        replica.store.close()
+
+
+@pytest.mark.both_backends
+def test_a_url_fix_keeps_a_lone_article_in_its_story(pipeline: Pipeline) -> None:
+    """A metadata update leaves the article where it is: a one-article story keeps its id
+    (placing it anew would retire the story and open another)."""
+    from dataclasses import replace
+
+    pipeline.ingest(ARTS)
+    sid = pipeline.store.story_of(["storm-1"])["storm-1"]
+    lone = Article("bridge-1", "A new bridge opened in Lisbon after ten years of works.",
+                   "Bridge opens", "Outlet D", url="http://d/old", published_at=T)
+    first = pipeline.ingest([lone]).results[0].story_id
+    assert first is not None and first != sid
+    res = pipeline.ingest([replace(lone, url="http://d/bridge")]).results[0]
+    assert (res.outcome, res.story_id) == ("updated", first)
+    assert pipeline.store.get_story(first).status == "active"
+    assert pipeline.store.get_article("bridge-1").url == "http://d/bridge"
+
+
+@pytest.mark.both_backends
+def test_a_read_with_another_budget_keeps_the_stored_analysis(
+    pipeline: Pipeline, embedder: Any
+) -> None:
+    """Finding 7: a read with another ``budget_words`` overwrote the one stored analysis
+    of the story, so the next digest re-summarised it. Only the default budget's analysis
+    is stored; other budgets are kept in memory."""
+    pipeline.ingest(ARTS)
+    sid = pipeline.store.story_of(["court-1"])["court-1"]
+    default = pipeline.story_view(sid)
+    short = pipeline.story_view(sid, budget_words=33)
+    assert not short.cached
+    story = pipeline.store.get_story(sid)
+    stored = pipeline.store.get_output(sid, "analysis")
+    assert stored is not None
+    assert stored[0] == pipeline.analysis_key(story.content_hash,
+                                              pipeline.settings.summary_words)
+    assert pipeline.story_view(sid, budget_words=33).cached  # from memory
+    assert pipeline.story_view(sid).cached
+    assert pipeline.cached_story_view(sid, budget_words=33) is not None
+    # another process (a replica, the digest job) finds the default budget's one stored
+    other = Pipeline(pipeline.settings, embedder=embedder, clusterer=False)
+    try:
+        view = other.cached_story_view(sid)
+        assert view is not None and view.summary == default.summary
+        assert other.cached_story_view(sid, budget_words=33) is None  # never stored
+        assert not other.story_view(sid, budget_words=50).cached
+        assert pipeline.store.get_output(sid, "analysis") == stored
+    finally:
+        other.store.close()

@@ -326,3 +326,124 @@ def test_storing_an_id_recorded_as_a_duplicate_clears_the_record(make_store: Mak
     assert st.duplicates_of("b") == [] and st.count_duplicates() == 0
     assert st.delete_article("b") == []  # the old record does not come back to life
     assert st.get_article("b-copy").text == "its own text now"
+
+
+def _meta(aid: str, text: str, seed: int = 0, **fields: Any) -> IngestItem:
+    base: dict[str, Any] = {
+        "title": "Alpha title", "source": "Politico", "url": "http://politico/a",
+        "published_at": datetime(2021, 10, 17, 14, 18, tzinfo=UTC), "lean": "left",
+        "lang": "en", "story_id": "g1"}
+    v = _item(aid, "", seed=seed).vector
+    return IngestItem(Article(id=aid, text=text, **{**base, **fields}), v, ("nato",))
+
+
+def test_corrected_metadata_is_an_update_that_keeps_the_vector(make_store: MakeStore) -> None:
+    """Finding 6: the same title and text with corrected published_at / source / lean / url
+    used to answer ``unchanged`` and drop the correction."""
+    st = make_store()
+    st.ingest([_meta("a", "alpha text"), _meta("z", "zeta text", seed=3)], "m")
+    st.save_story(Story("s1", "", ["a"], None, None, {}))
+    st.save_story(Story("s2", "", ["z"], None, None, {}))
+    st.put_output("s1", "analysis", "k1", "p1")
+    st.put_output("s1", "analysis@2021-10-18T00:00:00+00:00", "k2", "p2")
+    st.put_output("s2", "analysis", "k3", "p3")
+    seq = st.last_seq()
+    # every field the same (the time in another zone is the same instant): no write at all
+    same = _meta("a", "alpha text", seed=7, published_at=datetime.fromisoformat(
+        "2021-10-17T10:18:00-04:00"))
+    assert st.ingest([same], "m")[0].outcome == "unchanged" and st.last_seq() == seq
+    fixed = datetime(2021, 10, 20, 9, tzinfo=UTC)
+    # (the vector given is not the stored one: a metadata change must not replace it)
+    r = st.ingest([_meta("a", "alpha text", seed=7, published_at=fixed,
+                         source="Politico Europe", lean="center", url="http://p.eu/a",
+                         lang="en-GB", story_id="g2")], "m")
+    assert r[0].outcome == "updated"
+    got = st.get_article("a")
+    assert (got.published_at, got.source, got.lean, got.url, got.lang, got.story_id) == (
+        fixed, "Politico Europe", "center", "http://p.eu/a", "en-GB", "g2")
+    assert np.allclose(st.embeddings(["a"])[1][0], _item("a", "", seed=0).vector)
+    assert st.entities(["a"]) == {"a": ("nato",)}
+    assert [(c.article_id, c.op) for c in st.changes_since(seq)] == [("a", "upsert")]
+    assert st.articles_between(datetime(2021, 10, 20, tzinfo=UTC), None) == ["a"]
+    # the outputs of its story (the API's and the digest's) are stale; others stay
+    assert st.get_output("s1", "analysis") is None
+    assert st.get_output("s1", "analysis@2021-10-18T00:00:00+00:00") is None
+    assert st.get_output("s2", "analysis") == ("k3", "p3")
+    # the corrected article re-sent: unchanged again
+    seq = st.last_seq()
+    again = _meta("a", "alpha text", published_at=fixed, source="Politico Europe",
+                  lean="center", url="http://p.eu/a", lang="en-GB", story_id="g2")
+    assert st.ingest([again], "m")[0].outcome == "unchanged" and st.last_seq() == seq
+    # a title fixed in letter case only (same content hash) is kept too
+    cased = _meta("a", "alpha text", title="ALPHA Title", published_at=fixed,
+                  source="Politico Europe", lean="center", url="http://p.eu/a",
+                  lang="en-GB", story_id="g2")
+    assert st.ingest([cased], "m")[0].outcome == "updated"
+    assert st.get_article("a").title == "ALPHA Title" and st.count_articles() == 2
+
+
+def test_a_re_sent_duplicate_keeps_its_metadata_and_leaves_the_canonical(
+    make_store: MakeStore,
+) -> None:
+    from dataclasses import replace
+
+    st = make_store()
+    st.ingest([_meta("b", "beta text", title="")], "m")
+    canonical = st.get_article("b")
+    r = st.ingest([_dup("b-copy", "beta text", "wire")], "m")
+    assert r[0].outcome == "duplicate" and r[0].duplicate_of == "b"
+    seq = st.last_seq()
+    # re-sent with a corrected time and outlet: still a duplicate of b, record updated
+    moved = IngestItem(replace(_dup("b-copy", "beta text", "wire2").article,
+                               published_at=datetime(2021, 10, 25, tzinfo=UTC)),
+                       _item("x", "", seed=5).vector)
+    r = st.ingest([moved], "m")
+    assert r[0].outcome == "duplicate" and r[0].duplicate_of == "b"
+    assert st.get_article("b") == canonical and st.last_seq() == seq
+    assert st.duplicates_of("b") == ["b-copy"]
+    # the corrected record is what the duplicate becomes when its canonical goes
+    assert st.delete_article("b") == ["b-copy"]
+    copy = st.get_article("b-copy")
+    assert (copy.source, copy.url, copy.published_at) == (
+        "wire2", "http://wire2/b-copy", datetime(2021, 10, 25, tzinfo=UTC))
+
+
+def test_time_bounds_leave_out_undated_stories(make_store: MakeStore) -> None:
+    """Finding 10: a story with no dated article was listed as if published 1970-01-01."""
+    st = make_store()
+    st.ingest([_item("u", "undated text"), _item("d", "dated text", seed=1)], "m")
+    st.save_story(Story("s_undated", "", ["u"], None, None, {}))
+    when = datetime(2021, 10, 17, tzinfo=UTC)
+    st.save_story(Story("s_dated", "", ["d"], when, when, {}))
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert [s.id for s in st.list_stories()] == ["s_dated", "s_undated"]  # no bound: all
+    assert st.list_stories(since=datetime(1960, 1, 1, tzinfo=UTC),
+                           until=epoch.replace(second=1)) == []
+    assert st.list_stories(until=epoch.replace(second=1)) == []
+    assert [s.id for s in st.list_stories(since=epoch)] == ["s_dated"]
+    assert [s.id for s in st.list_stories(until=datetime(2022, 1, 1, tzinfo=UTC))] == [
+        "s_dated"]
+
+
+def test_put_digests_replaces_every_format_of_a_key_and_delete_digest(
+    make_store: MakeStore,
+) -> None:
+    """A digest run stores all its formats as one set: a format the new set lacks is gone
+    (no older run's body is left behind), other keys are untouched; delete_digest removes
+    every format of one key."""
+    st = make_store()
+    st.put_digests("2021-10-17", {"json": "{1}", "html": "<p>1", "md": "# 1"})
+    st.put_digests("2021-10-18", {"json": "{x}", "html": "<p>x"})
+    st.put_digests("2021-10-17", {"json": "{2}", "md": "# 2"})
+    assert st.get_digest("2021-10-17", "json") == "{2}"
+    assert st.get_digest("2021-10-17", "md") == "# 2"
+    with pytest.raises(NotFound):
+        st.get_digest("2021-10-17", "html")  # not the first run's page
+    assert st.get_digest("2021-10-18", "html") == "<p>x"
+    assert st.delete_digest("2021-10-17") is True
+    assert st.delete_digest("2021-10-17") is False
+    with pytest.raises(NotFound):
+        st.get_digest("2021-10-17", "json")
+    assert st.digest_dates() == ["2021-10-18"]
+    st.put_digests("2021-10-18", {})
+    assert st.digest_dates() == []

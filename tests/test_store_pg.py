@@ -180,3 +180,24 @@ def test_open_store_picks_the_backend_from_settings(pg_databases: Any, tmp_path:
     pg = open_store(Settings(data_dir=tmp_path, database_url=url))
     assert isinstance(pg, PostgresStore)
     pg.close()
+
+
+def test_concurrent_put_digests_of_one_key_leave_one_complete_set(pg_databases: Any) -> None:
+    """Two digest runs replacing the same key at once: neither fails on the key's primary
+    key, and what is left is one run's complete set of formats."""
+    from storyline.index.pg import PostgresStore
+
+    url = pg_databases.create()
+    stores = [PostgresStore(url) for _ in range(2)]
+    try:
+        def run(i: int) -> None:
+            for _ in range(20):
+                stores[i].put_digests("2021-10-17", {f: f"{f}{i}" for f in ("json", "html", "md")})
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(run, range(2)))
+        got = {f: stores[0].get_digest("2021-10-17", f) for f in ("json", "html", "md")}
+        assert got in ({f: f"{f}{i}" for f in got} for i in range(2)), got
+    finally:
+        for st in stores:
+            st.close()

@@ -423,6 +423,56 @@ def test_records_left_stale_by_a_crash_are_rewritten(
     _records_agree(store)
 
 
+def test_a_metadata_update_moves_the_article_in_time_within_its_story(
+    make_store: Any, vectors: dict[str, Any]
+) -> None:
+    """Finding 6: a corrected outlet or time (same content, same vector) refreshes the
+    article where it is; its story's dates and outlets follow, and its id stays. A time
+    outside the story's window takes it out of the story."""
+    arts = [a for a in _articles() if a.story_id == "volcano"]
+    store = _store(make_store, vectors, arts)
+    clu = StoryClusterer(store, params=ClusterParams(refine_every=0))
+    clu.assign([a.id for a in arts])
+    sid = clu.story_of(arts[0].id)
+    assert sid is not None and {clu.story_of(a.id) for a in arts} == {sid}
+    assert arts[2].published_at is not None
+    fixed = replace(arts[2], source="Associated Press",
+                    published_at=arts[2].published_at + timedelta(hours=20))
+    r = store.ingest([IngestItem(fixed, np.zeros(len(vectors[fixed.id][0]), np.float32))], "t")
+    assert r[0].outcome == "updated"
+    assert clu.assign([fixed.id]) == {fixed.id: sid}
+    st = store.get_story(sid)
+    assert st.outlets == {"Associated Press": 1, "BBC": 1, "Reuters": 1}
+    assert (st.first_at, st.last_at) == (arts[0].published_at, fixed.published_at)
+    _records_agree(store)
+    # 60 hours after the first article: past the 36-hour window, a story of its own
+    far = replace(fixed, published_at=T0 + timedelta(hours=60))
+    store.ingest([IngestItem(far, *vectors[far.id])], "t")
+    moved = clu.assign([far.id])[far.id]
+    assert moved != sid and store.get_story(sid).article_ids == [a.id for a in arts[:2]]
+    assert store.get_story(moved).first_at == far.published_at
+    # a restart reads the same times
+    again = StoryClusterer(store, params=ClusterParams(refine_every=0))
+    assert again.story_of(far.id) == moved and again.story_of(arts[0].id) == sid
+
+
+def test_records_left_stale_by_a_metadata_update_are_rewritten(
+    make_store: Any, vectors: dict[str, Any]
+) -> None:
+    """An outlet corrected by a process that died before writing the story: the next
+    clusterer sees the record's outlets disagree with the members and rewrites it."""
+    arts = _articles()
+    store = _store(make_store, vectors, arts[:3])
+    StoryClusterer(store, params=ClusterParams(refine_every=0)).assign([a.id for a in arts[:3]])
+    sid = store.story_of([arts[0].id])[arts[0].id]
+    store.ingest([IngestItem(replace(arts[0], source="Reuters UK"), *vectors[arts[0].id])], "t")
+    again = StoryClusterer(make_store("stories"), params=ClusterParams(refine_every=0))
+    store.ingest([IngestItem(arts[3], *vectors[arts[3].id])], "test")
+    again.assign([arts[3].id])
+    assert "Reuters UK" in store.get_story(sid).outlets
+    _records_agree(store)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ingest_order_does_not_change_the_stories(
     make_store: Any, vectors: dict[str, Any], seed: int

@@ -76,8 +76,11 @@ class StoriesController(Controller):
 
     @get(
         "/", summary="List stories",
-        description="Active stories, most recently updated first, filtered by time window "
-        "(overlap), minimum size and a case-insensitive label substring `q`; paged.",
+        description="Active stories, latest coverage first (by the publication time of "
+        "their newest article, `last_at`; stories with no dated article last), filtered by "
+        "time window (overlap with `first_at`..`last_at`; with `since` or `until` given, "
+        "stories with no dated article are left out), minimum size and a case-insensitive "
+        "label substring `q`; paged.",
         responses=responses("/v1/stories", 422,
                             success=(200, ok(StoryListResponse, _LIST_EXAMPLE))),
     )
@@ -85,9 +88,9 @@ class StoriesController(Controller):
         self,
         rt: Rt,
         since: Annotated[str | None, QueryParameter(
-            description="ISO 8601; stories with coverage at or after")] = None,
+            description="ISO 8601; stories with dated coverage at or after")] = None,
         until: Annotated[str | None, QueryParameter(
-            description="ISO 8601; stories with coverage before")] = None,
+            description="ISO 8601; stories with dated coverage before")] = None,
         min_size: Annotated[int, QueryParameter(description="at least this many articles")] = 1,
         q: Annotated[str | None, QueryParameter(description="label contains (case-insensitive)",
                                            examples=[Example(value="court")])] = None,
