@@ -474,13 +474,17 @@ def analysis_plan(pipeline: Any, story: Story, until: datetime, budget: int | No
     asof = [a for a in arts if a.published_at is not None and _utc(a.published_at) < until]
     chash = members_hash(asof)
     words = budget or pipeline.settings.summary_words
+    # The stored analyses are the default budget's (``Pipeline.story_view`` stores no
+    # other): a digest at another budget keeps entries of its own, so neither engine
+    # overwrites the ones API reads and the nightly digest use.
+    other = "" if words == pipeline.settings.summary_words else f":b{words}"
     if len(asof) == len(arts) and chash == story.content_hash:
-        return AnalysisPlan(story.id, arts, words, "analysis",
-                            pipeline.analysis_key(story.content_hash, words), True)
+        return AnalysisPlan(story.id, arts, words, "analysis" + other,
+                            pipeline.analysis_key(story.content_hash, words), not other)
     # The story grew after the period (or its stored hash is stale: articles updated while no
     # clusterer ran): analyse the members as they are and as the period knew them, cached
     # under a key of its own so the story's current view (the API's) is left alone.
-    return AnalysisPlan(story.id, asof, words, f"analysis@{until.isoformat()}",
+    return AnalysisPlan(story.id, asof, words, f"analysis@{until.isoformat()}{other}",
                         pipeline.analysis_key(chash, words), False)
 
 

@@ -362,6 +362,28 @@ def test_a_run_with_fewer_formats_replaces_every_stored_format(
     assert sorted(p.name for p in out.iterdir()) == ["2021-10-19.json"]
 
 
+@pytest.mark.parametrize(("group", "day", "kind"), [
+    ("wide", DAY, "analysis"),  # the story wholly in the period: its current view
+    ("dev", DAY - timedelta(days=1), "analysis@2021-10-20T00:00:00+00:00"),  # as of then
+])
+def test_a_digest_at_another_budget_keeps_the_stored_default_analysis(
+    pipeline: Pipeline, shared_data: Path, group: str, day: datetime, kind: str,
+) -> None:
+    """The stored analyses are the default budget's (what API reads and the nightly digest
+    use); a digest built at another budget keeps entries of its own."""
+    _ingest(pipeline, shared_data, group)
+    since, until = dg.day_period(day.date())
+    default = dg.build_digest(pipeline, since=since, until=until)
+    stored = {sid: got for sid in default.featured
+              if (got := pipeline.store.get_output(sid, kind)) is not None}
+    assert stored
+    other = dg.build_digest(pipeline, since=since, until=until, budget_words=30)
+    assert {sid: pipeline.store.get_output(sid, kind) for sid in stored} == stored
+    assert other.document != default.document  # shorter summaries, from their own entries
+    again = dg.build_digest(pipeline, since=since, until=until)
+    assert again.bodies == default.bodies and again.recomputed == []
+
+
 def test_an_emptied_period_removes_its_stored_digest(
     pipeline: Pipeline, shared_data: Path, tmp_path: Path,
 ) -> None:

@@ -96,6 +96,14 @@ def test_digest_ray_engine_equals_local_byte_for_byte(
         # a re-run on Ray finds everything stored and computes nothing
         again = dg.build_digest(on_ray, since=since, until=until, top=20, engine="ray")
         assert again.recomputed == [] and again.bodies == a.bodies
+        # a digest at another budget keeps entries of its own: the stored default
+        # analyses (what API reads and the nightly digest use) stay as they are
+        before = _analyses(on_ray, b)
+        short = dg.build_digest(on_ray, since=since, until=until, top=20, engine="ray",
+                                ray_workers=2, budget_words=30)
+        assert short.bodies != a.bodies and short.recomputed
+        assert _analyses(on_ray, b) == before
+        assert dg.build_digest(on_ray, since=since, until=until, top=20).recomputed == []
     finally:
         local.close()
         on_ray.close()
