@@ -257,6 +257,7 @@ def ingest(
     errors: list[str] = []
     totals = {"inserted": 0, "updated": 0, "unchanged": 0, "duplicate": 0, "failed": 0}
     pending: list[Any] = []
+    pending_ids: set[str] = set()
     chunk = batch
     session: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if engine == "ray":
@@ -278,6 +279,7 @@ def ingest(
                 if key in totals:
                     totals[key] += val
         pending.clear()
+        pending_ids.clear()
 
     def lines_of(src: str) -> Iterator[Any]:
         """read_source, with a source that cannot be read at all (missing, empty, not a
@@ -299,7 +301,13 @@ def ingest(
                         errors.append(f"{parsed.source or src}: {parsed.error.detail}")
                         totals["failed"] += 1
                         continue
+                    if parsed.article.id in pending_ids:
+                        # the same id again before its batch went in: store the earlier
+                        # record first, so that the later one counts as an update of it
+                        # (as with --batch 1) rather than replacing it unreported
+                        flush(ray)
                     pending.append(parsed.article)
+                    pending_ids.add(parsed.article.id)
                     if len(pending) >= chunk:
                         flush(ray)
             flush(ray)

@@ -7,13 +7,20 @@ line failed). Nothing here touches the store.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import logging
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from storyline.models.errors import InvalidArticle, InvalidInput
 from storyline.models.types import Article
@@ -29,6 +36,11 @@ __all__ = [
 ]
 
 MAX_ID_CHARS = 512
+MAX_TITLE_CHARS = 2000
+#: longest accepted value of each optional string field: a source, language or lean is a
+#: short label, and a URL longer than browsers keep is not one (stored data stays bounded)
+MAX_FIELD_CHARS = {"title": MAX_TITLE_CHARS, "source": 300, "url": 8192, "lang": 35,
+                   "lean": 64}
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
 _OPTIONAL_STR = ("title", "source", "url", "lang", "lean")
 
@@ -44,27 +56,95 @@ class ParsedLine:
     source: str | None = None
 
 
-def parse_datetime(value: str, *, line: int | None = None) -> datetime:
-    """ISO 8601 (and RFC 2822 as feeds use it) to an aware UTC datetime."""
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
+# Time-zone names a date may end with. The RFC 2822 ones (as ``email.utils`` reads them),
+# plus common unambiguous ones that feeds use; any other name (IST, "GMT+2", military
+# letters) is refused rather than read as UTC. Hours east of UTC.
+_ZONES: dict[str, float] = {
+    "UT": 0, "UTC": 0, "GMT": 0, "Z": 0,
+    "EST": -5, "EDT": -4, "CST": -6, "CDT": -5, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7,
+    "AST": -4, "ADT": -3, "AKST": -9, "AKDT": -8, "HST": -10,
+    "WET": 0, "WEST": 1, "BST": 1, "CET": 1, "CEST": 2, "EET": 2, "EEST": 3, "MSK": 3,
+    "JST": 9, "AEST": 10, "AEDT": 11,
+}
+_DATE_WORDS = frozenset({
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "sept", "oct", "nov",
+    "dec", "january", "february", "march", "april", "june", "july", "august", "september",
+    "october", "november", "december", "mon", "tue", "tues", "wed", "thu", "thur", "thurs",
+    "fri", "sat", "sun", "monday", "tuesday", "wednesday", "thursday", "friday",
+    "saturday", "sunday", "t", "z",
+})
+_ZONE_WITH_OFFSET = re.compile(r"\b(?:GMT|UTC|UT)\s*[+-]\s*\d", re.IGNORECASE)
+_TRAILING_ZONE = re.compile(r"^(.*?\d)\s*\(?([A-Za-z]{1,5})\)?$")
 
+
+def _unknown_words(value: str) -> list[str]:
+    """Words in a date that are neither month or day names nor a zone in :data:`_ZONES`."""
+    return [w for w in re.findall(r"[A-Za-z]+", value)
+            if w.lower() not in _DATE_WORDS and w.upper() not in _ZONES]
+
+
+def _bad_date(value: str, why: str, line: int | None) -> InvalidArticle:
+    return InvalidArticle(f"'{value[:40]}' {why}", line=line, field="published_at")
+
+
+def _parse_rfc2822(value: str, line: int | None) -> datetime | None:
+    from email.utils import parsedate_to_datetime
+
+    try:
+        dt = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if dt is None:
+        return None
+    # email.utils reads any year below 100 as 19xx/20xx, "0001" too: a year written with
+    # three or four digits is taken as written (and refused below if out of range)
+    for tok in re.split(r"[\s,]+", value):
+        if re.fullmatch(r"\d{3,4}", tok) and int(tok) != dt.year and int(tok) < 100:
+            try:
+                dt = dt.replace(year=int(tok))
+            except ValueError:
+                raise _bad_date(value, "is out of range", line) from None
+    return dt
+
+
+def parse_datetime(value: str, *, line: int | None = None) -> datetime:
+    """ISO 8601 (and RFC 2822 as feeds use it) to an aware UTC datetime.
+
+    A time without a zone is taken as UTC; a zone must be a numeric offset or a name in
+    :data:`_ZONES` (an unknown name is refused, not read as UTC).
+    """
+    s = value.strip()
+    dt: datetime | None = None
+    with contextlib.suppress(ValueError):  # RFC 3339 allows a lower-case t and z
+        dt = datetime.fromisoformat(s.upper() if s[-1:] in "zZ" else s)
+    if dt is None and _ZONE_WITH_OFFSET.search(s):  # "GMT+2": POSIX or not? ambiguous
+        raise _bad_date(value, "has an ambiguous time zone (use a numeric offset)", line)
+    if dt is None and (m := _TRAILING_ZONE.match(s)):
+        head, zone = m.group(1), m.group(2)
         try:
-            dt = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            raise InvalidArticle(
-                f"'{value[:40]}' is not an ISO 8601 date-time", line=line, field="published_at"
-            ) from None
+            naive = datetime.fromisoformat(head)  # "2021-10-18 12:00:00 EDT"
+        except ValueError:
+            naive = None
+        if naive is not None and naive.tzinfo is None:
+            if zone.upper() not in _ZONES:
+                raise _bad_date(value, f"has an unknown time zone '{zone}'", line)
+            dt = naive.replace(tzinfo=timezone(timedelta(hours=_ZONES[zone.upper()])))
+    if dt is None:
+        dt = _parse_rfc2822(s, line)
+        if dt is not None and dt.tzinfo is None and (m := _TRAILING_ZONE.match(s)):
+            zone = m.group(2)
+            if zone.lower() not in _DATE_WORDS:  # a zone email.utils does not know
+                if zone.upper() not in _ZONES:
+                    raise _bad_date(value, f"has an unknown time zone '{zone}'", line)
+                dt = dt.replace(tzinfo=timezone(timedelta(hours=_ZONES[zone.upper()])))
+    if dt is None:
+        raise _bad_date(value, "is not an ISO 8601 date-time", line)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     try:
         return dt.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00: past year 9999 in UTC
-        raise InvalidArticle(
-            f"'{value[:40]}' is out of range in UTC", line=line, field="published_at"
-        ) from None
+        raise _bad_date(value, "is out of range in UTC", line) from None
 
 
 def parse_article(
@@ -110,9 +190,11 @@ def parse_article(
             raise InvalidArticle("must not contain NUL (\\u0000) characters", line=line,
                                  field=name)
         fields[name] = v.strip() if isinstance(v, str) and v.strip() else None
+    for name, limit in MAX_FIELD_CHARS.items():
+        v = fields.get(name)
+        if v is not None and len(v) > limit:
+            raise InvalidArticle(f"over {limit:,} characters", line=line, field=name)
     title = fields.pop("title") or ""
-    if len(title) > 2000:
-        raise InvalidArticle("over 2,000 characters", line=line, field="title")
     pub = obj.get("published_at")
     published = None
     if pub is not None:
@@ -161,6 +243,9 @@ def read_articles_jsonl(path: Path, *, max_chars: int = 200_000) -> Iterator[Par
 def read_txt(path: Path, *, max_chars: int = 200_000) -> ParsedLine:
     """A plain-text article: first line is the title, the rest the text; id = file stem.
 
+    A file of one line, or whose first line is longer than a title may be (2,000
+    characters), has no title line: all of it is the text and the title is empty.
+
     A text file carries no date, so ``published_at`` is the file's modification time
     (when it reached us), which keeps it in the right day's digest.
     """
@@ -168,10 +253,14 @@ def read_txt(path: Path, *, max_chars: int = 200_000) -> ParsedLine:
         content = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return ParsedLine(1, error=InvalidArticle(f"{path.name}: invalid UTF-8 ({exc.reason})"))
-    title, _, body = content.strip().partition("\n")
+    content = content.strip()
+    title, _, body = content.partition("\n")
+    title, body = title.strip(), body.strip()
+    if not body or len(title) > MAX_TITLE_CHARS:
+        title, body = "", content
     try:
         art = parse_article(
-            {"id": path.stem, "title": title.strip(), "text": body.strip() or title.strip(),
+            {"id": path.stem, "title": title, "text": body,
              "published_at": datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()},
             max_chars=max_chars,
         )
@@ -180,18 +269,83 @@ def read_txt(path: Path, *, max_chars: int = 200_000) -> ParsedLine:
     return ParsedLine(1, article=art)
 
 
+# -- feeds --------------------------------------------------------------------------------
+#: a feed URL: seconds to connect and between received bytes, and for the whole download
+FEED_TIMEOUT_S = 20.0
+FEED_DEADLINE_S = 60.0
+#: a feed URL's response is refused past this size (the largest real feeds are a few MB)
+FEED_MAX_BYTES = 20 * 1024 * 1024
+
+_TAG = re.compile(r"<[A-Za-z/!?]")
+
+
+class _TextOf(HTMLParser):
+    """The text of an HTML fragment: tags dropped (script/style with their content),
+    character references decoded, whitespace collapsed."""
+
+    _SKIP = frozenset({"script", "style", "noscript", "template", "head"})
+    _INLINE = frozenset({"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "dfn", "em",
+                         "font", "i", "kbd", "mark", "q", "s", "samp", "small", "span",
+                         "strong", "sub", "sup", "time", "u", "var", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in self._SKIP:
+            self.skipping += 1
+        if tag not in self._INLINE:  # a block ends a word; <b>, <a>, … do not
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP and self.skipping:
+            self.skipping -= 1
+        if tag not in self._INLINE:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(data)
+
+    @classmethod
+    def of(cls, html: str) -> str:
+        p = cls()
+        p.feed(html)
+        p.close()
+        return re.sub(r"\s+", " ", "".join(p.parts)).strip()
+
+
+def _quiet_trafilatura() -> None:
+    """trafilatura logs ERROR lines ("empty HTML tree", "parsed tree length") for every
+    short feed item it has nothing to extract from; they are not errors of ours (the
+    fallback below takes over), and the CLI prints one line per real error."""
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+
+
 def _html_to_text(html: str) -> str:
-    if "<" not in html:
-        return html
+    """Text of an HTML fragment (a feed entry's content), entities decoded once."""
+    if not _TAG.search(html):
+        return unescape(html).strip()
     try:
         import trafilatura
 
+        _quiet_trafilatura()
         extracted = trafilatura.extract(html, include_comments=False)
     except Exception:  # trafilatura raises assorted parser errors on fragments
         extracted = None
     if extracted:
-        return str(extracted)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
+        return str(extracted)  # parsed by lxml: entities already decoded
+    return _TextOf.of(html)
+
+
+def _detail_text(value: str, kind: str | None, *, title: bool = False) -> str:
+    """A feed text construct as text: feedparser reports its type; ``text/plain`` is
+    already decoded text (a '<' in it is a character, not a tag)."""
+    if kind == "text/plain":
+        return value.strip()
+    return _TextOf.of(value) if title else _html_to_text(value)
 
 
 def _feed_id(guid: Any) -> Any:
@@ -203,41 +357,142 @@ def _feed_id(guid: Any) -> Any:
     return guid.replace("%", "%25").replace("/", "%2F")
 
 
+def _is_web_url(url: str | None) -> bool:
+    if not url:
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _entry_url(e: Mapping[str, Any], base: str | None) -> str | None:
+    """The entry's web link: its (alternate) ``<link>``, resolved against ``base``; a
+    guid that feedparser took as the permalink only when it is an absolute http(s) URL."""
+    links = [lk.get("href") for lk in e.get("links") or ()
+             if lk.get("rel", "alternate") == "alternate" and lk.get("href")]
+    # without a <link>: feedparser's link is the <guid> (isPermaLink), an id, not
+    # necessarily a URL, and not resolved
+    url = (urljoin(base, links[0]) if base else links[0]) if links else e.get("link")
+    return url if isinstance(url, str) and _is_web_url(url) else None
+
+
+def _feed_published(e: Mapping[str, Any], line: int) -> datetime | None:
+    """The entry's date: the raw string when :func:`parse_datetime` reads it, else
+    feedparser's reading of it (UTC) unless the string names a zone we do not know or a
+    year feedparser read differently."""
+    for key in ("published", "updated"):
+        raw = e.get(key)
+        if not raw or not isinstance(raw, str):
+            continue
+        try:
+            return parse_datetime(raw, line=line)
+        except InvalidArticle as exc:
+            parsed = e.get(f"{key}_parsed")
+            years = [int(t) for t in re.findall(r"(?<![\d+-])\d{4}(?!\d)", raw)]
+            if (parsed is None or _unknown_words(raw) or _ZONE_WITH_OFFSET.search(raw)
+                    or "unknown time zone" in exc.detail or "out of range" in exc.detail
+                    or any(y != parsed.tm_year for y in years)):
+                raise
+            y, mo, d, h, mi, sec = parsed[:6]
+            return datetime(y, mo, d, h, mi, min(sec, 59), tzinfo=UTC)
+    return None
+
+
+def _fetch(url: str, *, timeout_s: float, max_bytes: int) -> tuple[bytes, dict[str, str], str]:
+    """GET a feed URL: (body, response headers, final URL after redirects). Every failure
+    (refused, timed out, HTTP error, too large) is :class:`InvalidInput` naming the URL."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={
+        "User-Agent": "storyline feed reader",
+        "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
+                  "text/xml;q=0.9, */*;q=0.5",
+    })
+    deadline = time.monotonic() + max(timeout_s, FEED_DEADLINE_S)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := resp.read1(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput(f"{url}: cannot read (over {max_bytes:,} bytes)")
+                if time.monotonic() > deadline:
+                    raise InvalidInput(
+                        f"{url}: cannot read (timed out: still downloading after "
+                        f"{max(timeout_s, FEED_DEADLINE_S):g} s)")
+                chunks.append(chunk)
+            return b"".join(chunks), dict(resp.headers.items()), resp.geturl()
+    except urllib.error.HTTPError as exc:
+        raise InvalidInput(f"{url}: cannot read (HTTP {exc.code} {exc.reason})") from None
+    except TimeoutError:
+        raise InvalidInput(f"{url}: cannot read (timed out after {timeout_s:g} s)") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            raise InvalidInput(f"{url}: cannot read (timed out after {timeout_s:g} s)") from None
+        raise InvalidInput(f"{url}: cannot read ({getattr(reason, 'strerror', None) or reason})"
+                           ) from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise InvalidInput(f"{url}: cannot read ({exc})") from None
+
+
 def read_feed(
-    source: str, *, max_chars: int = 200_000, fetch_links: bool = False
+    source: str, *, max_chars: int = 200_000, fetch_links: bool = False,
+    timeout_s: float | None = None,
 ) -> Iterator[ParsedLine]:
     """Articles from an RSS/Atom feed (file path or URL).
+
+    A URL is fetched here with a timeout (``timeout_s``, default :data:`FEED_TIMEOUT_S`)
+    and a size cap (:data:`FEED_MAX_BYTES`). Entry ids are the guid (or link) as written,
+    so a feed gives the same ids read from a file or a URL; relative links resolve against
+    the feed URL, or in a file against the feed's own ``<link>``.
 
     Entries that carry only a link are fetched and extracted with trafilatura when
     ``fetch_links`` is set; otherwise their summary is used.
     """
     import feedparser
 
-    feed = feedparser.parse(source)
-    if feed.bozo and not feed.entries:
-        raise InvalidInput(f"{source}: not a readable RSS/Atom feed ({feed.bozo_exception})")
+    if source.startswith(("http://", "https://")):
+        data, headers, base = _fetch(
+            source, timeout_s=FEED_TIMEOUT_S if timeout_s is None else timeout_s,
+            max_bytes=FEED_MAX_BYTES)
+        # the charset the server names still counts; no content-location: feedparser
+        # would resolve guids against it, and ids would differ from the same feed's file
+        feed = feedparser.parse(data, response_headers={
+            k.lower(): v for k, v in headers.items() if k.lower() == "content-type"})
+    else:
+        feed = feedparser.parse(Path(source).read_bytes())
+        base = None
+    if not feed.entries:
+        why = f": {feed.bozo_exception}" if feed.bozo else ""
+        raise InvalidInput(f"{source}: no entries (an empty feed, or not RSS/Atom{why})")
+    if base is None and _is_web_url(feed.feed.get("link")):
+        base = feed.feed.get("link")
     outlet = feed.feed.get("title")
     for n, e in enumerate(feed.entries, start=1):
-        html = ""
+        value, kind = "", None
         if e.get("content"):
-            html = e.content[0].get("value", "")
-        html = html or e.get("summary", "")
-        text = _html_to_text(html)
-        if fetch_links and len(text) < 200 and e.get("link"):
+            value, kind = e.content[0].get("value", ""), e.content[0].get("type")
+        if not value:
+            value, kind = e.get("summary", ""), (e.get("summary_detail") or {}).get("type")
+        text = _detail_text(value, kind)
+        url = _entry_url(e, base)
+        if fetch_links and len(text) < 200 and url:
             import trafilatura
 
-            page = trafilatura.fetch_url(e.link)
+            _quiet_trafilatura()
+            page = trafilatura.fetch_url(url)
             text = (trafilatura.extract(page) if page else None) or text
-        published = None
-        for key in ("published", "updated"):
-            if e.get(key):
-                published = e[key]
-                break
+        title = e.get("title")
+        if isinstance(title, str):
+            title = _detail_text(title, (e.get("title_detail") or {}).get("type"), title=True)
         try:
+            published = _feed_published(e, n)
             art = parse_article(
-                {"id": _feed_id(e.get("id") or e.get("link")), "title": e.get("title"),
-                 "text": text,
-                 "url": e.get("link"), "source": outlet, "published_at": published},
+                {"id": _feed_id(e.get("id") or e.get("link")), "title": title,
+                 "text": text, "url": url, "source": outlet,
+                 "published_at": published.isoformat() if published else None},
                 line=n, max_chars=max_chars,
             )
         except InvalidArticle as exc:
@@ -246,41 +501,71 @@ def read_feed(
         yield ParsedLine(n, article=art)
 
 
-def read_source(source: str | Path, *, max_chars: int = 200_000) -> Iterator[ParsedLine]:
-    """Dispatch on what ``source`` is: a folder, .jsonl, .txt, or a feed file / URL."""
+_FEED_SUFFIXES = frozenset({".xml", ".rss", ".atom"})
+_SUFFIXES = frozenset({".jsonl", ".txt"}) | _FEED_SUFFIXES
+
+
+def _folder(path: Path, *, max_chars: int) -> Iterator[ParsedLine]:
+    """The files directly in a folder, in name order. What is not read is reported, one
+    error each: subfolders (not recursed into, links to folders included), other
+    non-regular files, broken links, and files of another suffix. Names starting with '.'
+    (hidden files) are ignored."""
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise InvalidInput(f"{path}: no .jsonl, .txt or feed files")
+    for f in entries:
+        skip = None
+        if f.is_dir():
+            skip = "a folder, skipped (folders are not read recursively)"
+        elif f.is_symlink() and not f.exists():
+            skip = "a broken link, skipped"
+        elif not f.is_file():
+            skip = "not a regular file, skipped"
+        elif f.suffix.lower() not in _SUFFIXES:
+            skip = "unknown format, skipped (use .jsonl, .txt, .xml/.rss/.atom)"
+        if skip:
+            yield ParsedLine(0, error=InvalidArticle(skip), source=str(f))
+            continue
+        # One unusable file (empty, unreadable, not a feed) is reported like a bad
+        # line; the folder's other files still go in.
+        try:
+            for parsed in _file(f, max_chars=max_chars):
+                yield parsed if parsed.source else replace(parsed, source=str(f))
+        except InvalidInput as exc:
+            detail = exc.detail.removeprefix(f"{f}: ")
+            yield ParsedLine(0, error=InvalidArticle(detail), source=str(f))
+        except OSError as exc:
+            yield ParsedLine(0, error=InvalidArticle(f"cannot read ({exc.strerror or exc})"),
+                             source=str(f))
+
+
+def _file(path: Path, *, max_chars: int) -> Iterator[ParsedLine]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from read_articles_jsonl(path, max_chars=max_chars)
+    elif suffix == ".txt":
+        if path.stat().st_size == 0:
+            raise InvalidInput(f"{path}: the file is empty")
+        yield read_txt(path, max_chars=max_chars)
+    elif suffix in _FEED_SUFFIXES:
+        yield from read_feed(str(path), max_chars=max_chars)
+    else:
+        raise InvalidInput(f"{path}: unknown format (use .jsonl, .txt, .xml/.rss/.atom)")
+
+
+def read_source(
+    source: str | Path, *, max_chars: int = 200_000, timeout_s: float | None = None
+) -> Iterator[ParsedLine]:
+    """Dispatch on what ``source`` is: a folder, .jsonl, .txt, or a feed file / URL
+    (suffixes in any case). ``timeout_s``: for a feed URL, see :func:`read_feed`."""
     s = str(source)
     if s.startswith(("http://", "https://")):
-        yield from read_feed(s, max_chars=max_chars, fetch_links=True)
+        yield from read_feed(s, max_chars=max_chars, fetch_links=True, timeout_s=timeout_s)
         return
     path = Path(source)
     if not path.exists():
         raise InvalidInput(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.suffix in {".jsonl", ".txt", ".xml", ".rss", ".atom"}
-        )
-        if not files:
-            raise InvalidInput(f"{path}: no .jsonl, .txt or feed files")
-        for f in files:
-            # One unusable file (empty, unreadable, not a feed) is reported like a bad
-            # line; the folder's other files still go in.
-            try:
-                for parsed in read_source(f, max_chars=max_chars):
-                    yield parsed if parsed.source else replace(parsed, source=str(f))
-            except InvalidInput as exc:
-                detail = exc.detail.removeprefix(f"{f}: ")
-                yield ParsedLine(0, error=InvalidArticle(detail), source=str(f))
-            except OSError as exc:
-                yield ParsedLine(0, error=InvalidArticle(f"cannot read ({exc.strerror or exc})"),
-                                 source=str(f))
-        return
-    if path.suffix == ".jsonl":
-        yield from read_articles_jsonl(path, max_chars=max_chars)
-    elif path.suffix == ".txt":
-        if path.stat().st_size == 0:
-            raise InvalidInput(f"{path}: the file is empty")
-        yield read_txt(path, max_chars=max_chars)
-    elif path.suffix in {".xml", ".rss", ".atom"}:
-        yield from read_feed(str(path), max_chars=max_chars)
+        yield from _folder(path, max_chars=max_chars)
     else:
-        raise InvalidInput(f"{path}: unknown format (use .jsonl, .txt, .xml/.rss/.atom)")
+        yield from _file(path, max_chars=max_chars)

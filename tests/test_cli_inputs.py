@@ -387,3 +387,58 @@ def test_digest_periods_a_key_cannot_name_are_one_line_errors(
 ) -> None:
     r = run(tmp_path / "data", "digest", *args)
     _one_line_error(r, 2, *needles)
+
+
+# -- 6. audit 2: ingest sources ---------------------------------------------------------------
+def test_ingest_same_id_twice_is_counted_whatever_the_batch(
+    data_dir: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    src = _jsonl(tmp_path / "dup.jsonl",
+                 {"id": "d1", "text": "Rail workers went on strike on Monday."},
+                 {"id": "other", "text": "The mayor resigned on Friday."},
+                 {"id": "d1", "text": "Rail workers ended their strike on Tuesday."})
+    second = tmp_path / "data2"
+    second.mkdir()
+    (second / "models").symlink_to(models_dir, target_is_directory=True)
+    outs = []
+    for d, args in ((data_dir, []), (second, ["--batch", "1"])):
+        r = run(d, "ingest", str(src), "--json", *args)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    for out in outs:  # every line accounted for: the later d1 updates the earlier one
+        assert (out["inserted"], out["updated"], out["failed"]) == (2, 1, 0), out
+
+
+def test_ingest_reports_timeouts_empty_feeds_and_folder_skips_one_line_each(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    import storyline.service.ingest as ingest_mod
+    from storyline.service.cli import app
+
+    good = _jsonl(tmp_path / "good.jsonl", ART)
+    empty = tmp_path / "empty.xml"
+    empty.write_text('<?xml version="1.0"?><rss version="2.0"><channel><title>E</title>'
+                     "</channel></rss>")
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    (folder / "B.TXT").write_text("Storm\nA storm cut power to homes.\n")
+    (folder / "loop.jsonl").symlink_to(".", target_is_directory=True)
+    monkeypatch.setattr(ingest_mod, "FEED_TIMEOUT_S", 1.0)
+    with socket.socket() as hang:  # connects, never answers
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(4)
+        url = f"http://127.0.0.1:{hang.getsockname()[1]}/feed.xml"
+        r = CliRunner().invoke(app, ["ingest", str(good), url, str(empty), str(folder),
+                                     "--data-dir", str(data_dir), "--json"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["inserted"], out["failed"]) == (2, 3), out
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(ln.startswith("error: ") for ln in lines), lines
+    assert f"{url}: cannot read (timed out" in lines[0]
+    assert f"{empty}: no entries" in lines[1]
+    assert f"{folder / 'loop.jsonl'}: a folder, skipped" in lines[2]

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from storyline.models.errors import InvalidArticle, InvalidInput
-from storyline.service.ingest import parse_article, read_articles_jsonl, read_source
+from storyline.models.types import Article
+from storyline.service.ingest import (
+    parse_article,
+    parse_datetime,
+    read_articles_jsonl,
+    read_source,
+)
 
 
 def _write(tmp_path: Path, lines: list[bytes], name: str = "in.jsonl") -> Path:
@@ -158,3 +172,226 @@ def test_nul_characters_in_text_or_fields_are_refused() -> None:
     with pytest.raises(InvalidArticle, match=r"field 'source'.*NUL"):
         parse_article({"id": "a", "text": "Storm hits.", "source": "Wire\x00"})
     assert parse_article({"id": "a", "text": "Storm\thits.\nAgain."}).text == "Storm\thits.\nAgain."
+
+
+# -- audit 2: feeds, folders, dates ---------------------------------------------------------
+def _feed(path: Path, body: str) -> Path:
+    path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n{body}', encoding="utf-8")
+    return path
+
+
+def _articles(src: Path | str, **kw: object) -> dict[str, Article]:
+    return {o.article.id: o.article for o in read_source(src, **kw) if o.article}  # type: ignore[arg-type]
+
+
+def test_feed_text_follows_the_declared_type_and_html_is_decoded(tmp_path: Path) -> None:
+    atom = _feed(tmp_path / "plain.atom", """<feed xmlns="http://www.w3.org/2005/Atom">
+<title>Plain Atom</title><id>urn:x</id><updated>2021-10-18T12:00:00Z</updated>
+<entry><title type="text">Inflation &lt;3% as rates hold</title><id>urn:e1</id>
+<updated>2021-10-18T12:00:00Z</updated><content type="text">Inflation stayed at &lt;3% in
+October, while unemployment was &gt;5% in the region, the bank said.</content></entry>
+<entry><title type="html">&lt;em&gt;Rates&lt;/em&gt; hold &amp;amp; markets rally</title>
+<id>urn:e2</id><updated>2021-10-18T13:00:00Z</updated>
+<summary type="html">&lt;p&gt;Stocks rose as rates held.&lt;/p&gt;</summary></entry>
+</feed>""")
+    rss = _feed(tmp_path / "amp.xml", """<rss version="2.0"><channel><title>AT&amp;T News</title>
+<item><title>Quotes</title><guid>amp2</guid>
+<description><![CDATA[The senator said &#8220;no deal&#8221; &mdash; and left.]]></description>
+</item>
+<item><title>Prices</title><guid>amp3</guid><description>Tom &amp;amp; Jerry caf&amp;eacute;:
+price &lt; 5 and x&gt;3 &lt;b&gt;now&lt;/b&gt;.</description></item>
+</channel></rss>""")
+    a = _articles(atom)
+    assert a["urn:e1"].text.startswith("Inflation stayed at <3% in\nOctober, while "
+                                       "unemployment was >5% in the region")
+    assert a["urn:e1"].title == "Inflation <3% as rates hold"
+    assert a["urn:e2"].title == "Rates hold & markets rally"
+    assert a["urn:e2"].text == "Stocks rose as rates held."
+    b = _articles(rss)
+    assert b["amp2"].text == "The senator said \u201cno deal\u201d \u2014 and left."
+    assert b["amp3"].text == "Tom & Jerry café: price < 5 and x>3 now."
+
+
+def test_an_empty_feed_or_a_file_that_is_not_a_feed_is_invalid_input(tmp_path: Path) -> None:
+    cases = {
+        "empty.xml": '<rss version="2.0"><channel><title>Empty</title></channel></rss>',
+        "empty.atom": '<feed xmlns="http://www.w3.org/2005/Atom"><title>E</title></feed>',
+        "page.rss": "<html><body>hello</body></html>",
+    }
+    for name, body in cases.items():
+        with pytest.raises(InvalidInput, match="no entries"):
+            list(read_source(_feed(tmp_path / name, body)))
+
+
+def test_folder_reads_only_its_regular_files_and_reports_what_it_skips(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "A.JSONL").write_text(json.dumps({"id": "upper-jsonl", "text": "Upper."}) + "\n")
+    (d / "B.TXT").write_text("Title\nUpper-case text file.\n")
+    (d / "loop.jsonl").symlink_to(".", target_is_directory=True)  # a link loop
+    (d / "nested.jsonl").mkdir()  # a folder named like a file
+    (d / "nested.jsonl" / "c.jsonl").write_text(json.dumps({"id": "deep", "text": "D."}) + "\n")
+    (d / "sub").mkdir()
+    (d / "notes.md").write_text("not an article")
+    (d / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    (d / ".hidden.jsonl").write_text("{broken")
+    out = list(read_source(d))
+    assert sorted(o.article.id for o in out if o.article) == ["B", "upper-jsonl"]
+    errs = {Path(o.source or "").name: o.error.detail for o in out if o.error}
+    assert set(errs) == {"loop.jsonl", "nested.jsonl", "sub", "notes.md", "gone.jsonl"}
+    assert all(o.source and Path(o.source).parent == d for o in out)  # nothing recursed
+    assert "folder" in errs["loop.jsonl"] and "folder" in errs["sub"]
+    assert "unknown format" in errs["notes.md"] and "broken link" in errs["gone.jsonl"]
+    # a file named with an upper-case suffix, given directly
+    assert [o.article.id for o in read_source(d / "A.JSONL") if o.article] == ["upper-jsonl"]
+
+
+def test_parse_datetime_zones_and_years() -> None:
+    def utc(s: str) -> datetime:
+        return parse_datetime(s)
+
+    assert utc("2021-10-18T12:00:00z") == datetime(2021, 10, 18, 12, tzinfo=UTC)
+    assert utc("Mon, 18 Oct 2021 12:00 CEST") == datetime(2021, 10, 18, 10, tzinfo=UTC)
+    assert utc("Mon, 18 Oct 2021 12:00:00 CET") == datetime(2021, 10, 18, 11, tzinfo=UTC)
+    assert utc("2021-10-18 12:00:00 EDT") == datetime(2021, 10, 18, 16, tzinfo=UTC)
+    assert utc("Mon, 18 Oct 2021 12:00:00 +0200 (CEST)") == datetime(2021, 10, 18, 10,
+                                                                     tzinfo=UTC)
+    for unknown in ("Mon, 18 Oct 2021 12:00:00 IST", "Mon, 18 Oct 2021 12:00:00 GMT+2",
+                    "2021-10-18 12:00:00 XYZ"):
+        with pytest.raises(InvalidArticle, match="time zone"):
+            parse_datetime(unknown)
+    with pytest.raises(InvalidArticle, match="out of range"):  # not read as 2000-12-31
+        parse_datetime("Sat, 01 Jan 0001 00:00:00 +0100")
+    assert utc("Fri, 01 Jan 0050 00:00:00 +0000").year == 50  # not 2050
+
+
+def test_feed_dates_use_feedparsers_reading_only_when_it_is_safe(tmp_path: Path) -> None:
+    dates = ["2021-10-18 12:00:00 EDT", "18 Oct 2021", "2021-10-18T12:00:00z",
+             "Mon, 18 Oct 2021 12:00 CEST", "Mon, 18 Oct 2021 12:00:00 IST",
+             "Sat, 01 Jan 0001 00:00:00 +0100", "Monday, October 18, 2021 - 12:00"]
+    items = "".join(
+        f"<item><guid>d{i}</guid><pubDate>{d}</pubDate><description>Item {i} text."
+        "</description></item>" for i, d in enumerate(dates))
+    feed = _feed(tmp_path / "dates.xml",
+                 f'<rss version="2.0"><channel><title>D</title>{items}</channel></rss>')
+    out = list(read_source(feed))
+    got = {o.article.id: o.article.published_at for o in out if o.article}
+    assert got == {
+        "d0": datetime(2021, 10, 18, 16, tzinfo=UTC),
+        "d1": datetime(2021, 10, 18, tzinfo=UTC),  # feedparser's reading
+        "d2": datetime(2021, 10, 18, 12, tzinfo=UTC),
+        "d3": datetime(2021, 10, 18, 10, tzinfo=UTC),
+    }
+    errs = {o.line: o.error for o in out if o.error}
+    assert set(errs) == {5, 6, 7} and all(e.field == "published_at" for e in errs.values())
+
+
+def test_feed_url_is_a_real_link_resolved_against_the_feeds_link(tmp_path: Path) -> None:
+    feed = _feed(tmp_path / "links.xml", """<rss version="2.0"><channel><title>L</title>
+<link>http://example.com/news/</link>
+<item><guid>g1</guid><description>Guid only, not a URL.</description></item>
+<item><guid isPermaLink="false">g2</guid><link>story2.html</link>
+<description>Relative link.</description></item>
+<item><guid>g3</guid><link>/abs/3</link><description>Root-relative link.</description></item>
+<item><guid>https://example.com/p/4</guid><description>Guid that is a URL.</description></item>
+</channel></rss>""")
+    urls = {i: a.url for i, a in _articles(feed).items()}
+    assert urls == {"g1": None, "g2": "http://example.com/news/story2.html",
+                    "g3": "http://example.com/abs/3",
+                    "https:%2F%2Fexample.com%2Fp%2F4": "https://example.com/p/4"}
+
+
+def test_one_line_txt_longer_than_a_title_is_its_text(tmp_path: Path) -> None:
+    p = tmp_path / "long.txt"
+    line = "The council met. " * 150  # 2,550 characters, one line
+    p.write_text(line)
+    (o,) = list(read_source(p))
+    assert o.error is None and o.article is not None
+    assert (o.article.title, o.article.text) == ("", line.strip())
+    q = tmp_path / "short.txt"
+    q.write_text("Only a line.\n")
+    (s,) = list(read_source(q))
+    assert s.article is not None and (s.article.title, s.article.text) == ("", "Only a line.")
+
+
+def test_short_feed_items_do_not_log_trafilatura_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = _feed(tmp_path / "short.xml", """<rss version="2.0"><channel><title>S</title>
+<item><guid>s1</guid><description>&lt;p&gt;A short item.&lt;/p&gt;</description></item>
+</channel></rss>""")
+    with caplog.at_level(logging.DEBUG):
+        assert list(_articles(feed)) == ["s1"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# -- feed URLs over a local HTTP server ---------------------------------------------------
+@pytest.fixture()
+def www(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_feed_ids_and_links_are_the_same_from_a_file_and_a_url(
+    www: tuple[str, Path]
+) -> None:
+    url, root = www
+    _feed(root / "feed.xml", f"""<rss version="2.0"><channel><title>Local</title>
+<link>{url}/</link>
+<item><guid>lat-1</guid><link>news/1.html</link><description>One.</description></item>
+<item><link>news/2.html</link><description>Two.</description></item>
+</channel></rss>""")
+    from_file = _articles(root / "feed.xml")
+    from_url = _articles(f"{url}/feed.xml")
+    assert list(from_file) == list(from_url) == ["lat-1", "news%2F2.html"]
+    assert [a.url for a in from_url.values()] == [f"{url}/news/1.html", f"{url}/news/2.html"]
+    assert [a.url for a in from_file.values()] == [a.url for a in from_url.values()]
+
+
+def test_a_feed_url_that_never_answers_times_out(tmp_path: Path) -> None:
+    with socket.socket() as s:  # accepts connections (the backlog) and never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(4)
+        t0 = time.monotonic()
+        with pytest.raises(InvalidInput, match="timed out"):
+            list(read_source(f"http://127.0.0.1:{s.getsockname()[1]}/feed.xml", timeout_s=1))
+        assert time.monotonic() - t0 < 10
+
+
+def test_a_feed_url_over_the_size_cap_is_refused(
+    www: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storyline.service.ingest as ingest
+
+    url, root = www
+    _feed(root / "big.xml", '<rss version="2.0"><channel><title>B</title>'
+          + "<item><guid>x</guid><description>Text.</description></item>" * 500
+          + "</channel></rss>")
+    monkeypatch.setattr(ingest, "FEED_MAX_BYTES", 4096)
+    with pytest.raises(InvalidInput, match="over 4,096 bytes"):
+        list(read_source(f"{url}/big.xml"))
+
+
+@pytest.mark.parametrize(("field", "limit"), [("source", 300), ("url", 8192), ("lang", 35),
+                                              ("lean", 64), ("title", 2000)])
+def test_label_fields_have_length_limits(field: str, limit: int) -> None:
+    from storyline.service.ingest import parse_article
+
+    ok = parse_article({"id": "a", "text": "Body.", field: "x" * limit})
+    assert ok is not None
+    with pytest.raises(InvalidArticle, match=rf"{field}.*over {limit:,} characters"):
+        parse_article({"id": "a", "text": "Body.", field: "x" * (limit + 1)})
