@@ -420,6 +420,24 @@ class PostgresStore:
             q = q.where(articles.c.published_ts < until.timestamp())
         return [r["id"] for r in self._rows(q.order_by(articles.c.published_ts))]
 
+    def matching_ids(
+        self, since: datetime | None, until: datetime | None, source: str | None, limit: int
+    ) -> list[str]:
+        """As ``SQLiteStore.matching_ids``."""
+        q = sa.select(articles.c.id, articles.c.source)
+        if since is not None:
+            q = q.where(articles.c.published_ts >= since.timestamp())
+        if until is not None:
+            q = q.where(articles.c.published_ts < until.timestamp())
+        if source is None:
+            return [r["id"] for r in self._rows(q.limit(limit))]
+        q = q.where(articles.c.source.is_not(None))
+        if source.isascii():  # narrows; Python's casefold decides
+            q = q.where(sa.func.lower(articles.c.source) == source.lower())
+        out = [r["id"] for r in self._rows(q)
+               if r["source"].casefold() == source.casefold()]
+        return out[:limit]
+
     def _update_metadata(self, db: sa.Connection, a: Article, now: datetime) -> None:
         """As ``SQLiteStore._update_metadata``: the new fields replace the stored ones
         (vector, entities and duplicates stay), the story's stored outputs are dropped and

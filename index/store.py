@@ -181,6 +181,9 @@ class Store(Protocol):
     def briefs(self, ids: Sequence[str]) -> dict[str, ArticleBrief]: ...
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]: ...
     def articles_between(self, since: datetime | None, until: datetime | None) -> list[str]: ...
+    def matching_ids(
+        self, since: datetime | None, until: datetime | None, source: str | None, limit: int
+    ) -> list[str]: ...
     def delete_article(self, article_id: str) -> list[str]: ...
     def count_articles(self) -> int: ...
     def count_duplicates(self) -> int: ...
@@ -496,6 +499,39 @@ class SQLiteStore:
             (lo, hi),
         )
         return [r["id"] for r in rows]
+
+    def matching_ids(
+        self, since: datetime | None, until: datetime | None, source: str | None, limit: int
+    ) -> list[str]:
+        """At most ``limit`` ids (no order) published in ``[since, until)`` (undated ones
+        only when neither bound is set) whose source is ``source`` ignoring case (any
+        source when None): the candidates of a filtered search."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if since is not None:
+            where.append("published_ts >= ?")
+            params.append(since.timestamp())
+        if until is not None:
+            where.append("published_ts < ?")
+            params.append(until.timestamp())
+        if source is None:
+            rows = self._query(f"SELECT id FROM articles WHERE {' AND '.join(where)} LIMIT ?",
+                               [*params, limit])
+            return [r["id"] for r in rows]
+        # SQLite's lower() folds ASCII only: it narrows, Python's casefold decides
+        if source.isascii():
+            where.append("lower(source) = ?")
+            params.append(source.lower())
+        else:
+            where.append("source IS NOT NULL")
+        out = []
+        for r in self._query(f"SELECT id, source FROM articles WHERE {' AND '.join(where)}",
+                             params):
+            if r["source"].casefold() == source.casefold():
+                out.append(r["id"])
+                if len(out) >= limit:
+                    break
+        return out
 
     def _update_metadata(self, db: sqlite3.Connection, a: Article, now: str) -> None:
         """A stored article re-sent with the same content hash and other fields: they

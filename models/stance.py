@@ -14,7 +14,10 @@ built and intact, else VADER.
 target scorer on its sentence (the mention is the target). Mentions in a headline weigh
 ``title_weight`` (2), others 1. The items are aggregated (rule below) over all mentions
 (``overall``), per outlet (``Article.source``) and per lean (``Article.lean``); articles
-without a source / lean are left out of those breakdowns.
+without a source / lean are left out of those breakdowns. At most ``max_mentions``
+(:data:`MAX_PORTRAYAL_MENTIONS`, 128) mentions per actor per story are scored: headline
+mentions first, then evenly spaced over the rest in story order, so one run-on sentence
+naming an actor hundreds of times costs a bounded number of model calls (each about 5-10 ms).
 
 **Position** (``ActorStance.position``), from the actor's own statements (who-said-what
 comes from a *speech attributor*, by default :class:`storyline.models.actors.
@@ -97,6 +100,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CRITICAL_VERBS",
+    "MAX_PORTRAYAL_MENTIONS",
     "PORTRAYAL_RULE",
     "SUPPORTIVE_VERBS",
     "ActorStanceTagger",
@@ -392,6 +396,10 @@ class _Scored:
     cue_weight: float = 0.0
 
 
+#: Mentions scored per actor per story for its portrayal (see the module docstring).
+MAX_PORTRAYAL_MENTIONS = 128
+
+
 class ActorStanceTagger:
     """Portrayal and position per actor (see the module docstring for every rule).
 
@@ -411,8 +419,10 @@ class ActorStanceTagger:
         direct_cue_weight: float = 0.5,
         indirect_cue_weight: float = 0.25,
         direct_weight: float = 2.0,
+        max_mentions: int = MAX_PORTRAYAL_MENTIONS,
     ) -> None:
         self.scorer = scorer
+        self.max_mentions = max_mentions
         self._attributor = attributor
         self.rule = rule
         self.portrayal_rule = portrayal_rule
@@ -439,12 +449,11 @@ class ActorStanceTagger:
         # keyed by position: two actors may share a display name, their mentions must not
         portrayal_items: dict[int, list[tuple[_Scored, Article | None]]] = defaultdict(list)
         for n, actor in enumerate(actors):
-            for m in actor.mentions:
+            for m, in_title in _capped(actor.mentions, by_id, self.max_mentions):
                 i = items.add(m.sentence, m.start, m.end)
                 if i is None:
                     continue
                 art = by_id.get(m.article_id)
-                in_title = bool(art and art.title and m.sentence in art.title)
                 weight = self.title_weight if in_title else 1.0
                 portrayal_items[n].append(
                     (_Scored(i, weight, Evidence(m.article_id, m.sentence)), art)
@@ -551,6 +560,26 @@ class ActorStanceTagger:
             weights=[s.weight for s in scored],
             rule=rule,
         )
+
+
+def _capped(
+    mentions: Sequence[Any], by_id: dict[str, Article], cap: int
+) -> list[tuple[Any, bool]]:
+    """``(mention, in_title)`` for at most ``cap`` of ``mentions``: headline ones first,
+    then evenly spaced over the others, the chosen ones in their original order."""
+    flagged = []
+    for m in mentions:
+        art = by_id.get(m.article_id)
+        flagged.append((m, bool(art and art.title and m.sentence in art.title)))
+    if len(flagged) <= cap:
+        return flagged
+    title = [k for k, (_, t) in enumerate(flagged) if t][:cap]
+    rest = [k for k, (_, t) in enumerate(flagged) if not t]
+    room = cap - len(title)
+    picked = set(title)
+    if room > 0:
+        picked.update(rest[(j * len(rest)) // room] for j in range(room))
+    return [flagged[k] for k in sorted(picked)]
 
 
 def _cue(verb: str) -> str | None:

@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -108,6 +109,12 @@ class RelatedHit:
 MAX_STORY_CANDIDATES = 500
 #: extra depth of a related search made before the ids to exclude are known
 RELATED_SLACK = 8
+#: A filtered search or related lookup (``since``/``until``/``source``) whose filter
+#: matches at most this many stored articles scores their indexed vectors directly (exact);
+#: a broader one searches the index with a pool widened fourfold until enough candidates
+#: pass the filter (or the index is exhausted). A fixed pool filtered afterwards missed
+#: every match outside it.
+FILTER_DIRECT_MAX = 20_000
 #: store changes read per page when the start-up repair replays the change feed
 _REPLAY_PAGE = 10_000
 
@@ -569,14 +576,16 @@ class Pipeline:
         source: str | None = None,
         exclude_same_story: bool = False,
     ) -> list[RelatedHit]:
-        pool = self._pool(k, since is not None or until is not None or source is not None)
+        source = _source_filter(source)
+        filtered = since is not None or until is not None or source is not None
+        pool = self._pool(k)
         # Under load each store statement costs a GIL hand-off or more
         # (store.SQLiteStore._packed). When the index holds the query's vector the search
         # runs first, and one statement reads the query's context with every candidate's
         # brief; the slack covers the ids excluded after that read (itself, duplicates).
         vec = self.index.vectors([article_id])[1]
         hits: list[tuple[str, float]] | None = None
-        if len(vec) and not exclude_same_story:
+        if len(vec) and not exclude_same_story and not filtered:
             hits = self.index.search(vec, pool + RELATED_SLACK)[0]
         ctx = self.store.query_context(article_id, [i for i, _ in hits or ()])
         if ctx is None:
@@ -604,19 +613,66 @@ class Pipeline:
         until: datetime | None = None,
         source: str | None = None,
     ) -> list[RelatedHit]:
-        if not text.strip():
+        if is_blank(text):
             raise InvalidInput("search text must not be empty")
+        source = _source_filter(source)
         vec = self.embedder.embed([text])[0]
         ents = set(self.entity_keys([text])[0]) if self.settings.related_entity_weight else set()
         return self._rank(vec, None, ents, k=k, exclude=set(), since=since, until=until,
                           source=source)
 
-    def _pool(self, k: int, filtered: bool) -> int:
-        """How many nearest vectors to rank for ``k`` results (``k`` checked here)."""
+    def _pool(self, k: int) -> int:
+        """How many nearest vectors to rank for ``k`` results (``k`` checked here); with a
+        filter, how many nearest *matching* ones."""
         if k < 1 or k > self.settings.max_k:
             raise InvalidInput(f"k must be between 1 and {self.settings.max_k}")
-        # Re-ranking and filters need a candidate pool wider than k.
-        return max(50, 5 * k) * (4 if filtered else 1)
+        # Re-ranking needs a candidate pool wider than k.
+        return max(50, 5 * k)
+
+    def _filtered_hits(
+        self,
+        vec: npt.NDArray[np.float32],
+        want: int,
+        exclude: set[str],
+        since: datetime | None,
+        until: datetime | None,
+        source: str | None,
+    ) -> tuple[list[tuple[str, float]], dict[str, ArticleBrief]]:
+        """The ``want`` indexed articles nearest ``vec`` that pass the filter and are not
+        excluded (all of them when fewer match), best first, with the briefs read on the
+        way. See ``FILTER_DIRECT_MAX``."""
+        ids = self.store.matching_ids(since, until, source, FILTER_DIRECT_MAX + 1)
+        if len(ids) <= FILTER_DIRECT_MAX:
+            return self._nearest_of(vec, ids, want, exclude), {}
+        n = len(self.index)
+        size = min(n, 4 * want + len(exclude))
+        briefs: dict[str, ArticleBrief] = {}
+        while True:
+            hits = self.index.search(vec[None, :], size)[0]
+            if unread := [i for i, _ in hits if i not in briefs]:
+                briefs.update(self.store.briefs(unread))
+            cand = [(i, sim) for i, sim in hits if i not in exclude and i in briefs
+                    and _passes(briefs[i], since, until, source)]
+            if len(cand) >= want or (size >= n and len(hits) >= n):
+                return cand[:want], briefs
+            if size >= n:
+                # An HNSW graph can leave vectors unreachable from its entry point (a
+                # cluster far from the rest): score every match instead (rare).
+                limit = self.store.count_articles() + 1
+                ids = self.store.matching_ids(since, until, source, limit)
+                return self._nearest_of(vec, ids, want, exclude), briefs
+            size = min(n, size * 4)
+
+    def _nearest_of(
+        self, vec: npt.NDArray[np.float32], ids: Sequence[str], want: int, exclude: set[str]
+    ) -> list[tuple[str, float]]:
+        """The ``want`` indexed ``ids`` (less ``exclude``) nearest ``vec``, best first."""
+        found, mat = self.index.vectors([i for i in ids if i not in exclude])
+        if not found:
+            return []
+        sims = (mat @ vec).tolist()
+        order = sorted(range(len(found)), key=lambda j: (-sims[j], found[j]))
+        return [(found[j], float(sims[j])) for j in order[:want]]
 
     def _rank(
         self,
@@ -637,12 +693,17 @@ class Pipeline:
         """``members``: the ids of ``story`` (oldest first), candidates whatever their cosine.
         ``hits``: a search for ``vec`` already made (used when it reaches deep enough);
         ``briefs``: those already read, of ``hits`` and ``members``."""
-        filtered = since is not None or until is not None or source is not None
-        pool = min(len(self.index), self._pool(k, filtered) + len(exclude))
-        if hits is None or (len(hits) < pool and len(hits) < len(self.index)):
-            hits = self.index.search(vec[None, :], pool)[0]
-            briefs = None
-        cand = [(i, s) for i, s in hits[:pool] if i not in exclude]
+        if since is not None or until is not None or source is not None:
+            # the nearest *matching* articles, however far down the index they sit
+            cand, briefs = self._filtered_hits(vec, self._pool(k), exclude, since, until,
+                                               source)
+            hits = list(cand)
+        else:
+            pool = min(len(self.index), self._pool(k) + len(exclude))
+            if hits is None or (len(hits) < pool and len(hits) < len(self.index)):
+                hits = self.index.search(vec[None, :], pool)[0]
+                briefs = None
+            cand = [(i, s) for i, s in hits[:pool] if i not in exclude]
         s = self.settings
         w_story = s.related_story_weight if story is not None else 0.0
         if w_story and story is not None:
@@ -661,7 +722,10 @@ class Pipeline:
             return []
         # Briefs, not articles: ranking needs no text, and they carry the story.
         arts = dict(briefs or {})
-        asked = {i for i, _ in hits} | set(members) if briefs is not None else set()
+        if since is not None or until is not None or source is not None:
+            asked = set(arts)  # the filtered path read no story member's brief
+        else:
+            asked = {i for i, _ in hits} | set(members) if briefs is not None else set()
         if unread := [i for i, _ in cand if i not in asked]:
             arts.update(self.store.briefs(unread))
         cand_ents = self.store.entities([i for i, _ in cand]) if ents else {}
@@ -670,11 +734,7 @@ class Pipeline:
             a = arts.get(i)
             if a is None:
                 continue
-            if source is not None and (a.source or "").casefold() != source.casefold():
-                continue
-            if since is not None and (a.published_at is None or a.published_at < since):
-                continue
-            if until is not None and (a.published_at is None or a.published_at >= until):
+            if not _passes(a, since, until, source):
                 continue
             score = relatedness(
                 sim, when, a.published_at, ents, set(cand_ents.get(i, ())),
@@ -1016,6 +1076,29 @@ class Pipeline:
         finally:
             for close in self.closers:
                 close()
+
+
+def is_blank(text: str) -> bool:
+    """No visible character: only whitespace, control and format characters (zero-width
+    spaces and joiners, BOM, bidi marks, NUL): an empty search."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+               for c in text)
+
+
+def _source_filter(source: str | None) -> str | None:
+    """``source=""`` (an empty form field) or a blank one is no filter, like leaving it out."""
+    return None if source is None or is_blank(source) else source
+
+
+def _passes(
+    a: ArticleBrief, since: datetime | None, until: datetime | None, source: str | None
+) -> bool:
+    """Whether ``a`` passes a search's filters (``source`` ignores case)."""
+    if source is not None and (a.source or "").casefold() != source.casefold():
+        return False
+    if since is not None and (a.published_at is None or a.published_at < since):
+        return False
+    return until is None or (a.published_at is not None and a.published_at < until)
 
 
 def relatedness(

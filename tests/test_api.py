@@ -1085,3 +1085,32 @@ def test_openapi_digest_example_is_a_valid_digest(client: TestClient[Litestar]) 
         jsonschema.Draft202012Validator(
             schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
         ).validate(value)
+
+
+def test_search_text_of_invisible_characters_is_empty_and_an_empty_source_no_filter(
+    loaded: TestClient[Litestar],
+) -> None:
+    for text in ("\u200b", "\u0000", "\ufeff \u200d\t\u2060", "\u202e"):
+        body = assert_problem(loaded.post("/v1/search", json={"text": text}), 422, "text")
+        assert "must not be empty" in body["detail"]
+    plain = loaded.post("/v1/search", json={"text": "hurricane", "k": 4}).json()["results"]
+    empty = loaded.post("/v1/search", json={"text": "hurricane", "k": 4, "source": ""})
+    assert empty.status_code == 200
+    assert [h["id"] for h in empty.json()["results"]] == [h["id"] for h in plain]
+    assert len(plain) == 4
+    r = loaded.get("/v1/articles/court-1/related?k=3&source=")
+    assert r.status_code == 200 and len(r.json()["related"]) == 3
+
+
+def test_ingest_refuses_an_id_repeated_in_one_request(client: TestClient[Litestar]) -> None:
+    a, b = dict(ARTS[0]), dict(ARTS[2], id="court-1")
+    r = client.post("/v1/articles", json={"articles": [a, ARTS[1], b]}, headers=AUTH)
+    body = assert_problem(r, 422, "articles[2].id")
+    assert "articles[0].id" in body["errors"][0]["message"]
+    # an integer id and its string are one id
+    r = client.post("/v1/articles", json={"articles": [dict(ARTS[1], id=7),
+                                                       dict(ARTS[3], id="7")]}, headers=AUTH)
+    assert_problem(r, 422, "articles[1].id")
+    assert client.get("/health/ready").json()["articles"] == 0  # nothing was written
+    r = client.post("/v1/articles", json={"articles": ARTS}, headers=AUTH)
+    assert r.status_code == 200 and len(r.json()["results"]) == len(ARTS)

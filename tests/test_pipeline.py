@@ -675,3 +675,99 @@ def test_a_read_with_another_budget_keeps_the_stored_analysis(
         assert pipeline.store.get_output(sid, "analysis") == stored
     finally:
         other.store.close()
+
+
+# -- filtered search / related: the true top-k among the matching articles ----------------
+T2 = datetime(2021, 10, 25, 12, tzinfo=UTC)
+#: more near neighbours of the query than the old fixed filtered pool (200 for k <= 10)
+_FILLER = [
+    Article(f"gale-{i}", f"Storm {i} cut power to {1000 + 37 * i} homes along the Gulf coast "
+            f"as wind gusts reached {60 + i % 40} miles an hour on day {i}.",
+            f"Storm {i} knocks out power", "Outlet A", published_at=T)
+    for i in range(260)
+]
+#: the matches: another outlet, another week, far from the query in meaning
+_MATCHES = [
+    Article("cat-1", "A Maine Coon named Biscuit won best in show at the Paris cat show.",
+            "Cat show winner", "Outlet Z", published_at=T2),
+    Article("cat-2", "Judges at the international cat show praised the Siamese entries.",
+            "Siamese cats impress", "outlet z", published_at=T2),
+    Article("cat-3", "Cat breeders gathered in Lyon to compare grooming techniques.",
+            "Breeders meet in Lyon", "OUTLET Z", published_at=T2),
+]
+
+
+def _filtered_pipeline(data_dir, embedder, database_url, kind: str) -> Pipeline:  # type: ignore[no-untyped-def]
+    pipe = Pipeline(Settings(data_dir=data_dir, database_url=database_url, index_kind=kind),
+                    embedder=embedder)
+    pipe.ingest(_FILLER + _MATCHES, assign_stories=False)
+    return pipe
+
+
+def _brute_force(pipe: Pipeline, text: str, ids: list[str], k: int) -> list[str]:
+    vec = pipe.embedder.embed([text])[0]
+    found, mat = pipe.store.embeddings(ids)
+    sims = mat @ vec
+    return [found[j] for j in sorted(range(len(found)), key=lambda j: -sims[j])][:k]
+
+
+@pytest.mark.both_backends
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("direct_max", [20_000, 0])  # 0: the widening path
+def test_filtered_search_and_related_find_matches_beyond_any_fixed_pool(  # type: ignore[no-untyped-def]
+    data_dir, embedder, database_url, kind: str, direct_max: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import storyline.service.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "FILTER_DIRECT_MAX", direct_max, raising=False)
+    pipe = _filtered_pipeline(data_dir, embedder, database_url, kind)
+    try:
+        q = "hurricane power outage"
+        cats = [a.id for a in _MATCHES]
+        want = _brute_force(pipe, q, cats, 2)
+        # source (any case), since, until, and together: the matches, best first
+        assert [h.id for h in pipe.search(q, k=2, source="Outlet Z")] == want
+        assert [h.id for h in pipe.search(q, k=5, source="outlet Z")] == \
+            _brute_force(pipe, q, cats, 5)
+        assert [h.id for h in pipe.search(q, k=2, since=T2)] == want
+        assert [h.id for h in pipe.search(q, k=3, since=T2, until=T2.replace(day=26),
+                                          source="OUTLET z")] == _brute_force(pipe, q, cats, 3)
+        # the filler's own window: k of them, not fewer
+        assert len(pipe.search(q, k=10, until=T2)) == 10
+        assert pipe.search(q, k=3, source="Outlet Q") == []
+        # related: the query article and its story excluded, the rest of the matches found
+        rel = [h.id for h in pipe.related("gale-3", k=5, source="outlet z")]
+        assert sorted(rel) == sorted(cats)
+        rel = [h.id for h in pipe.related("cat-1", k=5, since=T2)]
+        assert sorted(rel) == ["cat-2", "cat-3"]
+        assert len(pipe.related("cat-1", k=7, until=T2)) == 7
+    finally:
+        pipe.store.close()
+
+
+@pytest.mark.both_backends
+def test_store_lists_ids_matching_a_filter(pipeline: Pipeline) -> None:
+    pipeline.ingest([*ARTS, Article("undated", "An undated note on the cat show in Paris.",
+                                    "Note", "Outlet Ä")], assign_stories=False)
+    st = pipeline.store
+    assert sorted(st.matching_ids(None, None, None, 100)) == sorted([a.id for a in ARTS] +
+                                                                    ["undated"])
+    assert sorted(st.matching_ids(T, None, None, 100)) == sorted(a.id for a in ARTS)
+    assert st.matching_ids(None, T, None, 100) == []
+    assert sorted(st.matching_ids(None, None, "outlet a", 100)) == ["court-1", "storm-1"]
+    assert st.matching_ids(None, None, "OUTLET ä", 100) == ["undated"]  # non-ASCII case
+    assert st.matching_ids(T, None, "outlet ä", 100) == []
+    assert len(st.matching_ids(None, None, None, 2)) == 2
+    assert len(st.matching_ids(None, None, "Outlet A", 1)) == 1
+
+
+def test_blank_search_text_and_source_filter(pipeline: Pipeline) -> None:
+    pipeline.ingest(ARTS, assign_stories=False)
+    for text in ("\u200b", "\x00", " \u200b\ufeff\t\u2060 ", "\u202e\u200d"):
+        with pytest.raises(InvalidInput, match="must not be empty"):
+            pipeline.search(text)
+    # an empty source is no filter (an empty form field), not "articles with no source"
+    assert [h.id for h in pipeline.search("hurricane", k=4, source="")] == \
+        [h.id for h in pipeline.search("hurricane", k=4)]
+    assert len(pipeline.related("court-1", k=3, source=" ")) == 3

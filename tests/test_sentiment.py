@@ -404,3 +404,78 @@ def test_build_stance_tiny(tmp_path: Path) -> None:
     build_stance(models, data_dir=data, epochs=1, threads=2, recipe=recipe, log=logs.append)
     assert any("skipping" in line for line in logs)
     assert build_key(data, epochs=2, recipe=recipe) != key
+
+
+# --- run-on sentences: bounded work per mention (audit 2, finding 9) -----------------------
+_RUN_ON = " ".join(["the minister of finance and the governor of the central bank of Argentina "
+                    "said that"] * 400)
+
+
+def _mentions(sentence: str, word: str) -> list[tuple[str, int, int]]:
+    out, at = [], sentence.find(word)
+    while at != -1:
+        out.append((sentence, at, at + len(word)))
+        at = sentence.find(word, at + 1)
+    return out
+
+
+class _CountingTokenizer:
+    """The served tokenizer, counting the characters it is given."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok, self.chars = tok, 0
+
+    def token_to_id(self, token: str) -> Any:
+        return self.tok.token_to_id(token)
+
+    def encode_batch(self, texts: list[str]) -> Any:
+        self.chars += sum(map(len, texts))
+        return self.tok.encode_batch(texts)
+
+
+def test_a_run_on_sentence_is_cut_around_each_target_before_tokenising(
+    model: TargetSentimentModel,
+) -> None:
+    from storyline.models import sentiment
+    from storyline.models.sentiment import MAX_TOKENS, _window
+
+    clip = getattr(sentiment, "CLIP_CHARS", 1500)
+    tok = model._tokenizer
+    items = _mentions(_RUN_ON, "Argentina")
+    assert len(items) == 400 and len(_RUN_ON) > 30_000
+    counting = _CountingTokenizer(tok)
+    got = encode_items(counting, items)
+    # each mention tokenised a window of the sentence, not all of it (was 400 x 34k chars)
+    assert counting.chars <= len(items) * (2 * clip + 100)
+    # ... and the model sees exactly what whole-sentence tokenising gave
+    open_id, close_id = tok.token_to_id(TGT_OPEN), tok.token_to_id(TGT_CLOSE)
+    for n in (0, 1, 57, 200, 398, 399):
+        whole = tok.encode(mark_target(*items[n])).ids
+        assert got[n] == _window(list(whole), open_id, close_id, MAX_TOKENS), n
+
+
+def test_portrayal_scores_a_bounded_number_of_mentions_per_actor() -> None:
+    from storyline.models import stance
+    from storyline.models.actors import SpacyActorExtractor
+    from storyline.models.stance import ActorStanceTagger, VaderTargetScorer
+    from storyline.models.types import Actor, ActorMention, Article
+
+    title = "Argentina weighs debt deal"
+    art = Article("run-on", _RUN_ON, title, "S1")
+    mentions = [ActorMention("run-on", s, a, b, "Argentina") for s, a, b in
+                [_span(title, "Argentina"), *_mentions(_RUN_ON, "Argentina")]]
+    actor = Actor("Argentina", "GPE", ("Argentina",), tuple(mentions), ("run-on",), ("S1",), 1)
+    seen: list[tuple[str, int, int]] = []
+
+    class Counting(VaderTargetScorer):
+        def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]:
+            seen.extend(items)
+            return super().predict(items)
+
+    (st,) = ActorStanceTagger(Counting(), attributor=SpacyActorExtractor()).tag([actor], [art])
+    assert len(seen) == getattr(stance, "MAX_PORTRAYAL_MENTIONS", 128) == 128
+    assert seen[0][0] == title  # the headline mention is always kept
+    starts = [a for s, a, _ in seen[1:]]
+    assert starts[0] == mentions[1].start and starts == sorted(starts)  # spread, in order
+    assert starts[-1] > len(_RUN_ON) * 0.9
+    assert st.portrayal.overall.label in ("supportive", "critical", "neutral", "mixed")

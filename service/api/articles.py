@@ -9,6 +9,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, QueryParameter
 
 from storyline.models.errors import InvalidInput, NotFound
+from storyline.models.types import Article
 from storyline.service.api.docs import BEARER, ok, responses
 from storyline.service.api.runtime import PRIORITY_WRITE, Rt, check_range, query_time
 from storyline.service.api.schemas import (
@@ -47,7 +48,9 @@ class ArticlesController(Controller):
         summary="Ingest a batch of articles",
         description="Stores, embeds, indexes and assigns stories. Idempotent by id: re-sending "
         "an article is `unchanged`, new content under a known id is `updated`, known content "
-        "under a new id is a `duplicate`. Answers only after the batch is durably committed. "
+        "under a new id is a `duplicate`; one id twice in one request is refused (422 naming "
+        "the later `articles[i].id`), so `results` has one entry per article sent. Answers "
+        "only after the batch is durably committed. "
         "At most `max_articles_per_request` articles, each at most `max_article_chars`.",
         responses=responses("/v1/articles", 401, 413, 415, 422,
                             success=(200, ok(IngestResponse, _INGEST_EXAMPLE))),
@@ -64,6 +67,7 @@ class ArticlesController(Controller):
             raise InvalidInput(f"articles: {msg} (got {len(data.articles)})",
                                errors=[{"field": "articles", "message": msg, "source": "body"}])
         arts = to_articles(data.articles, max_chars=s.max_article_chars)
+        _refuse_repeated_ids(arts)
         pipe = rt.get_pipeline()
         report = await rt.background.run(pipe.ingest, arts, priority=PRIORITY_WRITE)
         rt.warmer.mark(r.story_id for r in report.results if r.outcome in ("inserted", "updated"))
@@ -138,3 +142,19 @@ class ArticlesController(Controller):
         hits = await rt.lookup(pipe.related, article_id, k=k, since=t0, until=t1, source=source,
                                exclude_same_story=exclude_same_story)
         return RelatedResponse(article_id, [hit_out(h) for h in hits])
+
+
+def _refuse_repeated_ids(arts: list[Article]) -> None:
+    """422 naming each ``articles[i].id`` that repeats an earlier one of the request: the
+    pipeline would keep only the later one, and the earlier would vanish from ``results``
+    (clients zip them with what they sent)."""
+    first: dict[str, int] = {}
+    errors: list[dict[str, str]] = []
+    for i, a in enumerate(arts):
+        if (j := first.setdefault(a.id, i)) != i:
+            errors.append({"field": f"articles[{i}].id",
+                           "message": f"repeats articles[{j}].id in this request",
+                           "source": "body"})
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InvalidInput(f"{errors[0]['field']}: {errors[0]['message']}{more}", errors=errors)

@@ -12,6 +12,7 @@ from storyline.models.errors import InvalidInput
 from storyline.service.api.docs import ok, responses
 from storyline.service.api.runtime import Rt, check_range, query_time
 from storyline.service.api.schemas import SearchRequest, SearchResponse, hit_out
+from storyline.service.pipeline import is_blank
 
 __all__ = ["SearchController"]
 
@@ -28,7 +29,8 @@ class SearchController(Controller):
     @post(
         "/", status_code=200, summary="Search stored articles by meaning",
         description="Embeds the text and ranks stored articles by cosine similarity; "
-        "optional time window and outlet filters.",
+        "optional time window and outlet filters. Text with no visible character is "
+        "empty (422); an empty `source` is no filter.",
         responses=responses("/v1/search", 413, 415, 422,
                             success=(200, ok(SearchResponse, _EXAMPLE))),
     )
@@ -40,7 +42,7 @@ class SearchController(Controller):
             value={"text": "hurricane power outage", "k": 5, "since": "2021-08-25T00:00:00Z"})])],
     ) -> SearchResponse:
         s = rt.settings
-        if not data.text.strip():
+        if is_blank(data.text):  # whitespace, zero-width and control characters only
             raise InvalidInput("text: must not be empty", errors=[
                 {"field": "text", "message": "must not be empty", "source": "body"}])
         if len(data.text) > s.max_article_chars:
