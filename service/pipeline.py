@@ -54,7 +54,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: for the same articles (selection, alias resolution, stance aggregation), so stored
 #: analyses are recomputed instead of served stale. 2: portrayal by the highest mean class,
 #: family-name-first aliases (session 13). 3: portrayal by lean keyed by the normalised
-#: lean, and Han/kana characters counted as budget words (session 16).
+#: lean, Han/kana characters counted as budget words, alias resolution (gendered titles,
+#: places named like surnames, ambiguous acronyms), at most 128 scored mentions per actor,
+#: no statements in run-on text (session 16).
 ANALYSIS_VERSION = 3
 
 
