@@ -774,14 +774,6 @@ class PostgresStore:
         )
         return (rows[0]["content_hash"], rows[0]["payload"]) if rows else None
 
-    def put_digest(self, date: str, fmt: str, body: str) -> None:
-        values = {"body": body, "created_at": _now()}
-        with self.transaction() as db:
-            db.execute(
-                pgd.insert(digests).values(date=date, format=fmt, **values)
-                .on_conflict_do_update(index_elements=["date", "format"], set_=values)
-            )
-
     def put_digests(self, date: str, bodies: dict[str, str]) -> None:
         """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
         transaction: a format not in ``bodies`` is removed, so no older run's body is left."""

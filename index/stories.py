@@ -213,6 +213,17 @@ def article_print(a: Article) -> str:
         (a.title, a.text, a.source, a.url, a.published_at, a.lang, a.lean))).hexdigest()
 
 
+def _span_and_outlets(
+    arts: Sequence[_Art],
+) -> tuple[datetime | None, datetime | None, dict[str, int]]:
+    """A story record's ``first_at``, ``last_at`` and ``outlets`` from its members."""
+    dated = [a.ts for a in arts if a.dated]
+    outlets = Counter(a.source for a in arts if a.source)
+    return (datetime.fromtimestamp(min(dated), UTC) if dated else None,
+            datetime.fromtimestamp(max(dated), UTC) if dated else None,
+            dict(sorted(outlets.items())))
+
+
 class StoryClusterer:
     """Assigns articles to stories as they are ingested; see the module docstring."""
 
@@ -272,13 +283,9 @@ class StoryClusterer:
             self._stories[sh].dirty = bool(st.extra.get("dirty", True)) if st else True
             arts = [self._art(h) for h in hs]
             held = members_hash((a.id, a.chash) for a in arts)
-            dated = [a.ts for a in arts if a.dated]
-            span = ((datetime.fromtimestamp(min(dated), UTC),
-                     datetime.fromtimestamp(max(dated), UTC)) if dated else (None, None))
-            outlets = dict(Counter(a.source for a in arts if a.source))
             # (times and outlets too: an article's metadata may have changed alone)
-            if (st is None or st.content_hash != held or (st.first_at, st.last_at) != span
-                    or st.outlets != outlets):
+            if (st is None or st.content_hash != held
+                    or (st.first_at, st.last_at, st.outlets) != _span_and_outlets(arts)):
                 self._unsaved.add(sh)
         for sid, st in stored.items():
             if sid not in members:  # an active record whose articles are all gone
@@ -690,13 +697,11 @@ class StoryClusterer:
             if titled:
                 sims = self._vecs[titled] @ centroid
                 label = self._art(titled[int(np.argmax(sims))]).title
-        dated = [a.ts for a in arts if a.dated]
-        outlets = Counter(a.source for a in arts if a.source)
+        first_at, last_at, outlets = _span_and_outlets(arts)
         return Story(
             id=s.sid, label=label, article_ids=[a.id for a in arts],
-            first_at=datetime.fromtimestamp(min(dated), UTC) if dated else None,
-            last_at=datetime.fromtimestamp(max(dated), UTC) if dated else None,
-            outlets=dict(sorted(outlets.items())), centroid=centroid, status=status,
+            first_at=first_at, last_at=last_at,
+            outlets=outlets, centroid=centroid, status=status,
             content_hash=members_hash((a.id, a.chash) for a in arts) if members else "",
             extra={"dirty": s.dirty, "size": len(members)},
         )

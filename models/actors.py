@@ -1381,8 +1381,8 @@ class SpacyActorExtractor:
         for d, doc_sents in enumerate(sents):
             for st in doc_sents:
                 for tok in st.span:
-                    want = {"he": "m", "she": "f"}.get(tok.lower_)
-                    if want is None or tok.dep_ not in _SUBJECT_DEPS:
+                    want = _SUBJECT_PRONOUNS.get(tok.lower_)
+                    if want not in {"m", "f"} or tok.dep_ not in _SUBJECT_DEPS:
                         continue
                     windows = [[p for p in by_sent.get((d, st.index), []) if p.end <= tok.i]]
                     windows += [by_sent.get((d, st.index - b), []) for b in (1, 2)]

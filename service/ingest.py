@@ -331,7 +331,6 @@ def _html_to_text(html: str) -> str:
     try:
         import trafilatura
 
-        _quiet_trafilatura()
         extracted = trafilatura.extract(html, include_comments=False)
     except Exception:  # trafilatura raises assorted parser errors on fragments
         extracted = None
@@ -470,6 +469,7 @@ def read_feed(
     if base is None and _is_web_url(feed.feed.get("link")):
         base = feed.feed.get("link")
     outlet = feed.feed.get("title")
+    _quiet_trafilatura()
     for n, e in enumerate(feed.entries, start=1):
         value, kind = "", None
         if e.get("content"):
@@ -481,7 +481,6 @@ def read_feed(
         if fetch_links and len(text) < 200 and url:
             import trafilatura
 
-            _quiet_trafilatura()
             page = trafilatura.fetch_url(url)
             text = (trafilatura.extract(page) if page else None) or text
         title = e.get("title")
@@ -503,6 +502,7 @@ def read_feed(
 
 _FEED_SUFFIXES = frozenset({".xml", ".rss", ".atom"})
 _SUFFIXES = frozenset({".jsonl", ".txt"}) | _FEED_SUFFIXES
+_FORMATS = "use .jsonl, .txt, .xml/.rss/.atom"
 
 
 def _folder(path: Path, *, max_chars: int) -> Iterator[ParsedLine]:
@@ -522,7 +522,7 @@ def _folder(path: Path, *, max_chars: int) -> Iterator[ParsedLine]:
         elif not f.is_file():
             skip = "not a regular file, skipped"
         elif f.suffix.lower() not in _SUFFIXES:
-            skip = "unknown format, skipped (use .jsonl, .txt, .xml/.rss/.atom)"
+            skip = f"unknown format, skipped ({_FORMATS})"
         if skip:
             yield ParsedLine(0, error=InvalidArticle(skip), source=str(f))
             continue
@@ -550,7 +550,7 @@ def _file(path: Path, *, max_chars: int) -> Iterator[ParsedLine]:
     elif suffix in _FEED_SUFFIXES:
         yield from read_feed(str(path), max_chars=max_chars)
     else:
-        raise InvalidInput(f"{path}: unknown format (use .jsonl, .txt, .xml/.rss/.atom)")
+        raise InvalidInput(f"{path}: unknown format ({_FORMATS})")
 
 
 def read_source(

@@ -904,9 +904,9 @@ def test_summarise_with_the_real_stages(loaded: TestClient[Litestar], pipeline: 
 def test_digest_formats_by_accept_or_query(client: TestClient[Litestar],
                                            pipeline: Pipeline) -> None:
     assert_problem(client.get("/v1/digests/2021-10-18"), 404)
-    pipeline.store.put_digest("2021-10-18", "json", '{"date": "2021-10-18", "stories": []}')
-    pipeline.store.put_digest("2021-10-18", "html", "<h1>18 October</h1>")
-    pipeline.store.put_digest("2021-10-18", "md", "# 18 October")
+    pipeline.store.put_digests("2021-10-18", {
+        "json": '{"date": "2021-10-18", "stories": []}', "html": "<h1>18 October</h1>",
+        "md": "# 18 October"})
     r = client.get("/v1/digests/2021-10-18")
     assert r.headers["content-type"].startswith("application/json")
     assert r.json() == {"date": "2021-10-18", "stories": []}
@@ -925,8 +925,8 @@ def test_digest_formats_by_accept_or_query(client: TestClient[Litestar],
 
 def test_digest_malformed_accept_gets_the_default_json(client: TestClient[Litestar],
                                                       pipeline: Pipeline) -> None:
-    pipeline.store.put_digest("2021-10-18", "json", '{"date": "2021-10-18"}')
-    pipeline.store.put_digest("2021-10-18", "html", "<h1>18 October</h1>")
+    pipeline.store.put_digests("2021-10-18", {"json": '{"date": "2021-10-18"}',
+                                              "html": "<h1>18 October</h1>"})
     for accept in ("text/markdown;q=0.5, text/html;q=1e500", "text/html;q=1e999", ";;;"):
         r = client.get("/v1/digests/2021-10-18", headers={"Accept": accept})
         assert r.status_code == 200, (accept, r.text)
@@ -938,7 +938,7 @@ def test_digest_period_keys_and_listing(client: TestClient[Litestar],
     assert client.get("/v1/digests").json() == {"keys": []}
     week, span = "2021-10-18..2021-10-24", "2021-10-18T0600Z..2021-10-18T1800Z"
     for key in (week, span, "2021-10-18"):
-        pipeline.store.put_digest(key, "json", json.dumps({"key": key}))
+        pipeline.store.put_digests(key, {"json": json.dumps({"key": key})})
     assert client.get(f"/v1/digests/{week}").json() == {"key": week}
     assert client.get(f"/v1/digests/{span}").json() == {"key": span}
     assert client.get("/v1/digests").json() == {"keys": ["2021-10-18", week, span]}
@@ -1041,8 +1041,8 @@ def test_digest_key_suffix_selects_the_format_and_earlier_links_resolve(
 
 def test_digest_equivalent_keys_find_the_stored_one(client: TestClient[Litestar],
                                                     pipeline: Pipeline) -> None:
-    pipeline.store.put_digest("2021-10-17", "json", '{"k": 1}')
-    pipeline.store.put_digest("2021-10-17..2021-10-18", "json", '{"k": 2}')
+    pipeline.store.put_digests("2021-10-17", {"json": '{"k": 1}'})
+    pipeline.store.put_digests("2021-10-17..2021-10-18", {"json": '{"k": 2}'})
     for key in ("2021-10-17", "2021-10-17..2021-10-17", "2021-10-17T0000Z..2021-10-18T0000Z",
                 "2021-10-17T0000Z..2021-10-18T0000Z.json"):
         r = client.get(f"/v1/digests/{key}")
@@ -1054,8 +1054,7 @@ def test_digest_equivalent_keys_find_the_stored_one(client: TestClient[Litestar]
 
 def test_digest_accept_q_values_are_honoured(client: TestClient[Litestar],
                                              pipeline: Pipeline) -> None:
-    for fmt, body in (("json", "{}"), ("html", "<p>"), ("md", "#")):
-        pipeline.store.put_digest("2021-10-18", fmt, body)
+    pipeline.store.put_digests("2021-10-18", {"json": "{}", "html": "<p>", "md": "#"})
     cases = {
         "text/html;q=0, application/json;q=0": "application/json",  # none acceptable
         "text/html;q=0, */*": "application/json",

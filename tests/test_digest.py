@@ -67,20 +67,20 @@ def test_ranking_order_volume_outlets_leans_recency_novelty(tmp_path: Path) -> N
     since, until = dg.day_period(DAY.date())
     # An earlier, overlapping 24-hour digest already featured s_repeat with the same
     # articles; an earlier day featured s_old, which has since been merged into s_dev.
-    store.put_digest("2021-10-19T1900Z..2021-10-20T1900Z", "json", json.dumps({
+    store.put_digests("2021-10-19T1900Z..2021-10-20T1900Z", {"json": json.dumps({
         "period": {"since": "2021-10-19T19:00:00+00:00", "until": "2021-10-20T19:00:00+00:00"},
-        "stories": [{"id": "s_repeat", "rank": 1, "article_ids": ["r0", "r1", "r2"]}]}))
+        "stories": [{"id": "s_repeat", "rank": 1, "article_ids": ["r0", "r1", "r2"]}]})})
     # A digest covering this day (built later, say) is not an earlier one: s_wide stays new.
-    store.put_digest("2021-10-19..2021-10-20", "json", json.dumps({
+    store.put_digests("2021-10-19..2021-10-20", {"json": json.dumps({
         "period": {"since": "2021-10-19T00:00:00+00:00", "until": "2021-10-21T00:00:00+00:00"},
-        "stories": [{"id": "s_wide", "rank": 1, "article_ids": ["w0", "w1", "w2"]}]}))
-    store.put_digest("2021-10-19", "json", json.dumps({
+        "stories": [{"id": "s_wide", "rank": 1, "article_ids": ["w0", "w1", "w2"]}]})})
+    store.put_digests("2021-10-19", {"json": json.dumps({
         "period": {"since": "2021-10-19T00:00:00+00:00", "until": "2021-10-20T00:00:00+00:00"},
-        "stories": [{"id": "s_old", "rank": 2, "article_ids": ["old1"]}]}))
+        "stories": [{"id": "s_old", "rank": 2, "article_ids": ["old1"]}]})})
     # A later digest must not count: re-running an old date gives the same answer.
-    store.put_digest("2021-10-21", "json", json.dumps({
+    store.put_digests("2021-10-21", {"json": json.dumps({
         "period": {"since": "2021-10-21T00:00:00+00:00", "until": "2021-10-22T00:00:00+00:00"},
-        "stories": [{"id": "s_wide", "rank": 1, "article_ids": ["w0"]}]}))
+        "stories": [{"id": "s_wide", "rank": 1, "article_ids": ["w0"]}]})})
     store.record_history("s_old", "s_dev", "merge")
     earlier = dg._earlier_digests(store, since, until, "2021-10-20", 14)
     ranked = dg._rank(store, [_story(k, v) for k, v in sorted(groups.items())], groups,
@@ -443,9 +443,9 @@ def test_dates_at_the_ends_of_the_calendar_are_input_errors(tmp_path: Path) -> N
         dg.digest_period_for([late])
     # the lookback of a period starting on 0001-01-01 stops at the first day
     store = SQLiteStore(tmp_path / "db.sqlite")
-    store.put_digest("0001-01-01", "json", json.dumps({
+    store.put_digests("0001-01-01", {"json": json.dumps({
         "period": {"since": "0001-01-01T00:00:00+00:00", "until": "0001-01-02T00:00:00+00:00"},
-        "stories": [{"id": "s1", "rank": 1, "article_ids": ["a"]}]}))
+        "stories": [{"id": "s1", "rank": 1, "article_ids": ["a"]}]})})
     since, until = dg.day_period(date(1, 1, 2))
     earlier = dg._earlier_digests(store, since, until, "0001-01-02", 14)
     assert earlier.by_story == {"s1": [("0001-01-01", 1)]}

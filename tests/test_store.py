@@ -104,7 +104,7 @@ def test_outputs_and_digests_roundtrip(make_store: MakeStore) -> None:
     assert st.get_output("s1", "summary") is None
     st.put_output("s1", "summary", "h1", '{"x": 1}')
     assert st.get_output("s1", "summary") == ("h1", '{"x": 1}')
-    st.put_digest("2021-10-18", "md", "# hi")
+    st.put_digests("2021-10-18", {"md": "# hi"})
     assert st.get_digest("2021-10-18", "md") == "# hi"
     with pytest.raises(NotFound):
         st.get_digest("2021-10-19", "md")
@@ -190,9 +190,9 @@ def test_ordering_and_stories_roundtrip(make_store: MakeStore) -> None:
     st.put_output("s_1", "summary", "h1", "a")
     st.put_output("s_1", "summary", "h2", "b")
     assert st.get_output("s_1", "summary") == ("h2", "b")
-    st.put_digest("2024-03-05", "md", "one")
-    st.put_digest("2024-03-05", "md", "two")
-    st.put_digest("2024-03-04", "html", "<p>")
+    st.put_digests("2024-03-05", {"md": "one"})
+    st.put_digests("2024-03-05", {"md": "two"})
+    st.put_digests("2024-03-04", {"html": "<p>"})
     assert st.get_digest("2024-03-05", "md") == "two"
     assert st.digest_dates() == ["2024-03-04", "2024-03-05"]
     # deleting an article drops its membership and vector, and feeds a delete; its

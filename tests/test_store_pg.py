@@ -57,7 +57,7 @@ def test_migrations_create_the_schema_and_reopen_is_idempotent(pg_databases: Any
     tables, versions = _schema(url)
     assert tables >= TABLES and versions == ["0002"]
     st.ingest([_item("a", "alpha")], "m")
-    st.put_digest("2024-01-01", "md", "# hi")
+    st.put_digests("2024-01-01", {"md": "# hi"})
     st.close()
     # re-open: upgrade to head is a no-op, the data stay
     st = PostgresStore(url)
