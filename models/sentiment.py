@@ -68,6 +68,9 @@ CLIP_CHARS: Final = 1500
 # (a literal "[TGT]" would move the head's read position): defuse them first.
 _SPECIAL_RE = re.compile(r"\[(/?TGT|CLS|SEP|PAD|MASK|UNK)\]", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
+# A lone surrogate (JSON's "\ud800" decodes to one) is a valid Python str but no Rust
+# string: the tokenizer raised TypeError on it. One code point for one keeps every offset.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 #: (lo, hi) on VADER's compound score of the whole sentence: < lo negative, > hi positive.
 #: Tuned for macro-F1 on NewsMTSC train.jsonl by ``tune_vader_thresholds`` (grid step 0.05;
@@ -157,7 +160,7 @@ def encode_items(
     close_id = tokenizer.token_to_id(TGT_CLOSE)
     if open_id is None or close_id is None:
         raise ModelUnavailable("the stance tokenizer lacks the [TGT]/[/TGT] tokens")
-    texts = [mark_target(*_clip(s, a, b)) for s, a, b in items]
+    texts = [_SURROGATE_RE.sub("\ufffd", mark_target(*_clip(s, a, b))) for s, a, b in items]
     encs = tokenizer.encode_batch(texts)
     return [_window(list(e.ids), open_id, close_id, max_tokens) for e in encs]
 

@@ -292,9 +292,13 @@ def aggregate(
         raise InvalidInput(f"{n} items but {len(evidence)} evidence entries")
     if n == 0:
         return Stance(label="neutral", score=0.0, confidence=0.0)
+    # NaN slips past every comparison below and an infinite weight makes the mean NaN:
+    # either would come back as a NaN score and confidence instead of an error.
+    if not np.isfinite(p).all():
+        raise InvalidInput("item probabilities must be finite")
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    if len(w) != n or np.any(w < 0) or w.sum() <= 0:
-        raise InvalidInput("weights must be non-negative, one per item, not all zero")
+    if len(w) != n or not np.isfinite(w).all() or np.any(w < 0) or w.sum() <= 0:
+        raise InvalidInput("weights must be finite, non-negative, one per item, not all zero")
     total = float(w.sum())
     s = p[:, _POS] - p[:, _NEG]
     score = float(np.clip((w * s).sum() / total, -1.0, 1.0))
@@ -541,6 +545,9 @@ class ActorStanceTagger:
             raise ModelUnavailable(
                 f"target scorer returned shape {probs.shape}, expected ({len(keys)}, 3)"
             )
+        # a broken scorer, not bad input: name it rather than let aggregate() blame the items
+        if not np.isfinite(probs).all():
+            raise ModelUnavailable("target scorer returned non-finite probabilities")
         return probs
 
     def _aggregate(

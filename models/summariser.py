@@ -188,6 +188,13 @@ _OPENERS: Final = "\"'“‘([«¿¡「『（《"
 # matches are exactly those of the pattern with ``\s+``.
 _BOUNDARY = re.compile(r"([.!?。！？．…।॥؟۔]+)([\"'”’)\]»」』）]*)(\s*)")
 _PARA = re.compile(r"\n\s*\n|\r\n\s*\r\n|\n(?=\s*[“\"A-Z])")
+# A line ending in a comma or in a word no heading, byline or sentence ends with runs on
+# past its newline (hard-wrapped text: "according to\nDuke Energy, which said ..."):
+# breaking there would pass the capitalised rest off as a whole sentence.
+_RUNS_ON = re.compile(
+    r"(?:,|(?<!\S)(?:a|an|the|of|to|by|and|or|but|nor|which|whose|than|was|were|is|are|been"
+    r"|has|have|had|will|would|could|should|its|their|our|my|your))[ \t\r]*\Z"
+)
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NUMBER = re.compile(r"\d")
 _CAP = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z]+")
@@ -276,12 +283,15 @@ def _split_allowed(para: str, m: re.Match[str], quotes: _Quotes) -> bool:
 def split_sentences(text: str) -> list[tuple[int, int, bool]]:
     """``(start, end, complete)`` character spans of the sentences of ``text``.
 
-    Paragraph breaks always end a sentence. ``complete`` is False for a piece without
-    terminal punctuation (a cut-off excerpt end, a heading, a byline).
+    Paragraph breaks always end a sentence; so does a single newline before a capital or
+    a quote, unless the line it ends runs on (``_RUNS_ON``). ``complete`` is False for a
+    piece without terminal punctuation (a cut-off excerpt end, a heading, a byline).
     """
     spans: list[tuple[int, int, bool]] = []
     pos = 0
-    for para_m in [*_PARA.finditer(text), None]:
+    breaks = [m for m in _PARA.finditer(text)
+              if m.group(0) != "\n" or not _RUNS_ON.search(text, max(0, m.start() - 32), m.start())]
+    for para_m in [*breaks, None]:
         end = para_m.start() if para_m else len(text)
         para = text[pos:end]
         base = pos
