@@ -93,6 +93,9 @@ SEQ2SEQ = ModelSpec(
     source_package="a local Hugging Face seq2seq folder (storyline models export-seq2seq)",
     description="User-supplied abstractive summariser: encoder + cached decoder, greedy.",
     extra_files=(DECODER_INIT_FILE, DECODER_STEP_FILE, TOKENIZER_FILE, CONFIG_FILE),
+    # `models build` never makes this one: it is the user's model, exported on request
+    build_command="storyline models export-seq2seq SRC",
+    rebuild_command="storyline models export-seq2seq SRC",
 )
 
 #: Shorter generated sentences are dropped: with one or two content words, lexical support

@@ -427,13 +427,4 @@ def export_seq2seq(
 
 
 def _forget(manifest: Manifest) -> None:
-    recs = manifest.load()
-    if SEQ2SEQ.name not in recs:
-        return
-    from dataclasses import asdict
-
-    from storyline.models.registry import atomic_write_bytes
-
-    del recs[SEQ2SEQ.name]
-    body = json.dumps({k: asdict(v) for k, v in recs.items()}, indent=2, sort_keys=True)
-    atomic_write_bytes(manifest.path, body.encode("utf-8"))
+    manifest.remove(SEQ2SEQ.name)

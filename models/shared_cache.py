@@ -152,10 +152,14 @@ class SharedCache:
                 try:
                     conn.executemany(
                         "INSERT OR IGNORE INTO rows (space, key, value) VALUES (?, ?, ?)", rows)
-                    self._writes[space] = self._writes.get(space, 0) + len(rows)
                     cap = self._cap(space)
+                    every = max(1, cap // 10) if cap else 0
                     # Trim now and then, not on every write: a tenth over the cap at most.
-                    if cap and self._writes[space] >= max(1, cap // 10):
+                    # A handle's first write trims too: CLI runs are short-lived processes
+                    # that each wrote fewer rows than ``every``, and the file grew without
+                    # bound when no long-running process trimmed it.
+                    self._writes[space] = self._writes.get(space, every) + len(rows)
+                    if cap and self._writes[space] >= every:
                         self._writes[space] = 0
                         conn.execute(
                             "DELETE FROM rows WHERE space = ? AND seq IN (SELECT seq FROM rows"

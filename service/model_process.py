@@ -73,7 +73,23 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _init(settings_json: str, nice: int, parent: int, preload: tuple[str, ...] = ()) -> None:
+def _models_fingerprint(settings: Settings) -> str:
+    """The built files' sha256s as the manifest lists them now (``-`` when unreadable)."""
+    import hashlib
+    import json
+
+    from storyline.models.registry import Manifest
+
+    try:
+        recs = Manifest(settings.models_dir).load()
+    except ModelUnavailable:
+        return "-"
+    files = {name: rec.files for name, rec in recs.items()}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def _init(settings_json: str, nice: int, parent: int, preload: tuple[str, ...] = (),
+          expected_models: str | None = None) -> None:
     from storyline.models.nlp import keep_torch_out
 
     keep_torch_out()  # the stages load spaCy, whose thinc imports torch if it is installed
@@ -90,7 +106,16 @@ def _init(settings_json: str, nice: int, parent: int, preload: tuple[str, ...] =
                 os.setpriority(os.PRIO_PROCESS, 0, target)
         except OSError as exc:  # raising priority back needs a privilege: keep what it has
             log.warning("model process: could not set its priority to %s: %s", nice, exc)
-    _STAGES["settings"] = Settings.model_validate_json(settings_json)
+    settings = _STAGES["settings"] = Settings.model_validate_json(settings_json)
+    _STAGES["models"] = found = _models_fingerprint(settings)
+    if expected_models is not None and found != expected_models:
+        # A worker started after a crash would load models rebuilt since the service
+        # started, and e.g. index new articles with another embedder than the index's,
+        # under the analysis keys of the old models. Refuse every call instead.
+        _STAGES["stale"] = (
+            f"the models in {settings.models_dir} changed since the service started "
+            "(`storyline models build` ran?); restart the service to use them")
+        return
     # In the initializer, so every worker of a lane (and one started after a crash) is
     # ready before it takes a call.
     for stage in preload:  # optional stages: a failure is logged, the service still serves
@@ -124,15 +149,24 @@ def _stage(name: str) -> Any:
     return _STAGES[name]
 
 
+def _fresh() -> None:
+    stale = _STAGES.get("stale")
+    if stale is not None:
+        raise ModelUnavailable(stale)
+
+
 def _call(stage: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _fresh()
     target = _stage(stage)
     fn = target if method == "__call__" else getattr(target, method)
     return fn(*args, **kwargs)
 
 
 def _info() -> dict[str, Any]:
+    _fresh()
     emb = _stage("embedder")
-    return {"dim": int(emb.dim), "model_id": str(emb.model_id), "pid": os.getpid()}
+    return {"dim": int(emb.dim), "model_id": str(emb.model_id), "pid": os.getpid(),
+            "models": _STAGES["models"]}
 
 
 # -- the caller side ----------------------------------------------------------------------
@@ -166,13 +200,20 @@ class ModelProcess:
                         for lane in self.lanes}
         self._preload = tuple(preload)
         self._pools: dict[str, ProcessPoolExecutor] = {}
+        #: the built models as the first workers found them (``_models_fingerprint``);
+        #: workers started later (after a crash) refuse calls unless they find the same
+        self._models: str | None = None
         try:
             # Every lane loads the embedder (the one stage that must load) at once.
             infos = self._gather({lane: self._start(lane, _info) for lane in self.lanes})
+            if len({i["models"] for i in infos.values()}) > 1:
+                raise ModelUnavailable("the models changed while the service started; "
+                                       "start it again")
         except BaseException:
             self.close()
             raise
         info = infos[READ_LANE]
+        self._models = info["models"]
         self.dim: int = info["dim"]
         self.model_id: str = info["model_id"]
         self.pids: dict[str, int] = {lane: i["pid"] for lane, i in infos.items()}
@@ -190,7 +231,7 @@ class ModelProcess:
                     max_workers=self.workers[lane],
                     mp_context=multiprocessing.get_context("spawn"), initializer=_init,
                     initargs=(self._settings.model_dump_json(), self.lanes[lane], os.getpid(),
-                              self._preload),
+                              self._preload, self._models),
                 )
             return pool
 
@@ -281,7 +322,9 @@ class _ProxyEmbedder:
         return self._proc.model_id
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        out: npt.NDArray[np.float32] = self._proc.call("embedder", "embed", list(texts))
+        # A str goes as is, for the embedder to refuse: list() made one text per character.
+        arg = texts if isinstance(texts, str) else list(texts)
+        out: npt.NDArray[np.float32] = self._proc.call("embedder", "embed", arg)
         return out
 
 

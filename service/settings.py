@@ -6,10 +6,13 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["LOG_LEVELS", "Settings"]
+
+#: what both logging and uvicorn accept (case-insensitive)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -183,6 +186,15 @@ class Settings(BaseSettings):
         " limit and the logs use comes from them",
     )
 
+    @field_validator("data_dir", "models_path", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # `STORYLINE_MODELS_DIR=` (compose's `${VAR:-}`, a blanked .env line) read as
+        # Path(""), i.e. the working directory: models were looked for, and built, there.
+        if isinstance(value, str) and not value.strip() and info.field_name:
+            return cls.model_fields[info.field_name].default
+        return value
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
@@ -202,6 +214,14 @@ class Settings(BaseSettings):
         return value
 
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper() or "INFO"  # blank (compose's `${VAR:-}`): the default
+        if level not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return level
 
     @property
     def models_dir(self) -> Path:
