@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from storyline.models.errors import InvalidInput, NotFound, StorylineError
-from storyline.service.settings import Settings
+from storyline.service.settings import LOG_LEVELS, Settings
 
 app = typer.Typer(
     name="storyline",
@@ -696,10 +696,15 @@ def eval_summaries(
 
 def main() -> None:
     """Entry point: run the app, mapping storyline errors to exit codes in one place."""
-    logging.basicConfig(
-        level=os.environ.get("STORYLINE_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Read before the settings are (the CLI's default is quieter than the service's), so a
+    # bad value is checked here: logging's own ValueError was a traceback.
+    raw_level = os.environ.get("STORYLINE_LOG_LEVEL", "")
+    level = raw_level.strip().upper() or "WARNING"
+    if level not in LOG_LEVELS:
+        typer.echo(f"error: invalid setting STORYLINE_LOG_LEVEL: expected one of "
+                   f"{', '.join(LOG_LEVELS)}, got {raw_level!r}", err=True)
+        sys.exit(InvalidInput.exit_code)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # Standalone mode lets click report usage errors itself; our errors reach here.
         app()

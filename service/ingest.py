@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from storyline.models.errors import InvalidArticle, InvalidInput
+from storyline.models.jsonl import SURROGATE_MESSAGE, lone_surrogate
 from storyline.models.types import Article
 
 __all__ = [
@@ -231,6 +232,9 @@ def read_articles_jsonl(path: Path, *, max_chars: int = 200_000) -> Iterator[Par
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield ParsedLine(n, error=InvalidArticle(f"invalid JSON: {exc.msg}", line=n))
+                continue
+            if lone_surrogate(obj):
+                yield ParsedLine(n, error=InvalidArticle(SURROGATE_MESSAGE, line=n))
                 continue
             try:
                 yield ParsedLine(n, article=parse_article(obj, line=n, max_chars=max_chars))

@@ -279,6 +279,29 @@ def test_bom_is_not_part_of_the_first_line(tmp_path: Path) -> None:
     assert [(p.line, p.error) for p in read_articles_jsonl(j3)] == [(2, None)]
 
 
+# -- 4b. lone surrogates ("\ud800" in JSON decodes to no Unicode text) ----------------------
+def test_a_lone_surrogate_escape_is_a_bad_line_not_a_traceback(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "s.jsonl"
+    src.write_text(json.dumps({"id": "ok", "text": "The council approved the budget."}) + "\n"
+                   + '{"id": "bad", "text": "Putin said \\ud800 NATO was a threat."}\n'
+                   + '{"id": "bad2", "title": "x", "text": "fine", "tags": ["\\udfff"]}\n')
+    assert [(p.line, p.article is not None) for p in read_articles_jsonl(src)] == [
+        (1, True), (2, False), (3, False)]
+    r = run(data_dir, "ingest", str(src), "--json")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["inserted"] == 1 and out["failed"] == 2, out
+    assert "line 2" in r.stderr and "lone surrogate" in r.stderr
+    # the eval readers refuse it with file:line, before any model sees it
+    arts = tmp_path / "a.jsonl"
+    arts.write_text('{"id": "a1", "title": "T", "text": "x \\ud83d y"}\n')
+    r = run(tmp_path / "data", "eval", "summaries", "--articles", str(arts),
+            "--stories", str(_jsonl(tmp_path / "st.jsonl", STORY)))
+    _one_line_error(r, 2, "a.jsonl:1", "lone surrogate")
+
+
 # -- 5. digest --out ---------------------------------------------------------------------
 def _empty_db(data_dir: Path) -> Path:
     from storyline.index.store import SQLiteStore
@@ -362,6 +385,8 @@ def test_eval_stance_article_errors_name_the_file(tmp_path: Path) -> None:
     ("STORYLINE_FORWARDED_ALLOW_IPS", '["10.0.0.1/8"]', "'10.0.0.1/8' is not an IP address"),
     ("STORYLINE_FORWARDED_ALLOW_IPS", '["*", "10.0.0.0/8"]', "must stand alone"),
     ("STORYLINE_FORWARDED_ALLOW_IPS", "10.0.0.1", "list settings are JSON"),
+    # read by the CLI before the settings (logging's ValueError was a traceback)
+    ("STORYLINE_LOG_LEVEL", "loud", "expected one of DEBUG, INFO"),
 ])
 def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, name: str, value: str,
                                              needle: str) -> None:
@@ -370,6 +395,19 @@ def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, name: str, value: s
     r = subprocess.run([sys.executable, "-m", "storyline.service.cli", "serve", "--port", "1"],
                        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     _one_line_error(r, 2, f"invalid setting {name}", needle)
+
+
+def test_the_log_level_setting_is_checked_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from storyline.service.settings import Settings
+
+    for raw, level in (("debug", "DEBUG"), (" Warning ", "WARNING"), ("", "INFO")):
+        monkeypatch.setenv("STORYLINE_LOG_LEVEL", raw)
+        assert Settings().log_level == level
+    monkeypatch.setenv("STORYLINE_LOG_LEVEL", "verbose")  # uvicorn refused it only at serve
+    with pytest.raises(ValidationError, match="expected one of"):
+        Settings()
 
 
 # -- digest periods at the calendar's ends and below the minute (audit w16) ------------------
