@@ -7,8 +7,9 @@ The HTTP layer converts them to msgspec Structs at the edge.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from storyline.models.words import count_words
@@ -28,6 +29,8 @@ __all__ = [
     "SummarySentence",
     "TowardStance",
     "content_hash",
+    "normalise_lean",
+    "reading_order",
 ]
 
 StanceLabel = Literal["supportive", "critical", "neutral", "mixed"]
@@ -48,6 +51,24 @@ def normalise_lean(value: str | None) -> str | None:
     if not value or not value.strip():
         return None
     return " ".join(value.replace("-", " ").replace("_", " ").split()).casefold()
+
+
+def reading_order(articles: Iterable[Article]) -> list[Article]:
+    """``articles`` by publication time (undated last), then id.
+
+    The order the pipeline hands a story to every stage, so that an analysis is a function
+    of the member set: the stages break their ties (reading order among same-day
+    articles, which copy of a shared sentence is cited, salience among equals) by input
+    order, and an answer is cached by its member set.
+    """
+
+    def key(a: Article) -> tuple[int, float, str]:
+        ts = a.published_at
+        if ts is None:
+            return (1, 0.0, a.id)
+        return (0, (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp(), a.id)
+
+    return sorted(articles, key=key)
 
 
 @dataclass(frozen=True, slots=True)

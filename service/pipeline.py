@@ -6,6 +6,7 @@ Protocol) to the store and keeps the FAISS index in step with the database.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -30,7 +31,7 @@ from storyline.index.types import ArticleBrief, IngestResult, Story
 from storyline.index.vectors import VectorIndex
 from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
 from storyline.models.protocols import ActorExtractor, Embedder, StanceTagger, Summariser
-from storyline.models.types import ActorStance, Article, Summary
+from storyline.models.types import ActorStance, Article, Summary, reading_order
 from storyline.service.settings import Settings
 from storyline.service.stores import open_store
 
@@ -56,8 +57,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: family-name-first aliases (session 13). 3: portrayal by lean keyed by the normalised
 #: lean, Han/kana characters counted as budget words, alias resolution (gendered titles,
 #: places named like surnames, ambiguous acronyms), at most 128 scored mentions per actor,
-#: no statements in run-on text (session 16).
-ANALYSIS_VERSION = 3
+#: no statements in run-on text (session 16). 4: every stage reads a story's members in
+#: ``reading_order`` (time, then id), not in the order the members arrived in (session 17).
+ANALYSIS_VERSION = 4
 
 
 def article_text(a: Article) -> str:
@@ -784,8 +786,13 @@ class Pipeline:
         self, articles: Sequence[Article], budget_words: int | None = None,
         mode: str = "extractive",
     ) -> tuple[Summary, list[ActorStance], dict[str, float]]:
-        """Summary and actor stances for one story's articles (no storage)."""
+        """Summary and actor stances for one story's articles (no storage).
+
+        The same set gives the same answer in any order: the stages read it in
+        ``reading_order``.
+        """
         budget = budget_words or self.settings.summary_words
+        articles = reading_order(articles)
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
         summary = self.summariser_for(mode).summarise(articles, budget)
@@ -894,16 +901,23 @@ class Pipeline:
             self.summariser_for(mode)  # an unavailable mode fails before any store work
         if articles is None:
             articles = self.store.get_articles(story.article_ids)
-        key = self.analysis_key(story.content_hash, budget, mode)
-        # The key covers the story's content and the in-memory key its members' metadata
-        # too (outlet, lean and time shape the analysis; see ``article_print``), so a
-        # decoded analysis kept in memory is as current as the stored one, without reading
-        # and decoding it on every request, in every replica.
+        # The in-memory key covers every field of every member read (``article_print``:
+        # content, outlet, lean and time all shape the analysis), so a decoded analysis
+        # kept in memory is as current as the stored one, without reading and decoding it
+        # on every request, in every replica.
         prints = members_hash((a.id, article_print(a)) for a in articles)
-        mem_key = f"story:{key}:{prints}"
+        mem_key = f"story:{self.analysis_key(story.content_hash, budget, mode)}:{prints}"
         hit = self._lru_get(self._analyses, mem_key)
         if hit is not None:
             return StoryView(story, articles, hit[0], list(hit[1]), cached=True)
+        # The stored key is the content of the members read here, not the record's hash:
+        # the record lags an article update or delete until the clusterer writes it (or
+        # for good if that write fails), and an analysis of the new members kept under the
+        # old hash would be served again if the content went back, while the old analysis
+        # (a deleted article's text included) matched the old hash meanwhile. When the
+        # record is current the two are the same (the digest computes it this way too).
+        key = self.analysis_key(members_hash((a.id, a.content_hash) for a in articles),
+                                budget, mode)
         # One stored analysis per story and mode, of the default budget: the one digests
         # and most reads ask for. Other budgets live in the in-memory LRU alone, so a read
         # with another budget neither evicts it nor grows the store.
@@ -919,18 +933,23 @@ class Pipeline:
         if not compute:
             return None
         summary, stances, timing = self.analyse(articles, budget, mode)
-        if stored and self._members_unchanged(story, prints):
+        if stored and self._members_unchanged(story.id, prints):
             payload = msgspec.json.encode((summary, stances)).decode()
             self.store.put_output(story.id, kind, key, payload)
         self._lru_put(self._analyses, mem_key, (summary, stances))
         return StoryView(story, articles, summary, stances, timing)
 
-    def _members_unchanged(self, story: Story, prints: str) -> bool:
-        """Whether ``story``'s members still read as ``prints`` (``members_hash`` of their
-        ``article_print``): an analysis of articles whose metadata changed while it ran is
-        not stored (the change dropped the stored outputs, and its key would match)."""
-        now = self.store.get_articles(story.article_ids)
-        return members_hash((a.id, article_print(a)) for a in now) == prints
+    def _members_unchanged(self, story_id: str, prints: str) -> bool:
+        """Whether the story's members, read again now, still read as ``prints``
+        (``members_hash`` of their ``article_print``). An analysis of articles whose
+        metadata changed while it ran is not stored (the change dropped the stored outputs,
+        and its key would match); nor is one of a member set the story has since left (an
+        ingest grew it while the warmer ran): it would overwrite the current one."""
+        now = self.store.get_story(story_id)
+        if now.status != "active":
+            return False
+        arts = self.store.get_articles(now.article_ids)
+        return members_hash((a.id, article_print(a)) for a in arts) == prints
 
     def summarise_articles(
         self, articles: Sequence[Article], *, budget_words: int | None = None, store: bool = False,
@@ -974,10 +993,15 @@ class Pipeline:
             fresh = [a for a in latest if a.id not in have]
             fresh_vecs = self._embed_articles(fresh)
             have.update({a.id: fresh_vecs[k] for k, a in enumerate(fresh)})
-            items = [IngestItem(a, have[a.id]) for a in latest]
+            # In id order, not the caller's: of two ids with the same content the scratch
+            # store keeps the first and records the other as its duplicate, and its
+            # handles order the clusterer's ties, so the caller's order picked which
+            # article the answer (and its adhoc_ id) kept, while the cache, keyed by the
+            # set, answered every order with whichever came first.
+            items = [IngestItem(a, have[a.id]) for a in sorted(latest, key=lambda a: a.id)]
             scratch.ingest(items, self.embedder.model_id)
             clusterer = StoryClusterer(scratch, params=self._cluster_params())
-            clusterer.assign([a.id for a in latest])
+            clusterer.assign([it.article.id for it in items])
             # Online assignment alone keeps some same-event pairs apart; refine joins them.
             clusterer.refine(full=True)
             views = []
@@ -1047,8 +1071,10 @@ class Pipeline:
             from storyline.models.registry import Manifest
 
             recs = Manifest(self.settings.models_dir).load()
+            # Every file of an artefact, not its first alone: a re-export that changes only
+            # a tokenizer or ``seq2seq.json`` (prefix, output limit) changes the output too.
             self._models_key_cache = ",".join(
-                f"{k}={next(iter(v.files.values()))[:8]}" for k, v in sorted(recs.items())
+                f"{k}={_digest(sorted(v.files.items()))}" for k, v in sorted(recs.items())
             )
         return self._models_key_cache
 
@@ -1078,6 +1104,11 @@ class Pipeline:
         finally:
             for close in self.closers:
                 close()
+
+
+def _digest(files: Sequence[tuple[str, str]]) -> str:
+    """Short hash of an artefact's ``(path, sha256)`` pairs (part of the analysis key)."""
+    return hashlib.sha256("\n".join(f"{p}\x1f{h}" for p, h in files).encode()).hexdigest()[:8]
 
 
 def is_blank(text: str) -> bool:
