@@ -31,8 +31,13 @@ FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 STORYLINE_DATA_DIR=/data STORYLINE_MODELS_DIR=/opt/storyline/models \
     STORYLINE_HOST=0.0.0.0 STORYLINE_PORT=8000
+# /data must exist, owned by the service user, before VOLUME: Docker seeds a new named volume
+# with the image's directory (ownership included); without it the volume is root-owned and
+# the store cannot be created there.
 RUN groupadd --system --gid 10001 storyline \
- && useradd --system --uid 10001 --gid storyline --home /data storyline
+ && useradd --system --uid 10001 --gid storyline --home /data storyline \
+ && mkdir -p /data \
+ && chown 10001:10001 /data
 COPY --from=builder /wheels /wheels
 COPY constraints.txt /tmp/constraints.txt
 # Runtime dependencies only: the base requirements plus the PostgreSQL store (SQLAlchemy,
@@ -46,7 +51,8 @@ WORKDIR /app
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8000
+# Probes the port the service listens on (STORYLINE_PORT may move it off 8000).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:8000/health/ready', timeout=4).status != 200)"]
+  CMD ["python", "-c", "import os, sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('STORYLINE_PORT', '8000'), timeout=4).status != 200)"]
 # `docker run IMAGE storyline digest --date 2021-10-18` runs the nightly job one-shot.
 CMD ["storyline", "serve"]

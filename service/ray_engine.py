@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,9 +30,10 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from storyline.models.errors import MissingDependency
+from storyline.models import errors
+from storyline.models.errors import MissingDependency, StorylineError
 from storyline.models.nlp import keep_torch_out
-from storyline.models.types import Article
+from storyline.models.types import Article, reading_order
 
 __all__ = [
     "RAY_INSTALL_HINT",
@@ -85,6 +87,49 @@ def ray_session(address: str | None = None, *, num_cpus: int = 2) -> Iterator[An
             ray.shutdown()
 
 
+#: exception lines of a traceback Ray prints into an error's message: one of ours, any
+_OUR_ERROR = re.compile(rf"^{re.escape(errors.__name__)}\.(?P<cls>\w+): (?P<detail>.+)$")
+_ANY_ERROR = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Exception): .+$")
+
+
+def _job_error(exc: BaseException) -> StorylineError:
+    """A failed Ray job as one storyline error. Ray wraps what a worker raised (an actor
+    that cannot load its models dies in its constructor, and the driver gets
+    ``ActorDiedError`` with the worker's traceback as text only); unwrapped, the CLI shows
+    the worker's own message and exit code (e.g. a models dir missing on a node: exit 5)
+    instead of pages of Ray traceback."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StorylineError):
+            return e
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:  # a chained traceback prints the root cause first
+        m = _OUR_ERROR.match(line)
+        cls = getattr(errors, m.group("cls"), None) if m else None
+        if m and isinstance(cls, type) and issubclass(cls, StorylineError):
+            err = cls.__new__(cls)
+            StorylineError.__init__(err, m.group("detail"))
+            return err
+    cause = next((ln for ln in lines if _ANY_ERROR.match(ln)),
+                 lines[0] if lines else type(exc).__name__)
+    return StorylineError(f"the Ray job failed: {cause}")
+
+
+@contextlib.contextmanager
+def _job(ray: Any) -> Iterator[None]:
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        raise _job_error(exc) from exc
+
+
 def _workers(ray: Any, workers: int | None) -> int:
     if workers is not None:
         return max(1, workers)
@@ -119,7 +164,8 @@ class _AnalyseWorker:
         payloads: list[str] = []
         timing: dict[str, list[float]] = {"summarise": [], "actors": [], "stance": []}
         for arts_json, budget in zip(batch["articles"], batch["budget"], strict=True):
-            arts = msgspec.json.decode(arts_json, type=list[Article])
+            # as Pipeline.analyse reads them, so both engines give one answer per member set
+            arts = reading_order(msgspec.json.decode(arts_json, type=list[Article]))
             t0 = time.perf_counter()
             summary = self.summariser.summarise(arts, int(budget))
             t1 = time.perf_counter()
@@ -183,10 +229,11 @@ def analyse_stories(
                                "embed_batch_size": embed_batch_size},
     )
     results: list[dict[str, Any]] = []
-    for b in out.iter_batches(batch_format="numpy", batch_size=None):
-        for i in range(len(b["story_id"])):
-            results.append({k: (str(v[i]) if v.dtype.kind in "OUS" else float(v[i]))
-                            for k, v in b.items()})
+    with _job(ray):
+        for b in out.iter_batches(batch_format="numpy", batch_size=None):
+            for i in range(len(b["story_id"])):
+                results.append({k: (str(v[i]) if v.dtype.kind in "OUS" else float(v[i]))
+                                for k, v in b.items()})
     return results
 
 
@@ -213,9 +260,10 @@ def embed_articles(
                                "embed_batch_size": embed_batch_size},
     )
     vecs: dict[str, npt.NDArray[np.float32]] = {}
-    for b in out.iter_batches(batch_format="numpy", batch_size=None):
-        for i, v in zip(b["id"], b["vector"], strict=True):
-            vecs[str(i)] = np.asarray(v, dtype=np.float32)
+    with _job(ray):
+        for b in out.iter_batches(batch_format="numpy", batch_size=None):
+            for i, v in zip(b["id"], b["vector"], strict=True):
+                vecs[str(i)] = np.asarray(v, dtype=np.float32)
     return vecs
 
 

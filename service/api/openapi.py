@@ -8,15 +8,27 @@ so a client or a schema-driven fuzzer sees what the server actually accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
 from litestar import Litestar
-from litestar.openapi.spec import OpenAPIFormat, Operation, Reference, Schema
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    Parameter,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
 from storyline.service.settings import Settings
 
-__all__ = ["refine_openapi"]
+__all__ = ["LiteralExample", "refine_openapi"]
 
 #: what Python's str.strip() removes (str.isspace), spelt out: ECMA-262's \s differs
 _WS = r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -59,8 +71,57 @@ def _operations(app: Litestar) -> Iterator[tuple[str, Operation]]:
                 yield f"{method.upper()} {path}", op
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data, ``None`` members kept."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    return value
+
+
+class LiteralExample(Example):
+    """An example rendered as written. litestar drops every ``None`` member of an example's
+    value when it renders the document, so ``"lang": null`` vanished from the article
+    example and the example no longer matched its own schema (``lang`` is required)."""
+
+    def to_schema(self) -> dict[str, Any]:
+        out = super().to_schema()
+        if self.value is not None:
+            out["value"] = _plain(self.value)
+        return out
+
+
+def _literal(examples: Mapping[str, Example | Reference] | None,
+             ) -> dict[str, Example | Reference] | None:
+    if examples is None:
+        return None
+    return {key: LiteralExample(**{f.name: getattr(ex, f.name) for f in fields(ex)})
+            if type(ex) is Example else ex for key, ex in examples.items()}
+
+
+def _keep_example_nulls(app: Litestar) -> None:
+    for _, op in _operations(app):
+        media: list[OpenAPIMediaType] = []
+        if isinstance(op.request_body, RequestBody):
+            media += op.request_body.content.values()
+        for resp in (op.responses or {}).values():
+            if isinstance(resp, OpenAPIResponse):
+                media += (resp.content or {}).values()
+        for m in media:
+            m.examples = _literal(m.examples)
+        for param in op.parameters or ():
+            if isinstance(param, Parameter):
+                param.examples = _literal(param.examples)
+
+
 def refine_openapi(app: Litestar, settings: Settings) -> None:
     s = settings
+    _keep_example_nulls(app)
     comps = app.openapi_schema.components.schemas or {}
 
     def props(name: str) -> dict[str, Schema | Reference]:
