@@ -84,8 +84,14 @@ def _unknown_words(value: str) -> list[str]:
             if w.lower() not in _DATE_WORDS and w.upper() not in _ZONES]
 
 
-def _bad_date(value: str, why: str, line: int | None) -> InvalidArticle:
-    return InvalidArticle(f"'{value[:40]}' {why}", line=line, field="published_at")
+class _UnreadDate(InvalidArticle):
+    """A date no rule here reads (as opposed to one read and refused: unknown zone, out
+    of range), which a feed's own date parser may still read."""
+
+
+def _bad_date(value: str, why: str, line: int | None,
+              kind: type[InvalidArticle] = InvalidArticle) -> InvalidArticle:
+    return kind(f"'{value[:40]}' {why}", line=line, field="published_at")
 
 
 def _parse_rfc2822(value: str, line: int | None) -> datetime | None:
@@ -139,7 +145,7 @@ def parse_datetime(value: str, *, line: int | None = None) -> datetime:
                     raise _bad_date(value, f"has an unknown time zone '{zone}'", line)
                 dt = dt.replace(tzinfo=timezone(timedelta(hours=_ZONES[zone.upper()])))
     if dt is None:
-        raise _bad_date(value, "is not an ISO 8601 date-time", line)
+        raise _bad_date(value, "is not an ISO 8601 date-time", line, _UnreadDate)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     try:
@@ -388,11 +394,10 @@ def _feed_published(e: Mapping[str, Any], line: int) -> datetime | None:
             continue
         try:
             return parse_datetime(raw, line=line)
-        except InvalidArticle as exc:
+        except _UnreadDate:  # a date read and refused (unknown zone, past 9999) stands
             parsed = e.get(f"{key}_parsed")
             years = [int(t) for t in re.findall(r"(?<![\d+-])\d{4}(?!\d)", raw)]
             if (parsed is None or _unknown_words(raw) or _ZONE_WITH_OFFSET.search(raw)
-                    or "unknown time zone" in exc.detail or "out of range" in exc.detail
                     or any(y != parsed.tm_year for y in years)):
                 raise
             y, mo, d, h, mi, sec = parsed[:6]
