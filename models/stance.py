@@ -92,6 +92,7 @@ from storyline.models.types import (
     Statement,
     TowardStance,
     normalise_lean,
+    outlet_names,
 )
 
 if TYPE_CHECKING:
@@ -493,6 +494,7 @@ class ActorStanceTagger:
                 issue_items[speaker.name].append(_Scored(i, 1.0, ev, cue, self.indirect_cue_weight))
 
         probs = self._predict(items.keys)
+        outlet_of = outlet_names(a.source for a in articles)
         out: list[ActorStance] = []
         for n, actor in enumerate(actors):
             scored = portrayal_items.get(n, [])
@@ -501,7 +503,7 @@ class ActorStanceTagger:
             by_lean: dict[str, list[_Scored]] = defaultdict(list)
             for s, art in scored:
                 if art is not None and art.source:
-                    by_outlet[art.source].append(s)
+                    by_outlet[outlet_of[art.source]].append(s)
                 if art is not None and (lean := normalise_lean(art.lean)) is not None:
                     by_lean[lean].append(s)
             portrayal = Portrayal(

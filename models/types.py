@@ -7,6 +7,7 @@ The HTTP layer converts them to msgspec Structs at the edge.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ __all__ = [
     "TowardStance",
     "content_hash",
     "normalise_lean",
+    "outlet_names",
     "reading_order",
 ]
 
@@ -51,6 +53,21 @@ def normalise_lean(value: str | None) -> str | None:
     if not value or not value.strip():
         return None
     return " ".join(value.replace("-", " ").replace("_", " ").split()).casefold()
+
+
+def outlet_names(sources: Iterable[str | None]) -> dict[str, str]:
+    """Each outlet spelling in ``sources`` -> the name to show for that outlet.
+
+    An outlet is its name ignoring case, as the ``source`` search filter reads it: feeds
+    spell one outlet "Reuters" and "REUTERS", and grouping by the raw value split its
+    portrayal and coverage in two. The name shown is the most frequent spelling (ties: the
+    first in sorted order).
+    """
+    counts = Counter(s for s in sources if s)
+    shown: dict[str, str] = {}
+    for name, _ in sorted(counts.items(), key=lambda t: (-t[1], t[0])):
+        shown.setdefault(name.casefold(), name)
+    return {name: shown[name.casefold()] for name in counts}
 
 
 def reading_order(articles: Iterable[Article]) -> list[Article]:

@@ -81,7 +81,14 @@ import msgspec
 from storyline.index.stories import members_hash as stories_members_hash
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput, NotFound
-from storyline.models.types import ActorStance, Article, Stance, Summary, normalise_lean
+from storyline.models.types import (
+    ActorStance,
+    Article,
+    Stance,
+    Summary,
+    normalise_lean,
+    outlet_names,
+)
 
 __all__ = [
     "ENGINES",
@@ -420,7 +427,7 @@ def _rank(
                       for (d, s), r in sorted(previous.items())],
         )
         c.new_articles = sum(1 for a in arts if a.id not in prev_articles)
-        c.outlets = len({a.source for a in arts if a.source})
+        c.outlets = len({a.source.casefold() for a in arts if a.source})  # see outlet_names
         c.leans = len({lean for a in arts if (lean := normalise_lean(a.lean))})
         last = max(_utc(a.published_at) for a in arts if a.published_at is not None)
         c.recency = 0.5 + 0.5 * min(1.0, max(0.0, (last - since).total_seconds() / span))
@@ -586,8 +593,10 @@ def _lean_sort(lean: str) -> tuple[int, str]:
 def _coverage(arts: Sequence[Article]) -> list[dict[str, Any]]:
     """Outlets grouped by lean (known leans in spectrum order, then ``unknown``)."""
     groups: dict[str, Counter[str]] = defaultdict(Counter)
+    shown = outlet_names(a.source for a in arts)
     for a in arts:
-        groups[normalise_lean(a.lean) or "unknown"][a.source or "unknown outlet"] += 1
+        name = shown[a.source] if a.source else "unknown outlet"
+        groups[normalise_lean(a.lean) or "unknown"][name] += 1
     order = sorted((g for g in groups if g != "unknown"), key=_lean_sort)
     if "unknown" in groups:
         order.append("unknown")
@@ -1091,7 +1100,7 @@ def build_digest(
 
     prog.stage("render")
     with _timed(stages, "render"):
-        outlets = {a.source for a in arts.values() if a.source}
+        outlets = {a.source.casefold() for a in arts.values() if a.source}
         doc: dict[str, Any] = {
             "schema": SCHEMA_ID, "key": key, "generated_for": key.replace("..", " to "),
             "period": {"since": since.isoformat(), "until": until.isoformat()},

@@ -53,6 +53,22 @@ def _story(sid: str, arts: list[Article]) -> Story:
                  last_at=max(times), outlets={})
 
 
+def test_an_outlet_spelt_two_ways_is_one_outlet(tmp_path: Path) -> None:
+    # Two feeds spell one outlet "Reuters" and "REUTERS": it counted as two outlets in the
+    # ranking and was listed twice under its lean.
+    arts = [_art("a1", 18, "Reuters", "center"), _art("a2", 18, "REUTERS", "center"),
+            _art("a3", 18, "Reuters", "center"), _art("a4", 18, "CNN", "left")]
+    assert dg._coverage(arts) == [
+        {"lean": "left", "outlets": [{"name": "CNN", "articles": 1}]},
+        {"lean": "center", "outlets": [{"name": "Reuters", "articles": 3}]}]
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    since, until = dg.day_period(DAY.date())
+    earlier = dg._earlier_digests(store, since, until, "2021-10-20", 14)
+    (c,) = dg._rank(store, [_story("s", arts)], {"s": arts}, earlier, since, until)
+    assert c.outlets == 2
+    store.close()
+
+
 def test_ranking_order_volume_outlets_leans_recency_novelty(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite")
     spectrum = [("CNN", "left"), ("Reuters", "center"), ("Fox News", "right")]

@@ -252,6 +252,24 @@ def test_portrayal_by_lean_groups_spellings_of_one_lean(ex: SpacyActorExtractor)
     assert {e.article_id for e in p.by_lean["left"].evidence} == {"q1", "q2"}
 
 
+def test_portrayal_by_outlet_is_one_group_per_outlet_whatever_its_case(
+    ex: SpacyActorExtractor,
+) -> None:
+    # Two feeds spell one outlet "Reuters" and "REUTERS" (the source filter already reads
+    # them as one): its portrayal was split in two groups.
+    arts = [
+        Article(id="r1", text="Boris Johnson won praise for a brilliant, generous budget.",
+                source="Reuters"),
+        Article(id="r2", text="Boris Johnson faced fury over a disastrous, cruel scandal.",
+                source="REUTERS"),
+        Article(id="r3", text="Boris Johnson met officials in London.", source="Reuters"),
+    ]
+    tagger = ActorStanceTagger(VaderTargetScorer(), attributor=ex)
+    p = _stance(tagger.tag(ex.extract(arts), arts), "Boris Johnson").portrayal
+    assert set(p.by_outlet) == {"Reuters"}  # the more frequent spelling names it
+    assert {e.article_id for e in p.by_outlet["Reuters"].evidence} >= {"r1", "r2"}
+
+
 def _seed() -> Article:
     path = sorted(SEEDS.glob("*.txt"))[0]
     title, text = path.read_text(encoding="utf-8").split("\n", 1)
