@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,7 +129,7 @@ digests = sa.Table(
 _CHUNK = 5000
 
 
-def _now() -> datetime:
+def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -196,7 +196,8 @@ def migrate(engine: sa.Engine) -> None:
 
 
 class PostgresStore:
-    """Shared store: one PostgreSQL database, any number of processes."""
+    """Shared store: one PostgreSQL database, any number of processes. ``clock``: the
+    store's wall-clock time, as for ``SQLiteStore``."""
 
     def __init__(
         self,
@@ -206,8 +207,10 @@ class PostgresStore:
         max_overflow: int = 10,
         connect_timeout_s: int = 10,
         migrate_schema: bool = True,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.url = normalise_url(url)
+        self._clock = clock
         self._engine = sa.create_engine(
             self.url,
             pool_size=pool_size,
@@ -232,6 +235,10 @@ class PostgresStore:
             ) from exc
 
     # -- plumbing ---------------------------------------------------------------
+    def _now(self) -> datetime:
+        """The store's clock (see ``SQLiteStore``), in UTC."""
+        return self._clock().astimezone(UTC)
+
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
         """One transaction; the connection is what ``save_story``/``record_history`` take."""
@@ -301,7 +308,7 @@ class PostgresStore:
         """Insert or update a batch in one transaction (outcomes, and duplicates promoted
         by an update, as in ``SQLiteStore``)."""
         results: list[IngestResult] = []
-        now = _now()
+        now = self._now()
         with self.transaction() as db:
             self._lock_feed(db)
             for item in items:
@@ -339,7 +346,9 @@ class PostgresStore:
                             "published_at": _utc(a.published_at), "recorded_at": now,
                         }
                         ins = pgd.insert(duplicates).values(id=a.id, **rec)
-                        db.execute(ins.on_conflict_do_update(index_elements=["id"], set_=rec))
+                        # a re-sent duplicate keeps the time it was first recorded
+                        keep = {k: v for k, v in rec.items() if k != "recorded_at"}
+                        db.execute(ins.on_conflict_do_update(index_elements=["id"], set_=keep))
                         results.append(IngestResult(a.id, "duplicate", duplicate_of=dup.id))
                         continue
                 vec = np.ascontiguousarray(item.vector, dtype=np.float32)
@@ -488,7 +497,7 @@ class PostgresStore:
     def delete_article(self, article_id: str) -> list[str]:
         """As ``SQLiteStore.delete_article``: a duplicate id loses just its record; a
         stored article's duplicates keep its content. Returns the promoted ids."""
-        now = _now()
+        now = self._now()
         with self.transaction() as db:
             self._lock_feed(db)
             found = db.execute(
@@ -588,6 +597,16 @@ class PostgresStore:
                 out[r["id"]] = r["published_ts"]
         return out
 
+    def ingested_ts(self, ids: Sequence[str]) -> dict[str, float]:
+        """As ``SQLiteStore.ingested_ts``: each known id's ``ingested_at`` as a Unix time."""
+        out: dict[str, float] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._rows(
+                sa.select(articles.c.id, articles.c.ingested_at).where(articles.c.id.in_(chunk))
+            ):
+                out[r["id"]] = float(r["ingested_at"].timestamp())
+        return out
+
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         rows = self._rows(
             sa.select(changes.c.seq, changes.c.article_id, changes.c.op)
@@ -630,7 +649,7 @@ class PostgresStore:
             self._save_story(db, story)
 
     def _save_story(self, db: sa.Connection, s: Story) -> None:
-        now = _now()
+        now = self._now()
         centroid = None if s.centroid is None else np.asarray(s.centroid, np.float32).tobytes()
         values = {
             "label": s.label, "first_at": _utc(s.first_at), "last_at": _utc(s.last_at),
@@ -724,7 +743,7 @@ class PostgresStore:
     ) -> None:
         stmt = (
             pgd.insert(story_history_t)
-            .values(old_id=old_id, new_id=new_id, kind=kind, at=_now())
+            .values(old_id=old_id, new_id=new_id, kind=kind, at=self._now())
             .on_conflict_do_nothing(index_elements=["old_id", "new_id"])
         )
         if db is None:
@@ -759,7 +778,7 @@ class PostgresStore:
 
     # -- per-story outputs (summaries, stances) and digests ---------------------------
     def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:
-        values = {"content_hash": content_hash, "payload": payload, "created_at": _now()}
+        values = {"content_hash": content_hash, "payload": payload, "created_at": self._now()}
         with self.transaction() as db:
             db.execute(
                 pgd.insert(story_outputs).values(story_id=story_id, kind=kind, **values)
@@ -777,7 +796,7 @@ class PostgresStore:
     def put_digests(self, date: str, bodies: dict[str, str]) -> None:
         """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
         transaction: a format not in ``bodies`` is removed, so no older run's body is left."""
-        now = _now()
+        now = self._now()
         with self.transaction() as db:
             db.execute(sa.delete(digests).where(digests.c.date == date))
             if bodies:  # an upsert, in case a concurrent run inserted the key meanwhile

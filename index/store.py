@@ -129,8 +129,8 @@ CREATE TABLE IF NOT EXISTS digests (
 """
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -147,6 +147,12 @@ _json_encode = msgspec.json.Encoder().encode
 
 def _parse(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s) if s else None
+
+
+def _instant(s: str) -> float:
+    """A stored ISO time as a Unix time (one without an offset is UTC, as stored)."""
+    dt = datetime.fromisoformat(s)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _vec(blob: bytes | None) -> npt.NDArray[np.float32] | None:
@@ -198,6 +204,7 @@ class Store(Protocol):
     ) -> tuple[list[str], npt.NDArray[np.float32]]: ...
     def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]: ...
     def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]: ...
+    def ingested_ts(self, ids: Sequence[str]) -> dict[str, float]: ...
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]: ...
     def last_seq(self) -> int: ...
     def stories_generation(self) -> int: ...
@@ -229,10 +236,18 @@ class Store(Protocol):
 
 
 class SQLiteStore:
-    """Embedded store: one SQLite database file in WAL mode."""
+    """Embedded store: one SQLite database file in WAL mode.
 
-    def __init__(self, path: Path, *, timeout_s: float = 30.0) -> None:
+    ``clock`` gives the store's wall-clock time (aware, any zone): when articles were
+    ingested (``ingested_at``, which the story clusterer uses as the time of an undated
+    article), records were written and changes made. Tests pass their own.
+    """
+
+    def __init__(
+        self, path: Path, *, timeout_s: float = 30.0, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
         self.path = path
+        self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
@@ -264,6 +279,9 @@ class SQLiteStore:
             )
 
     # -- plumbing ---------------------------------------------------------------
+    def _now(self) -> str:
+        return self._clock().astimezone(UTC).isoformat()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -374,7 +392,7 @@ class SQLiteStore:
         appended to ``promoted``.
         """
         results: list[IngestResult] = []
-        now = _now()
+        now = self._now()
         with self.transaction() as db:
             for item in items:
                 a = item.article
@@ -403,9 +421,14 @@ class SQLiteStore:
                             results.append(
                                 IngestResult(a.id, "duplicate", duplicate_of=dup["id"]))
                             continue
+                        # a re-sent duplicate keeps the time it was first recorded (its
+                        # ingest time, should it become a stored article)
                         db.execute(
-                            "INSERT OR REPLACE INTO duplicates(id, canonical_id, source, url,"
-                            " published_at, recorded_at) VALUES (?,?,?,?,?,?)",
+                            "INSERT INTO duplicates(id, canonical_id, source, url,"
+                            " published_at, recorded_at) VALUES (?,?,?,?,?,?)"
+                            " ON CONFLICT(id) DO UPDATE SET canonical_id=excluded.canonical_id,"
+                            " source=excluded.source, url=excluded.url,"
+                            " published_at=excluded.published_at",
                             (a.id, dup["id"], a.source, a.url, _iso(a.published_at), now),
                         )
                         results.append(IngestResult(a.id, "duplicate", duplicate_of=dup["id"]))
@@ -589,7 +612,7 @@ class SQLiteStore:
 
         A stored article's duplicates keep its content (see ``_promote_duplicates``);
         returns the ids that became stored articles that way."""
-        now = _now()
+        now = self._now()
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM articles WHERE id=?", (article_id,)).fetchone() is None:
                 cur = db.execute("DELETE FROM duplicates WHERE id=?", (article_id,))
@@ -707,6 +730,18 @@ class SQLiteStore:
                 out[r["id"]] = r["published_ts"]
         return out
 
+    def ingested_ts(self, ids: Sequence[str]) -> dict[str, float]:
+        """When each known id was first stored (its ``ingested_at``), as a Unix time: the
+        time the story clusterer gives an undated article. An update keeps it; a promoted
+        duplicate has the time its duplicate record was made."""
+        out: dict[str, float] = {}
+        for chunk in _chunks(list(ids)):
+            for r in self._query(
+                f"SELECT id, ingested_at FROM articles WHERE id IN ({_qs(chunk)})", chunk
+            ):
+                out[r["id"]] = _instant(r["ingested_at"])
+        return out
+
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         rows = self._query(
             "SELECT seq, article_id, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -749,7 +784,7 @@ class SQLiteStore:
             self._save_story(db, story)
 
     def _save_story(self, db: sqlite3.Connection, s: Story) -> None:
-        now = _now()
+        now = self._now()
         centroid = None if s.centroid is None else np.asarray(s.centroid, np.float32).tobytes()
         db.execute(
             "INSERT INTO stories(id, label, first_at, last_at, first_ts, last_ts, outlets,"
@@ -838,9 +873,9 @@ class SQLiteStore:
         sql = "INSERT OR IGNORE INTO story_history(old_id, new_id, kind, at) VALUES (?,?,?,?)"
         if db is None:
             with self.transaction() as tx:
-                tx.execute(sql, (old_id, new_id, kind, _now()))
+                tx.execute(sql, (old_id, new_id, kind, self._now()))
         else:
-            db.execute(sql, (old_id, new_id, kind, _now()))
+            db.execute(sql, (old_id, new_id, kind, self._now()))
 
     def story_history(self, story_id: str) -> list[StoryHistory]:
         rows = self._query(
@@ -871,7 +906,7 @@ class SQLiteStore:
             db.execute(
                 "INSERT OR REPLACE INTO story_outputs(story_id, kind, content_hash, payload,"
                 " created_at) VALUES (?,?,?,?,?)",
-                (story_id, kind, content_hash, payload, _now()),
+                (story_id, kind, content_hash, payload, self._now()),
             )
 
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
@@ -885,7 +920,7 @@ class SQLiteStore:
     def put_digests(self, date: str, bodies: dict[str, str]) -> None:
         """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
         transaction: a format not in ``bodies`` is removed, so no older run's body is left."""
-        now = _now()
+        now = self._now()
         with self.transaction() as db:
             db.execute("DELETE FROM digests WHERE date=?", (date,))
             db.executemany(

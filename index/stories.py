@@ -30,6 +30,12 @@ Two stages, both over what the store already holds (vectors, titles, entities, t
 The in-memory state (vectors, buckets, story members) is rebuilt from the store at
 construction, so it survives restarts; the store is the source of truth. A single writer
 process is assumed (as for the vector index).
+
+An article's time is its publication time; an undated article's is the time the store
+first ingested it (``Store.ingested_ts``, kept by updates), whether it is placed online or
+loaded at start, so the stories do not depend on when the process last restarted. (A
+clusterer built with ``undated_at`` gives every undated article that one time instead: the
+ad hoc path, whose throwaway store's ingest time is only the time of the request.)
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ import numpy.typing as npt
 from storyline.index.store import Store, StoriesChanged
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput
-from storyline.models.types import Article
+from storyline.models.types import Article, outlet_names
 
 __all__ = ["ClusterParams", "StoryClusterer", "article_print", "members_hash", "title_tokens"]
 
@@ -150,7 +156,7 @@ class ClusterParams:
 @dataclass(slots=True)
 class _Art:
     id: str
-    ts: float  # effective time (published, or first seen for undated articles)
+    ts: float  # effective time (published, or first ingested for undated articles)
     dated: bool
     title: str
     tokens: frozenset[str]
@@ -218,7 +224,8 @@ def _span_and_outlets(
 ) -> tuple[datetime | None, datetime | None, dict[str, int]]:
     """A story record's ``first_at``, ``last_at`` and ``outlets`` from its members."""
     dated = [a.ts for a in arts if a.dated]
-    outlets = Counter(a.source for a in arts if a.source)
+    shown = outlet_names(a.source for a in arts)  # one outlet whatever its case
+    outlets = Counter(shown[a.source] for a in arts if a.source)
     return (datetime.fromtimestamp(min(dated), UTC) if dated else None,
             datetime.fromtimestamp(max(dated), UTC) if dated else None,
             dict(sorted(outlets.items())))
@@ -228,11 +235,15 @@ class StoryClusterer:
     """Assigns articles to stories as they are ingested; see the module docstring."""
 
     def __init__(
-        self, store: Store, *, params: ClusterParams = ClusterParams(), dim: int = 384
+        self, store: Store, *, params: ClusterParams = ClusterParams(), dim: int = 384,
+        undated_at: float | None = None,
     ) -> None:
+        """``undated_at``: the time (Unix) of every undated article; None (the default):
+        each undated article's first ingest time in ``store``."""
         self.store = store
         self.params = params
         self.dim = dim
+        self.undated_at = undated_at
         self._lock = threading.RLock()
         self._bucket_s = params.window_hours * 3600.0
         self._window_s = params.window_hours * 3600.0
@@ -302,7 +313,7 @@ class StoryClusterer:
 
     def _add_articles(self, ids: Sequence[str], vecs: npt.NDArray[np.float32]) -> list[int]:
         """Load article records for ``ids`` (with their vectors) into memory and the buckets."""
-        now = time.time()
+        now = time.time()  # only for an article deleted since its vector was read
         vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(ids), -1)
         if vecs.shape[1] != self.dim:
             if self._handle:
@@ -326,17 +337,20 @@ class StoryClusterer:
         handles = []
         arts: dict[str, Article] = {}
         ents: dict[str, tuple[str, ...]] = {}
+        undated: dict[str, float] = {}
         for k, aid in enumerate(ids):
             if k % 2000 == 0:  # texts are read in slices: only titles stay in memory
                 part = list(ids[k : k + 2000])
                 arts = {a.id: a for a in self.store.get_articles(part)}
                 ents = self.store.entities(part)
+                undated = self._undated_ts([a.id for a in arts.values() if a.published_at is None])
             a = arts.get(aid)
             h = start + k
             pub = a.published_at if a is not None else None
             title = a.title if a is not None else ""
             self._arts.append(_Art(
-                id=aid, ts=pub.timestamp() if pub else now, dated=pub is not None, title=title,
+                id=aid, ts=pub.timestamp() if pub else undated.get(aid, now),
+                dated=pub is not None, title=title,
                 tokens=title_tokens(title), ents=frozenset(map(sys.intern, ents.get(aid, ()))),
                 source=a.source if a is not None else None,
                 chash=a.content_hash if a is not None else "",
@@ -352,6 +366,15 @@ class StoryClusterer:
             self._bucket_index(b).add_with_ids(self._vecs[hs], np.asarray(hs, dtype=np.int64))
             self._bucket_members.setdefault(b, set()).update(hs)
         return handles
+
+    def _undated_ts(self, ids: Sequence[str]) -> dict[str, float]:
+        """The time of each of the undated articles ``ids``: ``undated_at`` if set, else
+        when the store first ingested it (stable across restarts and updates)."""
+        if not ids:
+            return {}
+        if self.undated_at is not None:
+            return dict.fromkeys(ids, self.undated_at)
+        return self.store.ingested_ts(ids)
 
     def _art(self, h: int) -> _Art:
         a = self._arts[h]
@@ -521,6 +544,8 @@ class StoryClusterer:
             kept: list[str] = []  # metadata updated in place, still in their story
             held = [aid for aid in ids if aid in self._handle]
             now_stored = {a.id: a for a in self.store.get_articles(held)} if held else {}
+            undated = self._undated_ts(
+                [a.id for a in now_stored.values() if a.published_at is None])
             for aid in ids:
                 h = self._handle.get(aid)
                 if h is None:
@@ -533,7 +558,7 @@ class StoryClusterer:
                 stored = now_stored.get(aid)
                 if stored is not None and stored.content_hash == self._art(h).chash:
                     # same content (same vector), other metadata: refreshed where it is
-                    if self._refresh(h, stored):
+                    if self._refresh(h, stored, undated.get(aid)):
                         kept.append(aid)
                     else:  # its new time is outside its story's window: placed anew
                         waiting.append(h)
@@ -563,16 +588,19 @@ class StoryClusterer:
             return {aid: self._stories[self._art(self._handle[aid]).story].sid
                     for aid in sids if aid in self._handle}
 
-    def _refresh(self, h: int, a: Article) -> bool:
+    def _refresh(self, h: int, a: Article, undated_ts: float | None) -> bool:
         """Take a held article's new metadata (title, outlet, time; same content, so the
         same vector): a changed time moves it to its new time bucket. It stays in its
         story if the story's span, with the new time, is still within the window (True);
-        otherwise it is left without a story, to be placed anew (False)."""
+        otherwise it is left without a story, to be placed anew (False). ``undated_ts``:
+        its time if it is undated now (see ``_undated_ts``), as a restart would load it."""
         art = self._art(h)
         if a.published_at is not None:
             ts = a.published_at.timestamp()
-        else:  # undated now: its first-seen time if it had one, else now (as when loaded)
-            ts = art.ts if not art.dated else time.time()
+        elif undated_ts is not None:
+            ts = undated_ts
+        else:  # deleted since it was read: keep its time (the delete removes it)
+            ts = art.ts
         art.title = a.title
         art.tokens = title_tokens(a.title)
         art.source = a.source

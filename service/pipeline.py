@@ -58,7 +58,8 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: lean, Han/kana characters counted as budget words, alias resolution (gendered titles,
 #: places named like surnames, ambiguous acronyms), at most 128 scored mentions per actor,
 #: no statements in run-on text (session 16). 4: every stage reads a story's members in
-#: ``reading_order`` (time, then id), not in the order the members arrived in (session 17).
+#: ``reading_order`` (time, then id), not in the order the members arrived in; portrayal
+#: by outlet groups an outlet's spellings by case (session 17).
 ANALYSIS_VERSION = 4
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
@@ -964,6 +965,11 @@ class Pipeline:
         are returned; otherwise everything happens in a throwaway in-memory store. A set
         that is exactly one stored story, unchanged, is that story (and its cached
         analysis); stored articles reuse their stored vectors.
+
+        Without ``store``, an undated article is clustered at the latest publication time
+        in the set (every one of them at the same time when none is dated): the partition
+        is a function of the set, not of when it is asked for (in the throwaway store an
+        ingest time is only the time of the request).
         """
         if not articles:
             raise InvalidInput("no articles to summarise")
@@ -1003,7 +1009,9 @@ class Pipeline:
             # set, answered every order with whichever came first.
             items = [IngestItem(a, have[a.id]) for a in sorted(latest, key=lambda a: a.id)]
             scratch.ingest(items, self.embedder.model_id)
-            clusterer = StoryClusterer(scratch, params=self._cluster_params())
+            dated = [a.published_at.timestamp() for a in latest if a.published_at is not None]
+            clusterer = StoryClusterer(scratch, params=self._cluster_params(),
+                                       undated_at=max(dated, default=0.0))
             clusterer.assign([it.article.id for it in items])
             # Online assignment alone keeps some same-event pairs apart; refine joins them.
             clusterer.refine(full=True)

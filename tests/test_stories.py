@@ -473,6 +473,23 @@ def test_records_left_stale_by_a_metadata_update_are_rewritten(
     _records_agree(store)
 
 
+def test_a_story_counts_an_outlet_spelt_two_ways_once(
+    make_store: Any, vectors: dict[str, Any]
+) -> None:
+    """Two feeds spell one outlet "Reuters" and "REUTERS" (the source filter reads them as
+    one): the story listed two outlets."""
+    arts = [a for a in _articles() if a.story_id == "volcano"]
+    arts = [replace(arts[0], source="Reuters"), replace(arts[1], source="REUTERS"),
+            replace(arts[2], source="Reuters")]
+    store = _store(make_store, vectors, arts)
+    clu = StoryClusterer(store, params=ClusterParams(refine_every=0))
+    clu.assign([a.id for a in arts])
+    sid = clu.story_of(arts[0].id)
+    assert sid is not None and {clu.story_of(a.id) for a in arts} == {sid}
+    assert store.get_story(sid).outlets == {"Reuters": 3}
+    _records_agree(store)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ingest_order_does_not_change_the_stories(
     make_store: Any, vectors: dict[str, Any], seed: int
