@@ -29,18 +29,25 @@ results (parses, sentence vectors, mention sentiment) through the feature cache 
 (``storyline.models.shared_cache``), so what the background lane computed for a story a
 read finds. If a worker dies, its calls fail with ``ModelUnavailable`` and the next call
 starts a fresh one.
+
+``ModelProcess.unservable`` says, without a model call, when that cannot work: the
+replacement found models rebuilt since the service started and refuses every call (only a
+restart of the service fixes that), or a lane's replacement workers keep dying before they
+answer anything. The HTTP service's health probes read it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,9 +58,49 @@ from storyline.models.types import Actor, ActorStance, Article, Summary
 from storyline.service.heap import settle_heap
 from storyline.service.settings import Settings
 
-__all__ = ["BACKGROUND_LANE", "READ_LANE", "ModelProcess", "current_lane", "use_lane"]
+__all__ = [
+    "BACKGROUND_LANE",
+    "READ_LANE",
+    "ModelProcess",
+    "ModelsChanged",
+    "Unservable",
+    "current_lane",
+    "use_lane",
+]
 
 log = logging.getLogger(__name__)
+
+
+class ModelsChanged(ModelUnavailable):  # type: ignore[misc]  # Any when mypy runs on folders
+    """A worker's refusal of models rebuilt since the service started: its own type, so the
+    service can tell this lasting condition from a passing ``ModelUnavailable``."""
+
+
+#: what the health probes say about it (``ModelsChanged`` names the models folder, and the
+#: probes are public)
+MODELS_CHANGED = ("the built models changed since the service started (`storyline models "
+                  "build` ran?); the model process refuses every call: restart the service "
+                  "to use them")
+
+#: a lane is crash-looping after this many workers in a row died before answering any call
+CRASH_LOOP_STARTS = 3
+#: and is reported unservable this long after the last such death. Not for good: a worker
+#: is only started by a call, so a readiness 503 that never ended would keep away the
+#: traffic whose next call could bring a working worker back (a half-open circuit).
+CRASH_LOOP_COOLDOWN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Unservable:
+    """Why the model process cannot answer model calls now (``ModelProcess.unservable``)."""
+
+    #: for the health probes' problem documents: names the cause, no file paths
+    detail: str
+    #: only restarting the service fixes it: liveness fails too
+    restart: bool
+    #: seconds after which asking again may find it fixed; None when waiting cannot help
+    retry_after: int | None = None
+
 
 # -- the worker side ------------------------------------------------------------------------
 _STAGES: dict[str, Any] = {}
@@ -152,7 +199,7 @@ def _stage(name: str) -> Any:
 def _fresh() -> None:
     stale = _STAGES.get("stale")
     if stale is not None:
-        raise ModelUnavailable(stale)
+        raise ModelsChanged(stale, lasting=True)
 
 
 def _call(stage: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -203,6 +250,14 @@ class ModelProcess:
         #: the built models as the first workers found them (``_models_fingerprint``);
         #: workers started later (after a crash) refuse calls unless they find the same
         self._models: str | None = None
+        #: set once a worker refused rebuilt models (or a crash found them): for good
+        self._stale: str | None = None
+        #: pools whose worker answered at least one call (a refusal or error included)
+        self._answered: set[ProcessPoolExecutor] = set()
+        #: lane -> workers in a row that died before answering anything, and when the
+        #: last one did (``time.monotonic``)
+        self._failed_starts: dict[str, int] = dict.fromkeys(self.lanes, 0)
+        self._last_failed_start: dict[str, float] = {}
         try:
             # Every lane loads the embedder (the one stage that must load) at once.
             infos = self._gather({lane: self._start(lane, _info) for lane in self.lanes})
@@ -253,19 +308,73 @@ class ModelProcess:
                 out[lane] = fut.result()
             except BrokenProcessPool as exc:
                 error = error or self._broken(lane, pool, exc)
+                continue
+            except CancelledError as exc:  # its pool was shut down: no worker answered
+                error = error or exc
+                continue
+            except ModelsChanged as exc:
+                self._mark_stale(exc.detail)
+                error = error or exc
             except BaseException as exc:
                 error = error or exc
+            self._answered_by(lane, pool)
         if error is not None:
             raise error
         return out
 
+    def _answered_by(self, lane: str, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pools.get(lane) is pool:  # not a late answer from a replaced pool
+                self._answered.add(pool)
+                self._failed_starts[lane] = 0
+
+    def _mark_stale(self, reason: str) -> None:
+        with self._lock:
+            first = self._stale is None
+            self._stale = self._stale or reason
+        if first:
+            log.error("model process: %s", reason)
+
     def _broken(self, lane: str, pool: ProcessPoolExecutor,
                 exc: BaseException) -> ModelUnavailable:
         with self._lock:
-            if self._pools.get(lane) is pool:
+            current = self._pools.get(lane) is pool
+            if current:
                 del self._pools[lane]  # the next call starts a fresh worker
+                # Once per dead pool, however many of its calls see it die.
+                if pool not in self._answered:
+                    self._failed_starts[lane] += 1
+                    self._last_failed_start[lane] = time.monotonic()
+                    if self._failed_starts[lane] == CRASH_LOOP_STARTS:
+                        log.error("model process: %d %s-lane workers in a row died before "
+                                  "answering a call", CRASH_LOOP_STARTS, lane)
+            self._answered.discard(pool)
         pool.shutdown(wait=False, cancel_futures=True)
+        if current and self._models is not None and self._stale is None:
+            # The replacement will refuse rebuilt models; the manifest (one small file,
+            # read only when a worker died) says so now rather than at the next call.
+            found = _models_fingerprint(self._settings)
+            if found != self._models:
+                self._mark_stale(
+                    f"the models in {self._settings.models_dir} changed since the service "
+                    "started (`storyline models build` ran?); restart the service to use them")
         return ModelUnavailable(f"the model process stopped ({lane} lane): {exc}")
+
+    def unservable(self) -> Unservable | None:
+        """Why model calls cannot be answered now, or None; no model call, no I/O."""
+        if self._stale is not None:
+            return Unservable(MODELS_CHANGED, restart=True)
+        now = time.monotonic()
+        for lane, failed in self._failed_starts.items():
+            if failed < CRASH_LOOP_STARTS:
+                continue
+            left = self._last_failed_start.get(lane, 0.0) + CRASH_LOOP_COOLDOWN_S - now
+            if left > 0:
+                return Unservable(
+                    f"the model process's {lane} lane keeps failing: its last {failed} "
+                    "workers died before answering a call; the next call after Retry-After "
+                    "starts another", restart=False, retry_after=max(1, math.ceil(left)))
+        return None
 
     def _submit(self, fn: Any, *args: Any, lane: str | None = None) -> Any:
         lane = lane or current_lane()
@@ -287,6 +396,7 @@ class ModelProcess:
     def close(self) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
+            self._answered.clear()
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=False)
 
@@ -312,6 +422,12 @@ def _stage_loaded(name: str) -> None:
 class _ProxyEmbedder:
     def __init__(self, proc: ModelProcess) -> None:
         self._proc = proc
+
+    @property
+    def process(self) -> ModelProcess:
+        """The model process behind it: the service's health probes ask it what it can
+        serve (the pipeline holds only the proxies)."""
+        return self._proc
 
     @property
     def dim(self) -> int:

@@ -111,7 +111,9 @@ def _lifespan(runtime: Runtime) -> Any:
             try:
                 # on an inference thread, so the model runtimes' own threads inherit its
                 # (lower) CPU priority
-                runtime.pipeline = await runtime.inference.run(open_pipeline, runtime.settings)
+                pipe = await runtime.inference.run(open_pipeline, runtime.settings)
+                runtime.attach(pipe)  # first: no probe may see the pipeline without it
+                runtime.pipeline = pipe
                 _model_info(runtime.settings, runtime.pipeline)
                 settle_heap("API process")
                 log.info("storyline ready")
@@ -123,6 +125,7 @@ def _lifespan(runtime: Runtime) -> Any:
 
         task = asyncio.create_task(load()) if runtime.pipeline is None else None
         if task is None:
+            runtime.attach(runtime.pipeline)
             _model_info(runtime.settings, runtime.pipeline)
         runtime.warmer.start()
         runtime.follower.start()

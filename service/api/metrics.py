@@ -20,6 +20,9 @@ __all__ = [
     "MODEL_INFO",
     "POOL_PENDING",
     "REJECTED",
+    "REPLICA_LAG",
+    "REPLICA_LAST_SYNC",
+    "REPLICA_SYNC_FAILURES",
     "STORY_COUNT",
     "MetricsController",
 ]
@@ -33,7 +36,16 @@ REJECTED = Counter("storyline_pool_rejected", "Calls refused with 503, per pool"
 WARM_PENDING = Gauge("storyline_stories_pending_analysis",
                      "Changed stories waiting for their summary + stances to be recomputed")
 REPLICA_LAG = Gauge("storyline_replica_lag_changes",
-                    "Store change-feed entries not yet applied to this process's index")
+                    "Store change-feed entries not yet applied to this process's index, as of "
+                    "the last sync that worked (see storyline_replica_last_sync_timestamp_seconds)")
+# The lag alone keeps its last value, often 0, while the feed cannot be read: these two
+# say whether it is current.
+REPLICA_LAST_SYNC = Gauge("storyline_replica_last_sync_timestamp_seconds",
+                          "Unix time of this replica's last successful change-feed poll "
+                          "(0 until the first)")
+REPLICA_SYNC_FAILURES = Counter("storyline_replica_sync_failures",
+                                "Change-feed polls that failed (the store unreadable, an "
+                                "error applying a change)")
 MODEL_INFO = Info("storyline_model", "Models and index in use")
 #: the exposition's media type without its charset: litestar adds the charset of text/*
 #: types itself, and naming it here too would send it twice
@@ -56,7 +68,8 @@ class MetricsController(PrometheusController):
     @get(summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST,
          description="Prometheus text exposition: request counts and latencies, "
          "storyline_stage_seconds{stage=embed|summarise|actors|stance}, index size, article "
-         "and story counts, worker-pool depth and rejections, model info.",
+         "and story counts, worker-pool depth and rejections, replica change-feed lag, "
+         "last sync time and failed polls, model info.",
          responses={200: ResponseSpec(
              str, description="Prometheus text format", media_type=CONTENT_TYPE_LATEST,
              generate_examples=False, examples=[Example(value=_EXAMPLE)])})

@@ -132,7 +132,10 @@ def _storyline(request: Request[Any, Any, Any], exc: StorylineError) -> Response
         # Store and model errors can name files; log them, tell the client only the kind.
         log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, detail)
         detail = f"{exc.title}; the server log has the details"
-        members.setdefault("retry_after", 5 if status == 503 else None)
+        # ``lasting``: waiting cannot help (e.g. models rebuilt under a running service,
+        # which only a restart picks up), so no Retry-After invites a retry loop
+        lasting = bool(exc.extra.get("lasting"))
+        members.setdefault("retry_after", 5 if status == 503 and not lasting else None)
     kind = exc.extra.get("kind")
     return problem(request, status, detail, title=exc.title,
                    kind=str(kind) if kind else None, **members)

@@ -7,32 +7,89 @@ number the file records; with ``STORYLINE_REPLICA_SYNC_S`` > 0 this task polls t
 change feed and applies other replicas' ingests and deletes (``Pipeline.follow_changes``),
 so the replicas converge. What it applies reaches the file only at the next flush; a crash
 before that loses nothing, as the next start replays those changes again.
-``storyline_replica_lag_changes`` says how far behind it is.
+``storyline_replica_lag_changes`` says how far behind it is as of the last sync that
+worked, ``storyline_replica_last_sync_timestamp_seconds`` when that was, and
+``storyline_replica_sync_failures_total`` counts the polls that failed: a lag read alone
+keeps its last value (often 0) while the store cannot be read. After ``stale_after_s``
+of failures in a row, readiness answers 503 until a poll works again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from storyline.service.api import metrics
 from storyline.service.api.background import PeriodicTask
 
-__all__ = ["ChangeFollower"]
+__all__ = ["STALE_AFTER_MIN_S", "STALE_AFTER_POLLS", "ChangeFollower"]
 
 log = logging.getLogger(__name__)
+
+#: Readiness fails after this many polls' worth of failures in a row, and never sooner
+#: than STALE_AFTER_MIN_S: a blip of a few seconds in the store (a failover, a restart)
+#: should not take every replica out of the load balancer at once, and one minute of
+#: missed writes is what a reader of related coverage hardly notices. A tighter bound
+#: belongs in an alert on the last-sync gauge, not here.
+STALE_AFTER_POLLS = 10
+STALE_AFTER_MIN_S = 60.0
+#: failures logged with a traceback at most this often (a poll can run every 0.1 s)
+LOG_EVERY_S = 60.0
 
 
 class ChangeFollower(PeriodicTask):
     task_name = "storyline-change-follower"
 
+    def __init__(self, runtime: Any, interval_s: float) -> None:
+        super().__init__(runtime, interval_s)
+        #: failing this long in a row makes readiness 503 (``failing_for``)
+        self.stale_after_s = max(STALE_AFTER_MIN_S, STALE_AFTER_POLLS * interval_s)
+        #: ``time.monotonic`` of the first failure since the last poll that worked
+        self.failing_since: float | None = None
+        self.failures = 0  # in a row
+        self._logged_at = 0.0
+
     def applies(self, pipe: Any) -> bool:
         return hasattr(pipe, "follow_changes")
 
     def step(self, pipe: Any) -> None:
-        applied = pipe.follow_changes()
-        lag = max(0, pipe.store.last_seq() - pipe.applied_seq)
+        try:
+            applied = pipe.follow_changes()
+            lag = max(0, pipe.store.last_seq() - pipe.applied_seq)
+        except Exception:
+            self._failed()
+            return
         metrics.REPLICA_LAG.set(lag)
+        metrics.REPLICA_LAST_SYNC.set(time.time())
+        if self.failing_since is not None:
+            log.warning("following the store's changes again after %d failed polls (%.0f s)",
+                        self.failures, time.monotonic() - self.failing_since)
+        self.failing_since = None
+        self.failures = 0
         if applied:
             metrics.INDEX_SIZE.set(len(pipe.index))
             log.debug("applied %d changes from the store (lag %d)", applied, lag)
+
+    def _failed(self) -> None:
+        now = time.monotonic()
+        metrics.REPLICA_SYNC_FAILURES.inc()
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = now
+        # The loop would log every failure with its trace, five a second at 0.2 s polling.
+        if self.failures == 1 or now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
+            log.exception("reading the store's change feed failed (%d in a row, for %.0f s);"
+                          " the next poll retries", self.failures, now - self.failing_since)
+
+    def failing_for(self) -> float | None:
+        """Seconds the follower has failed in a row, once past ``stale_after_s``; else None."""
+        since = self.failing_since
+        if since is None or not self.should_run():
+            return None
+        failing = time.monotonic() - since
+        return failing if failing >= self.stale_after_s else None
+
+    def retry_after(self) -> int:
+        return max(1, round(self.interval_s))

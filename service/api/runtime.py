@@ -214,6 +214,8 @@ class Runtime:
         self.owns_pipeline = pipeline is None
         self.load_error: str | None = None
         self.loading = pipeline is None
+        #: the pipeline's ``ModelProcess`` once loaded (``attach``); None with in-process models
+        self.model_process: Any | None = None
         # With the models in child processes the pool threads here only wait on them and
         # run the store's Python: at a lower nice one that holds the interpreter lock
         # would be preempted while every request thread waits for that lock.
@@ -263,6 +265,35 @@ class Runtime:
             "the service is starting (loading models and the index)",
             headers={"Retry-After": "2"},
         )
+
+    def attach(self, pipeline: Any) -> None:
+        """Note the loaded pipeline's model process (the health probes ask it), if any."""
+        proc = getattr(getattr(pipeline, "embedder", None), "process", None)
+        self.model_process = proc if callable(getattr(proc, "unservable", None)) else None
+
+    def model_condition(self) -> Any | None:
+        """What the model process says it cannot serve (``model_process.Unservable``), or
+        None: it can, or the models run in this process. Its state only: a probe costs no
+        model call."""
+        if self.model_process is None:
+            return None
+        return self.model_process.unservable()
+
+    def not_serving(self) -> ServiceUnavailableException | None:
+        """Why the loaded service should take no traffic now (a readiness 503), or None.
+        Retry-After only where waiting can fix it."""
+        cond = self.model_condition()
+        if cond is not None:
+            after = cond.retry_after
+            return ServiceUnavailableException(
+                cond.detail, headers={"Retry-After": str(after)} if after else None)
+        lagging = self.follower.failing_for()
+        if lagging is not None:
+            return ServiceUnavailableException(
+                f"this replica's index has not followed the store's changes for {lagging:.0f} "
+                "s: every poll of the store's change feed failed (see the server log)",
+                headers={"Retry-After": str(self.follower.retry_after())})
+        return None
 
     def key_ok(self, token: str | None) -> bool:
         if not token or not self._digests:
