@@ -11,10 +11,12 @@ next internal id, live map internal id -> article id, tombstones, seq), the FAIS
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +41,28 @@ _OLD_MAGICS = (b"SLVX1\n",)
 #: HNSW graphs are rebuilt from the live vectors once tombstones outnumber them, and
 #: there are at least this many (below it the dead entries cost next to nothing).
 COMPACT_MIN_TOMBSTONES = 256
+
+
+#: A temp file of ``save`` older than this is left by a process killed mid-write.
+STALE_TEMP_S = 3600.0
+
+
+def _drop_stale_temps(path: Path) -> None:
+    """Remove temp files that killed writers of ``path`` left (``atomic_write_bytes`` names).
+
+    A process killed while writing (OOM, SIGKILL at a stop timeout) leaves a full-size
+    temp file that nothing reads or removes; each such restart adds one (~150 MB at 100k
+    articles) until the disk is full. Only old ones go: replicas sharing a data dir write
+    the same file, and a young temp file may be another process's write in progress.
+    """
+    cutoff = time.time() - STALE_TEMP_S
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                log.info("removed %s, left by a write that did not finish", tmp)
+        except OSError:  # gone meanwhile, or not ours to remove: the write goes on
+            continue
 
 
 class VectorIndex:
@@ -258,6 +282,7 @@ class VectorIndex:
                 "ids": [[k, v] for k, v in self._ids.items()],
                 "tombstones": sorted(self._tombstones),
             }).encode()
+        _drop_stale_temps(path)
         atomic_write_bytes(path, _MAGIC + struct.pack("<Q", len(header)) + header + blob)
 
     @classmethod

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from storyline.index.store import IngestItem, SQLiteStore
 from storyline.index.stories import article_print, members_hash
@@ -48,6 +48,12 @@ STAGE_SECONDS = Histogram(
     "storyline_stage_seconds", "Seconds spent per pipeline stage", ["stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+#: the FAISS file falls behind silently otherwise (the service serves from memory)
+INDEX_WRITES = Gauge("storyline_index_file_written_timestamp_seconds",
+                     "Unix time the vector index file was last written (0: not this process)")
+INDEX_WRITE_FAILURES = Counter("storyline_index_file_write_failures",
+                               "Vector index file writes that failed (full disk, read-only dir)")
 
 EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 
@@ -354,9 +360,15 @@ class Pipeline:
         except Exception as exc:  # the store is unreachable: write the older number
             log.warning("change feed unreadable before the index write (%s)", exc)
         version = self._index_version
-        self.index.save(self.settings.index_path, seq=self._seq)
+        try:
+            self.index.save(self.settings.index_path, seq=self._seq)
+        except BaseException:
+            INDEX_WRITE_FAILURES.inc()
+            raise
+        finally:  # tried: a failing disk is retried once an interval, not on every write
+            self._index_saved_at = time.monotonic()
         self._index_saved_version = version
-        self._index_saved_at = time.monotonic()
+        INDEX_WRITES.set(time.time())
 
     @property
     def _index_dirty(self) -> bool:
@@ -365,18 +377,19 @@ class Pipeline:
     def _index_touched(self) -> None:
         self._index_version = next(self._index_changes)
 
-    def flush_index(self, *, force: bool = False) -> bool:
+    def flush_index(self, *, force: bool = False, interval_s: float | None = None) -> bool:
         """Write the index file if it changed since it was last written and, unless
-        ``force``, ``index_save_interval_s`` has passed since then. True if written."""
+        ``force``, ``interval_s`` (default ``index_save_interval_s``) has passed since it
+        was last written or tried. True if written."""
         with self._write_lock:
-            if not self._index_dirty or not (force or self._index_save_due()):
+            if not self._index_dirty or not (force or self._index_save_due(interval_s)):
                 return False
             self.save_index()
             return True
 
-    def _index_save_due(self) -> bool:
-        due = time.monotonic() - self._index_saved_at >= self.settings.index_save_interval_s
-        return bool(due)
+    def _index_save_due(self, interval_s: float | None = None) -> bool:
+        every = self.settings.index_save_interval_s if interval_s is None else interval_s
+        return time.monotonic() - self._index_saved_at >= every
 
     def _index_changed(self) -> None:
         """After a change to the index, with the write lock held.
@@ -387,7 +400,16 @@ class Pipeline:
         """
         self._index_touched()
         if self._index_save_due():
-            self.save_index()
+            try:
+                self.save_index()
+            except OSError as exc:
+                # The store has committed the write; the file is only a cache the next
+                # start repairs from the store. Failing here answered a stored batch with a
+                # 500 and skipped placing it in stories, and every later write retried the
+                # whole file under the write lock. It stays marked changed and is tried
+                # again after an interval (the index saver reports lasting failures).
+                log.warning("writing the vector index file failed (%s); it stays in memory "
+                            "and is written later", exc)
 
     # -- replicas ------------------------------------------------------------------------
     @property
@@ -558,10 +580,15 @@ class Pipeline:
         waiting = set(unplaced(same)) if unplaced is not None else set()
         return [i for i in same if i not in placed or i in waiting]
 
-    def delete(self, article_id: str) -> None:
+    def delete(self, article_id: str) -> list[str]:
         """Delete a stored article (its duplicates keep its content: one is promoted to a
-        stored article, indexed and placed) or just the record of a duplicate id."""
+        stored article, indexed and placed) or just the record of a duplicate id.
+
+        Returns the ids of the stories it changed (the one it left, the one a promoted
+        duplicate joined), for whoever keeps their analyses warm.
+        """
         with self._write_lock:
+            changed = set(self.store.story_of([article_id]).values())
             promoted = self.store.delete_article(article_id)
             self.index.remove([article_id])
             if promoted:
@@ -572,6 +599,9 @@ class Pipeline:
                 self._clusterer.remove([article_id])
                 if promoted:
                     self._clusterer.assign(promoted)
+            if promoted:
+                changed.update(self.store.story_of(promoted).values())
+            return sorted(changed)
 
     # -- related coverage ------------------------------------------------------------
     def related(
@@ -1114,8 +1144,12 @@ class Pipeline:
 
     def close(self) -> None:
         try:
-            self.flush_index(force=True)
-            self.store.close()
+            try:
+                self.flush_index(force=True)
+            except OSError as exc:  # the next start replays the store's changes instead
+                log.warning("writing the vector index file at close failed (%s)", exc)
+            finally:
+                self.store.close()
         finally:
             for close in self.closers:
                 close()

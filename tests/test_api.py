@@ -751,6 +751,16 @@ def test_ingested_stories_are_analysed_while_idle(pipeline: Pipeline) -> None:
         for sid in sids:  # computed in the background: the read is a cache hit
             assert pipeline.story_view(sid).cached
         assert "storyline_stories_pending_analysis 0.0" in c.get("/metrics").text
+        # a delete changes a story too: it is analysed again while idle
+        gone = r.json()["results"][0]
+        assert c.delete(f"/v1/articles/{gone['id']}", headers=AUTH).status_code == 204
+        left = pipeline.store.get_story(gone["story_id"])
+        deadline = time.monotonic() + 60
+        while c.get("/health/ready").json()["stories_pending_analysis"] and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        if left.status == "active":
+            assert pipeline.story_view(left.id).cached
     with TestClient(make_app(pipeline)) as c:  # off: nothing is marked
         c.post("/v1/articles", json={"articles": [{"id": "late-1", "text": "A new bridge "
                                                    "opened in the city on Friday."}]},

@@ -208,3 +208,16 @@ def test_a_story_s_analysis_is_a_function_of_its_member_set(
                 again, stances2, _ = pipeline.analyse(other, story.budget)
                 assert again == summary, story.story_id
                 assert stances2 == stances, story.story_id
+
+
+def test_a_delete_names_the_stories_it_changed(pipeline: Pipeline) -> None:
+    """The HTTP delete told the warmer nothing: a story that lost an article was
+    re-analysed only when someone next read it."""
+    pipeline.ingest(COURT)
+    sid = pipeline.store.story_of(["court-1"])["court-1"]
+    assert pipeline.delete("court-1") == [sid]
+    # a duplicate promoted by the delete names the story it joined
+    wire = replace(COURT[1], id="court-2-wire", source="Wire")
+    pipeline.ingest([wire])  # same content: a duplicate record of court-2
+    assert sorted(pipeline.delete("court-2")) == sorted(
+        set(pipeline.store.story_of(["court-2-wire"]).values()) | {sid})

@@ -111,7 +111,8 @@ class ArticlesController(Controller):
         pipe = rt.get_pipeline()
         # A write: it waits for the pipeline's write lock, so it runs where ingest does,
         # never on the I/O pool, whose few threads serve the millisecond lookups.
-        await rt.background.run(pipe.delete, article_id, priority=PRIORITY_WRITE)
+        changed = await rt.background.run(pipe.delete, article_id, priority=PRIORITY_WRITE)
+        rt.warmer.mark(changed)  # a story that lost an article is re-analysed while idle
 
     @get(
         "/{article_id:str}/related", summary="Related coverage of a stored article",

@@ -29,13 +29,22 @@ class BackgroundTask:
     def start(self) -> None:
         if self.should_run() and self._task is None:
             self._task = asyncio.create_task(self._loop(), name=self.task_name)
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # A loop that dies stops its work for good: say so now, not at shutdown.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped: its loop failed", self.task_name,
+                      exc_info=task.exception())
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            # A loop that died (logged by ``_ended``) must not abort the shutdown: the
+            # lifespan still has to drain the pools and write the index file after this.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _loop(self) -> None:
         raise NotImplementedError

@@ -4,11 +4,16 @@ Ingest and delete change the in-memory FAISS index at once, but its file is only
 cache of the stored embeddings (the pipeline repairs it from the store at start). So the
 file is written at most every ``STORYLINE_INDEX_SAVE_INTERVAL_S`` and at shutdown, not on
 every write: at 100k articles one flat index file is ~150 MB.
+
+A write that fails (a full disk, a read-only data dir) leaves the previous file, which
+the next start repairs by replaying the changes after it, so the service keeps serving;
+``failing_since`` / ``last_error`` say that the file is falling behind.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from storyline.service.api.background import PeriodicTask
@@ -18,10 +23,21 @@ __all__ = ["IndexSaver"]
 
 log = logging.getLogger(__name__)
 
+#: While writes keep failing, say so again at most this often (a tick can be every 0.1 s).
+LOG_EVERY_S = 600.0
+
 
 class IndexSaver(PeriodicTask):
     task_name = "storyline-index-saver"
     priority = PRIORITY_BACKGROUND
+
+    def __init__(self, runtime: Any, interval_s: float) -> None:
+        super().__init__(runtime, interval_s)
+        #: ``time.monotonic`` of the first failed write since the last one that worked
+        self.failing_since: float | None = None
+        self.failures = 0  # in a row
+        self.last_error: str | None = None
+        self._logged_at = 0.0
 
     def applies(self, pipe: Any) -> bool:
         return hasattr(pipe, "flush_index")
@@ -32,6 +48,32 @@ class IndexSaver(PeriodicTask):
         return self._rt.background
 
     def step(self, pipe: Any) -> None:
-        # this task's tick is the interval: write whatever changed since the last write
-        if pipe.flush_index(force=True):
+        # Whatever changed, once this task's interval has passed since the file was last
+        # written or tried, by this task or by an ingest that found it due: "at most this
+        # often" (a forced write here followed an ingest's own write moments later).
+        try:
+            written = pipe.flush_index(interval_s=self.interval_s)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if written:
             log.debug("vector index file written")
+        if self.failing_since is not None:
+            log.warning("vector index file written again after %d failed tries (%.0f s)",
+                        self.failures, time.monotonic() - self.failing_since)
+        self.failing_since = None
+        self.failures = 0
+        self.last_error = None
+
+    def _failed(self, exc: Exception) -> None:
+        # The loop would log the same trace at every tick for as long as the disk is full.
+        now = time.monotonic()
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.failing_since is None:
+            self.failing_since = now
+        if self.failures == 1 or now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
+            log.error("writing the vector index file failed (%d in a row, for %.0f s); the "
+                      "service keeps serving from memory and the next tick retries",
+                      self.failures, now - self.failing_since, exc_info=exc)

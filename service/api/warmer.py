@@ -18,7 +18,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from storyline.models.errors import Overloaded, StorylineError
+from storyline.models.errors import (
+    ConflictError,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    StoreError,
+    StorylineError,
+)
 from storyline.service.api import metrics
 from storyline.service.api.background import BackgroundTask
 from storyline.service.api.runtime import PRIORITY_BACKGROUND
@@ -28,6 +35,12 @@ __all__ = ["StoryWarmer"]
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.05
+#: After a failure that is not the story's own (models or store unavailable): wait this
+#: long before the next try, doubling per failure in a row up to ``_RETRY_MAX_S``.
+_RETRY_MIN_S = 1.0
+_RETRY_MAX_S = 60.0
+#: Failures that say nothing about the story: it stays queued and the warmer backs off.
+_TRANSIENT = (ModelUnavailable, StoreError, ConflictError)
 
 
 class StoryWarmer(BackgroundTask):
@@ -43,6 +56,8 @@ class StoryWarmer(BackgroundTask):
         self._wake = asyncio.Event()
         self._running: str | None = None
         self.done = 0
+        #: failures in a row that kept stories queued (models or store unavailable)
+        self.failures = 0
 
     @property
     def pending(self) -> int:
@@ -79,17 +94,36 @@ class StoryWarmer(BackgroundTask):
             if pipe is None:
                 continue
             self._running = sid
+            retry_in = 0.0
             try:
                 await pool.run(pipe.story_view, sid, priority=PRIORITY_BACKGROUND)
                 self.done += 1
+                if self.failures:
+                    log.info("warming stories resumed after %d failed tries", self.failures)
+                    self.failures = 0
             except Overloaded:  # a burst arrived between the check and the call
                 self._dirty.setdefault(sid, None)
-                await asyncio.sleep(_IDLE_POLL_S)
-            except StorylineError as exc:
-                # Merged away or deleted since it was marked: nothing to keep warm.
+                retry_in = _IDLE_POLL_S
+            except NotFound as exc:
+                # Merged, split or deleted since it was marked: what it became (if
+                # anything) holds the changed articles now, and nothing else marks it.
                 log.debug("story %s not warmed: %s", sid, exc)
+                moved = exc.extra.get("moved_to")
+                self.mark(moved if isinstance(moved, list) else ())
+            except _TRANSIENT as exc:
+                # Every story would fail alike: keep this one (and the rest) queued, so
+                # `pending` still counts them, and wait instead of draining the queue.
+                self._dirty.setdefault(sid, None)
+                self.failures += 1
+                retry_in = min(_RETRY_MAX_S, _RETRY_MIN_S * 2 ** (self.failures - 1))
+                if self.failures == 1:
+                    log.warning("warming stories paused: %s; retrying with back-off", exc)
+            except StorylineError as exc:
+                log.warning("story %s not warmed: %s", sid, exc)
             except Exception:
                 log.exception("warming story %s failed", sid)
             finally:
                 self._running = None
                 metrics.WARM_PENDING.set(self.pending)
+            if retry_in:
+                await asyncio.sleep(retry_in)
