@@ -17,7 +17,8 @@ For one story:
 
 1. Input: member articles in chronological order (unknown times last, then input order),
    each as its title and its leading words, an equal share of the model's input length
-   per article, joined by blank lines; ``prefix`` (e.g. T5's ``"summarize: "``) first.
+   per article (title included), joined by blank lines; ``prefix`` (e.g. T5's
+   ``"summarize: "``) first.
 2. Greedy decoding (argmax) up to ``max_new_tokens(budget_words)`` tokens, with the
    model's own forced first token and no-repeat-n-gram rule when it has them; exactly
    ``generate(do_sample=False, num_beams=1)`` with those settings (checked by the build).
@@ -27,10 +28,18 @@ For one story:
    pair of neighbouring sentences (a generated sentence often fuses two), that supports
    it: at least ``support_threshold`` of its content words (stemmed) occur there; with an
    ``embedder``, a cosine of at least ``embed_threshold`` to one source sentence also
-   counts. Best-supported article first. A sentence no article supports is dropped, and
-   so is a repeat or one under ``MIN_WORDS`` words. Sentences are kept whole: selection
-   stops at the budget, and the last one may cross it when at least half of its words
-   fit (as in the extractive summariser). If no generated sentence survives, the summary
+   counts. A source supports it only when negated exactly when the sentence is, and the
+   sentence's facts must be stated there too: its numbers (any script's digits, thousands
+   commas or number words alike), its capitalised words and date words (caseless,
+   possessive ``'s`` ignored; a sentence's first word only when it is no function word).
+   The articles whose supporting source states every fact are cited; when none does, a
+   sentence whose facts the supporting sources state together (a fusion) cites them all;
+   else it is unsupported. Overlap alone let "did not vote" pass for "voted", or "Friday"
+   for "Tuesday". Best-supported article first. A sentence no article supports is
+   dropped, and so is a repeat, one under ``MIN_WORDS`` words, or one that repeats a run
+   of ``LOOP_NGRAM`` words (a decoding loop). Sentences are kept whole: selection stops
+   at the budget, and the last one may cross it when at least half of its words fit (as
+   in the extractive summariser). If no generated sentence survives, the summary
    is the earliest article's lead sentence, extracted (``origin="extracted"``), under
    that article's title: a summary never says what no article says.
 5. Headline of a generated summary: the member title sharing the most content words with
@@ -46,7 +55,8 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC
 from pathlib import Path
@@ -129,6 +139,102 @@ def content_words(text: str) -> set[str]:
     return {_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOP}
 
 
+# -- facts a supporting source must state too ---------------------------------------------
+# Word overlap alone lets "did not vote" pass for "voted", "on Friday" for "on Tuesday", or
+# an invented name or number in an otherwise copied sentence (the function words and one
+# changed word of many are below any overlap threshold).
+_TOKEN = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+")
+_NUMBER_WORDS: Final = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
+    "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40",
+    "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+    "trillion": "1000000000000", "dozen": "12", "first": "1st", "third": "3rd",
+    "fourth": "4th", "fifth": "5th", "sixth": "6th", "seventh": "7th", "eighth": "8th",
+    "ninth": "9th", "tenth": "10th",
+}
+# Lower-case date words (capitalised ones are checked as names); not "may" / "march".
+_DATE_WORDS_TEXT = """
+    monday tuesday wednesday thursday friday saturday sunday january february april june
+    july august september october november december today yesterday tomorrow tonight
+    spring summer autumn winter weekend"""
+_DATE_WORDS: Final = frozenset(_DATE_WORDS_TEXT.split())
+_NEGATION_TEXT = "not no never none nobody nothing neither nor without cannot"
+_NEGATIONS: Final = frozenset(_NEGATION_TEXT.split())
+# Capitalised only by position: the first word of a sentence need not be a name.
+_OPENER_TEXT = """
+    however meanwhile still yet although though despite instead later earlier now
+    separately overall thus therefore since because until during under among many several
+    one"""
+_OPENERS: Final = _STOP | frozenset(_OPENER_TEXT.split())
+
+
+def _token(word: str) -> str:
+    """Caseless, NFKC, possessive-free form of a word ("Smith’s" -> "smith")."""
+    w = unicodedata.normalize("NFKC", word).casefold().replace("’", "'")
+    return w[:-2] if w.endswith("'s") else w
+
+
+def _numbers(text: str) -> set[str]:
+    """Canonical numbers: any script's digits as ASCII, no thousands commas, number words."""
+    digits = "".join(
+        str(unicodedata.decimal(c)) if c.isdecimal() else c
+        for c in unicodedata.normalize("NFKC", text)
+    )
+    out = {
+        m.replace(",", "") if _THOUSANDS.fullmatch(m) else m
+        for m in _NUMBER.findall(digits)
+    }
+    out |= {_NUMBER_WORDS[t] for t in map(_token, _TOKEN.findall(text)) if t in _NUMBER_WORDS}
+    return out
+
+
+def _negated(tokens: Sequence[str]) -> bool:
+    return any(t in _NEGATIONS or t.endswith("n't") for t in tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a text states beyond its content words."""
+
+    tokens: frozenset[str]
+    numbers: frozenset[str]
+    #: names (capitalised words) and date words: every one must be in the source too
+    names: frozenset[str]
+    negated: bool
+
+    @classmethod
+    def of(cls, text: str) -> _Facts:
+        raw = _TOKEN.findall(text)
+        toks = [_token(w) for w in raw]
+        names = {
+            t for k, (w, t) in enumerate(zip(raw, toks, strict=True))
+            if (any(c.isupper() for c in w) and not (k == 0 and t in _OPENERS)
+                and t not in _NUMBER_WORDS)  # "Two" is checked as the number 2
+            or t in _DATE_WORDS
+        }
+        return cls(frozenset(toks), frozenset(_numbers(text)), frozenset(names),
+                   _negated(toks))
+
+    @classmethod
+    def union(cls, many: Iterable[_Facts]) -> _Facts:
+        items = list(many)
+        return cls(
+            frozenset().union(*(f.tokens for f in items)),
+            frozenset().union(*(f.numbers for f in items)),
+            frozenset().union(*(f.names for f in items)),
+            any(f.negated for f in items),
+        )
+
+    def stated_by(self, source: _Facts) -> bool:
+        """``source`` states every number, name and date of this text (negation apart)."""
+        return self.numbers <= source.numbers and self.names <= source.tokens
+
+
 @dataclass(frozen=True, slots=True)
 class Seq2SeqConfig:
     """``seq2seq.json``: what the runtime needs to drive the exported graphs.
@@ -184,16 +290,21 @@ def past_names(num_layers: int, prefix: str, *, cross: bool = True) -> list[str]
 
 
 def greedy_next(
-    logits: npt.NDArray[np.float32], generated: Sequence[int], cfg: Seq2SeqConfig
+    logits: npt.NDArray[np.float32], generated: Sequence[int], cfg: Seq2SeqConfig,
+    *, min_new_tokens: int = 0,
 ) -> int:
     """The next token of greedy decoding, after the forced-BOS and no-repeat rules.
 
     ``generated`` holds the decoder input so far, decoder start token included (as the
-    ``input_ids`` that Hugging Face's logits processors see).
+    ``input_ids`` that Hugging Face's logits processors see). ``min_new_tokens``: no EOS
+    before that many tokens (``generate(min_new_tokens=...)``; the export's check uses it).
     """
     if len(generated) == 1 and cfg.forced_bos_token_id >= 0:
         return cfg.forced_bos_token_id
     scores = np.asarray(logits, dtype=np.float32).reshape(-1)
+    if len(generated) - 1 < min_new_tokens:
+        scores = scores.copy()
+        scores[list(cfg.eos_token_ids)] = -np.inf
     n = cfg.no_repeat_ngram_size
     if n > 0 and len(generated) + 1 >= n:
         seq = list(generated)
@@ -209,6 +320,18 @@ def greedy_next(
     return int(np.argmax(scores))  # first of ties, as torch.argmax
 
 
+#: A sentence repeating a run of this many words is a greedy-decoding loop: without a
+#: no-repeat rule a model can cycle until the token cap, and every word of the loop is
+#: supported, so the guard alone kept the whole run (far over the budget) as one sentence.
+LOOP_NGRAM: Final = 4
+
+
+def _loops(text: str) -> bool:
+    words = [w.casefold() for w in _WORD.findall(text)]
+    grams = list(zip(*(words[i:] for i in range(LOOP_NGRAM)), strict=False))
+    return len(grams) != len(set(grams))
+
+
 def _published_key(a: Article) -> float:
     if a.published_at is None:
         return math.inf
@@ -221,6 +344,7 @@ class _Source:
     article: int
     text: str
     words: frozenset[str]
+    facts: _Facts
 
 
 class Seq2SeqSummariser:
@@ -308,7 +432,9 @@ class Seq2SeqSummariser:
         """Encoder input ids of ``text`` (prefix added, truncated, special tokens added)."""
         return list(self._tokenizer.encode(self.config.prefix + text).ids)
 
-    def generate_ids(self, input_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    def generate_ids(
+        self, input_ids: Sequence[int], max_new_tokens: int, *, min_new_tokens: int = 0
+    ) -> list[int]:
         """Greedy output ids (decoder start token excluded, final EOS kept if produced)."""
         if not input_ids:
             raise InvalidInput("the encoder input is empty")
@@ -330,7 +456,7 @@ class Seq2SeqSummariser:
             past = dict(zip(self._past, outs[1:], strict=True))
             eos = set(cfg.eos_token_ids)
             while True:
-                nxt = greedy_next(logits[0], seq, cfg)
+                nxt = greedy_next(logits[0], seq, cfg, min_new_tokens=min_new_tokens)
                 seq.append(nxt)
                 if nxt in eos or len(seq) - 1 >= max_new_tokens:
                     break
@@ -358,14 +484,16 @@ class Seq2SeqSummariser:
         arts = sorted(
             enumerate(articles), key=lambda t: (_published_key(t[1]), t[0])
         )
-        # Word share per article; tokens >= words, the tokenizer truncates the rest.
-        share = max(16, int(self.config.max_input_tokens * 0.7) // max(1, len(arts)))
+        # Word share per article, title included; tokens >= words, the tokenizer truncates
+        # the rest. No larger floor: with many articles it overfilled the input and the
+        # truncation dropped the newest articles whole.
+        share = max(1, int(self.config.max_input_tokens * 0.7) // max(1, len(arts)))
         parts = []
         for _, a in arts:
-            words = a.text.split()[:share]
-            head = normalise_ws(a.title)
-            body = " ".join(words)
-            parts.append(f"{head}\n{body}" if head else body)
+            title = a.title.split()[:share]
+            head = " ".join(title)
+            body = " ".join(a.text.split()[: share - len(title)])
+            parts.append(f"{head}\n{body}" if head and body else head or body)
         return "\n\n".join(parts)
 
     # -- Summariser ---------------------------------------------------------------------
@@ -400,8 +528,8 @@ class Seq2SeqSummariser:
         for (text, _), ids in zip(pieces, cited, strict=True):
             key = text.casefold()
             n = count_words(text)
-            if not ids or key in seen or n < MIN_WORDS:
-                continue  # unsupported (the guard), a repeat, or too short to say anything
+            if not ids or key in seen or n < MIN_WORDS or _loops(text):
+                continue  # unsupported (the guard), a repeat, too short, or a decoding loop
             if out and words >= budget_words:
                 break
             if out and words + n > budget_words and (budget_words - words) < n / 2:
@@ -428,7 +556,8 @@ class Seq2SeqSummariser:
             # A generated sentence often fuses two neighbouring ones: pairs count too.
             texts = [normalise_ws(a.title)] if a.title.strip() else []
             texts += sents + [f"{x} {y}" for x, y in itertools.pairwise(sents)]
-            out += [_Source(ai, t, frozenset(content_words(t))) for t in texts if t]
+            out += [_Source(ai, t, frozenset(content_words(t)), _Facts.of(t))
+                    for t in texts if t]
         return out
 
     def _cite(
@@ -442,13 +571,25 @@ class Seq2SeqSummariser:
         out: list[list[str]] = []
         for k, text in enumerate(sentences):
             words = content_words(text)
-            best: dict[int, float] = {}
+            facts = _Facts.of(text)
+            support: list[tuple[_Source, float]] = []
             for j, src in enumerate(sources):
+                if facts.negated != src.facts.negated:
+                    continue  # "did not vote" is no support for "voted", nor the reverse
                 lex = len(words & src.words) / len(words) if words else 0.0
                 ok = bool(words) and lex >= self.support_threshold
                 emb = float(sims[k, j]) if sims is not None else -1.0
                 if ok or emb >= self.embed_threshold:
-                    best[src.article] = max(best.get(src.article, -1.0), max(lex, emb))
+                    support.append((src, max(lex, emb)))
+            # Sources that state every fact are the ones cited; a sentence fusing facts of
+            # several supporting sources cites them all; a fact none of them states (an
+            # invented number, name or date) leaves it unsupported.
+            full = [(src, v) for src, v in support if facts.stated_by(src.facts)]
+            if not full and not facts.stated_by(_Facts.union(src.facts for src, _ in support)):
+                support = []
+            best: dict[int, float] = {}
+            for src, v in full or support:
+                best[src.article] = max(best.get(src.article, -1.0), v)
             order = sorted(best, key=lambda a: (-best[a], a))
             out.append([arts[a].id for a in order])
         return out

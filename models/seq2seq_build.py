@@ -99,11 +99,21 @@ def _load(src: Path) -> tuple[Any, Any]:
             model = AutoModelForSeq2SeqLM.from_pretrained(
                 str(src), local_files_only=True, attn_implementation="eager"
             ).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelBuildError(f"cannot load a seq2seq model from {src}: {exc}") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             tok = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
                 str(src), local_files_only=True
             )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelBuildError(f"cannot load a seq2seq model from {src}: {exc}") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as exc:
+        # Without tokenizer files transformers fails on a None path (a TypeError): say so.
+        missing = "" if (src / "tokenizer.json").is_file() else (
+            " (the folder has no tokenizer.json: save the model's tokenizer into it with "
+            "save_pretrained)"
+        )
+        raise ModelBuildError(f"cannot load the tokenizer of {src}: {exc}{missing}") from exc
     if not getattr(tok, "is_fast", False):
         raise ModelBuildError(
             f"{src}: the tokenizer has no fast (tokenizers) version; the runtime needs one"
@@ -302,7 +312,8 @@ def _quantise(src: Path, dst: Path) -> None:
 
 
 def reference_generate(
-    model: Any, tok: Any, text: str, cfg: Seq2SeqConfig, max_new_tokens: int
+    model: Any, tok: Any, text: str, cfg: Seq2SeqConfig, max_new_tokens: int,
+    *, min_new_tokens: int = 0,
 ) -> tuple[list[int], list[int]]:
     """Hugging Face greedy decoding with the runtime's rules: (input ids, output ids).
 
@@ -318,6 +329,7 @@ def reference_generate(
         decoder_start_token_id=cfg.decoder_start_token_id, eos_token_id=list(cfg.eos_token_ids),
         pad_token_id=cfg.pad_token_id, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         forced_bos_token_id=cfg.forced_bos_token_id if cfg.forced_bos_token_id >= 0 else None,
+        min_new_tokens=min_new_tokens or None,
     )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -367,7 +379,16 @@ def export_seq2seq(
         fp32 = tmp / "fp32"
         fp32.mkdir()
         log(f"exporting {src.name} to ONNX (encoder, decoder_init, decoder_step; fp32)")
-        num_layers = _export(model, fp32, RECIPE["opset"])
+        try:
+            num_layers = _export(model, fp32, RECIPE["opset"])
+        except ModelBuildError:
+            raise
+        except Exception as exc:  # an architecture whose forward the wrappers do not fit
+            raise ModelBuildError(
+                f"{src}: cannot export a {type(model).__name__} "
+                f"({getattr(model.config, 'model_type', '?')}) to the runtime's graphs "
+                f"(encoder + cached decoder): {type(exc).__name__}: {exc}"
+            ) from exc
         cfg = _config(model, tok, src, prefix=prefix, max_input_tokens=max_input_tokens,
                       max_new_tokens=max_new_tokens, num_layers=num_layers, quantise=quantise)
         tok.backend_tokenizer.save(str(fp32 / TOKENIZER_FILE))
@@ -375,14 +396,17 @@ def export_seq2seq(
 
         check_tokens = min(check_tokens, cfg.max_new_tokens)
         log(f"check: ONNX fp32 greedy vs torch generate on the probe ({check_tokens} tokens)")
-        ref_in, ref_out = reference_generate(model, tok, probe_text, cfg, check_tokens)
+        # EOS is held off for the whole check: a model that ends at once on the probe
+        # would otherwise compare one token and never run decoder_step (nor int8's).
+        ref_in, ref_out = reference_generate(model, tok, probe_text, cfg, check_tokens,
+                                             min_new_tokens=check_tokens)
         onnx32 = Seq2SeqSummariser.from_folder(fp32, threads=threads)
         our_in = onnx32.encode(probe_text)
         if our_in != ref_in:
             raise ModelBuildError(
                 "the exported tokenizer.json does not encode like the model's tokenizer"
             )
-        ours = onnx32.generate_ids(our_in, check_tokens)
+        ours = onnx32.generate_ids(our_in, check_tokens, min_new_tokens=check_tokens)
         if ours != ref_out:
             raise ModelBuildError(
                 f"ONNX greedy output differs from torch generate: {ours[:16]} vs {ref_out[:16]}"
@@ -398,7 +422,7 @@ def export_seq2seq(
             for name in (TOKENIZER_FILE, CONFIG_FILE):
                 shutil.copy2(fp32 / name, q / name)
             int8_out = Seq2SeqSummariser.from_folder(q, threads=threads).generate_ids(
-                our_in, check_tokens
+                our_in, check_tokens, min_new_tokens=check_tokens
             )
             check["int8_agreement"] = round(_agreement(int8_out, ref_out), 4)
             log(f"int8 greedy agrees with fp32 on {check['int8_agreement']:.0%} of the probe")
