@@ -197,8 +197,8 @@ def run_one(n: int, models_dir: Path) -> dict[str, Any]:
         "articles_per_cpu_s": round(n / cpu_s, 1), "assign_cpu_s": round(cpu_s, 2),
         "refine_s": round(refine_s, 2), "final_refine_s": round(final_refine_s, 2),
         "reload_s": round(reload_s, 2), "store_s": round(store_s, 2), "setup_s": round(setup_s, 2),
-        # peak while clustering (harness and its synthetic articles included), and after
-        # the restart rebuild
+        # peak while clustering (harness and its synthetic articles included); ru_maxrss
+        # is a high-water mark, so the second is the peak of both phases, not the rebuild's
         "peak_rss_mb": round(peak, 1), "peak_rss_after_reload_mb": round(reload_peak, 1),
         "rss_before_clustering_mb": round(rss_before, 1),
         "gold_stories": len(set(gold)), "stories": len(set(final.values())),
@@ -222,11 +222,13 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",") if s.strip()):
         proc = subprocess.run(
             [sys.executable, __file__, "--one", str(n), "--models-dir", str(args.models_dir)],
-            check=True, capture_output=True, text=True,
+            check=False, capture_output=True, text=True,
         )
+        if proc.returncode != 0:  # the child's traceback, which check=True threw away
+            raise SystemExit(f"size {n} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         out["sizes"][str(n)] = res
-        label = f"{n // 1000}k"
+        label = f"{n // 1000}k" if n % 1000 == 0 else str(n)  # 500 was "0k"
         out[f"articles_per_s_{label}"] = res["articles_per_s"]
         out[f"peak_rss_mb_{label}"] = res["peak_rss_mb"]
         out[f"articles_per_cpu_s_{label}"] = res["articles_per_cpu_s"]

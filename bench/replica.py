@@ -2,10 +2,12 @@
 
 Starts two ``storyline serve`` processes on ONE data dir (one SQLite store, as on a
 shared volume): a primary, and a replica that follows the store's change feed every
-``--sync-s`` seconds. Then ``--writes`` times: ingest one AllSides article through the
-primary, and time from the primary's acknowledgement until the replica's in-memory
-FAISS index holds it (``indexed`` on the replica's ``/health/ready``, polled every 5 ms).
-Finally a delete through the primary, timed the same way, and a convergence check.
+``--sync-s`` seconds. Then ``--writes`` times: wait a random time in [0, ``--sync-s``),
+ingest one AllSides article through the primary, and time from the primary's
+acknowledgement until the replica's in-memory FAISS index holds it (``indexed`` on the
+replica's ``/health/ready``, polled every 5 ms). Finally a delete through the primary,
+timed the same way, and a convergence check (``converged``: both processes index the
+same number of vectors; the ids themselves are not compared).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/replica.py --json
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -59,11 +62,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=primary.url, timeout=120) as p, \
                 httpx.AsyncClient(base_url=replica.url, timeout=30) as r:
             seed = arts[: args.seed]
-            await p.post("/v1/articles", json={"articles": seed}, headers=AUTH)
+            # A failed seed would otherwise go on to time lags over an empty store.
+            (await p.post("/v1/articles", json={"articles": seed}, headers=AUTH)
+             ).raise_for_status()
             n = await indexed(p)
             await wait_for(r, n)
             lags = []
+            rng = random.Random(0)
             for a in arts[args.seed :]:
+                # Each write would otherwise be sent right after the replica's last poll
+                # was seen (phase-locked to its timer), so every lag came out as about
+                # sync_s minus the ingest time and the tail never showed a write that just
+                # missed a poll. A random phase gives the lag a write arriving at any time.
+                await asyncio.sleep(rng.uniform(0.0, args.sync_s))
                 res = await p.post("/v1/articles", json={"articles": [a]}, headers=AUTH)
                 res.raise_for_status()
                 if res.json()["inserted"]:
