@@ -19,6 +19,19 @@ KEY = "live-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+def serving_data_dir(root: Path, models_dir: Path) -> Path:
+    """A data dir under ``root`` with its own ``manifest.json`` (a test may "rebuild" the
+    models by editing it) and links to the real built model folders."""
+    import shutil
+
+    data = root / "data"
+    (data / "models").mkdir(parents=True)
+    shutil.copy(models_dir / "manifest.json", data / "models" / "manifest.json")
+    for sub in ("minilm", "summariser", "stance"):
+        (data / "models" / sub).symlink_to(models_dir / sub, target_is_directory=True)
+    return data
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from live_server import serving_data_dir
 from prometheus_client import REGISTRY
 
 from storyline.models.errors import ModelUnavailable, StoreError
@@ -31,16 +31,6 @@ from storyline.service.api.app import create_app
 from storyline.service.model_process import ModelProcess
 from storyline.service.pipeline import Pipeline
 from storyline.service.settings import Settings
-
-
-def _serving_dir(tmp_path: Path, models_dir: Path) -> Path:
-    """A data dir with its own manifest.json (to "rebuild") and the real model folders."""
-    data = tmp_path / "data"
-    (data / "models").mkdir(parents=True)
-    shutil.copy(models_dir / "manifest.json", data / "models" / "manifest.json")
-    for sub in ("minilm", "summariser", "stance"):
-        (data / "models" / sub).symlink_to(models_dir / sub, target_is_directory=True)
-    return data
 
 
 def _rebuild(data: Path) -> None:
@@ -97,7 +87,7 @@ def _wait_ready(c: TestClient[Litestar], timeout: float = 180.0) -> None:
 # -- the model process -----------------------------------------------------------------------
 def test_a_worker_refusing_rebuilt_models_makes_the_process_unservable(
         tmp_path: Path, models_dir: Path) -> None:
-    data = _serving_dir(tmp_path, models_dir)
+    data = serving_data_dir(tmp_path, models_dir)
     mp = ModelProcess(Settings(data_dir=data, background_process=False, feature_cache=False))
     try:
         os.kill(mp.pid, signal.SIGKILL)
@@ -120,7 +110,7 @@ def test_a_worker_refusing_rebuilt_models_makes_the_process_unservable(
 # -- the HTTP probes --------------------------------------------------------------------------
 @pytest.fixture()
 def served(tmp_path: Path, models_dir: Path) -> Iterator[tuple[TestClient[Litestar], Path]]:
-    data = _serving_dir(tmp_path, models_dir)
+    data = serving_data_dir(tmp_path, models_dir)
     s = Settings(data_dir=data, background_process=False, feature_cache=False,
                  warm_stories=False)
     with TestClient(create_app(s)) as c:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import threading
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from live_server import serving_data_dir
 
 from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.registry import (
@@ -177,20 +177,10 @@ def test_an_empty_path_setting_means_its_default(monkeypatch: pytest.MonkeyPatch
 
 
 # -- the model process -----------------------------------------------------------------------
-def _serving_dir(tmp_path: Path, models_dir: Path) -> Path:
-    """A data dir with its own manifest.json and the real built model folders."""
-    data = tmp_path / "data"
-    (data / "models").mkdir(parents=True)
-    shutil.copy(models_dir / "manifest.json", data / "models" / "manifest.json")
-    for sub in ("minilm", "summariser", "stance"):
-        (data / "models" / sub).symlink_to(models_dir / sub, target_is_directory=True)
-    return data
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory,
            models_dir: Path) -> Iterator[tuple[ModelProcess, Path]]:
-    data = _serving_dir(tmp_path_factory.mktemp("served"), models_dir)
+    data = serving_data_dir(tmp_path_factory.mktemp("served"), models_dir)
     mp = ModelProcess(Settings(data_dir=data, background_process=False, feature_cache=False))
     yield mp, data
     mp.close()
@@ -206,7 +196,7 @@ def test_the_proxy_refuses_one_string_as_the_embedder_does(
 
 def test_a_worker_restarted_after_a_rebuild_refuses_the_new_models(
         tmp_path: Path, models_dir: Path) -> None:
-    data = _serving_dir(tmp_path, models_dir)
+    data = serving_data_dir(tmp_path, models_dir)
     mp = ModelProcess(Settings(data_dir=data, background_process=False, feature_cache=False))
     try:
         mp.embedder.embed(["hello"])
