@@ -94,6 +94,13 @@ def _bad_date(value: str, why: str, line: int | None,
     return kind(f"'{value[:40]}' {why}", line=line, field="published_at")
 
 
+def _named_zone(value: str, zone: str, line: int | None) -> timezone:
+    """The zone ``value`` ends with, by name (:data:`_ZONES`); an unknown one is refused."""
+    if zone.upper() not in _ZONES:
+        raise _bad_date(value, f"has an unknown time zone '{zone}'", line)
+    return timezone(timedelta(hours=_ZONES[zone.upper()]))
+
+
 def _parse_rfc2822(value: str, line: int | None) -> datetime | None:
     from email.utils import parsedate_to_datetime
 
@@ -133,17 +140,13 @@ def parse_datetime(value: str, *, line: int | None = None) -> datetime:
         except ValueError:
             naive = None
         if naive is not None and naive.tzinfo is None:
-            if zone.upper() not in _ZONES:
-                raise _bad_date(value, f"has an unknown time zone '{zone}'", line)
-            dt = naive.replace(tzinfo=timezone(timedelta(hours=_ZONES[zone.upper()])))
+            dt = naive.replace(tzinfo=_named_zone(value, zone, line))
     if dt is None:
         dt = _parse_rfc2822(s, line)
         if dt is not None and dt.tzinfo is None and (m := _TRAILING_ZONE.match(s)):
             zone = m.group(2)
             if zone.lower() not in _DATE_WORDS:  # a zone email.utils does not know
-                if zone.upper() not in _ZONES:
-                    raise _bad_date(value, f"has an unknown time zone '{zone}'", line)
-                dt = dt.replace(tzinfo=timezone(timedelta(hours=_ZONES[zone.upper()])))
+                dt = dt.replace(tzinfo=_named_zone(value, zone, line))
     if dt is None:
         raise _bad_date(value, "is not an ISO 8601 date-time", line, _UnreadDate)
     if dt.tzinfo is None:

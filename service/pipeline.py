@@ -731,7 +731,8 @@ class Pipeline:
         """``members``: the ids of ``story`` (oldest first), candidates whatever their cosine.
         ``hits``: a search for ``vec`` already made (used when it reaches deep enough);
         ``briefs``: those already read, of ``hits`` and ``members``."""
-        if since is not None or until is not None or source is not None:
+        filtered = since is not None or until is not None or source is not None
+        if filtered:
             # the nearest *matching* articles, however far down the index they sit
             cand, briefs = self._filtered_hits(vec, self._pool(k), exclude, since, until,
                                                source)
@@ -760,7 +761,7 @@ class Pipeline:
             return []
         # Briefs, not articles: ranking needs no text, and they carry the story.
         arts = dict(briefs or {})
-        if since is not None or until is not None or source is not None:
+        if filtered:
             asked = set(arts)  # the filtered path read no story member's brief
         else:
             asked = {i for i, _ in hits} | set(members) if briefs is not None else set()
@@ -1156,7 +1157,8 @@ class Pipeline:
 
 
 def _digest(files: Sequence[tuple[str, str]]) -> str:
-    """Short hash of an artefact's ``(path, sha256)`` pairs (part of the analysis key)."""
+    """Short hash of ``(name, value)`` pairs: an artefact's (path, sha256), or the runtime
+    packages' (name, version) (part of the analysis key)."""
     return hashlib.sha256("\n".join(f"{p}\x1f{h}" for p, h in files).encode()).hexdigest()[:8]
 
 
