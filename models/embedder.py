@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from storyline.models.errors import InvalidInput, ModelUnavailable
+from storyline.models.jsonl import SURROGATE_MESSAGE
 from storyline.models.memo import RowMemo
 from storyline.models.registry import EMBEDDER, Manifest
 
@@ -49,6 +51,12 @@ MAX_TOKENS = 256
 POOLED_OUTPUT = "sentence_embedding"
 #: Output of builds before recipe 4 (pooled here instead).
 HIDDEN_OUTPUT = "last_hidden_state"
+
+
+# A lone surrogate (a command-line argument that is not UTF-8 decodes to one) is a valid
+# Python str but no Rust string: the tokenizer raised TypeError, a traceback from
+# `storyline search` and a 500 from anything that embeds a caller's text.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 #: ORT would re-fuse the graph's Add + LayerNormalization into SkipLayerNormalization,
@@ -186,9 +194,11 @@ class OnnxEmbedder:
         if isinstance(texts, str):
             raise InvalidInput("embed() takes a sequence of texts, not one string")
         items = list(texts)
-        for t in items:
+        for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise InvalidInput(f"embed() takes strings, got {type(t).__name__}")
+            if _SURROGATE_RE.search(t):
+                raise InvalidInput(f"text {i}: {SURROGATE_MESSAGE}")
         return items
 
     def _encode(self, items: list[str]) -> list[Any]:
@@ -253,11 +263,13 @@ class CachingEmbedder:
     new article's sentences reach the model.
     """
 
-    def __init__(self, inner: Embedder, size: int = 20_000,
-                 shared: SharedCache | None = None) -> None:
+    def __init__(
+        self, inner: Embedder, size: int = 20_000, shared: SharedCache | None = None
+    ) -> None:
         self._inner = inner
         self._memo: RowMemo[str] = RowMemo(
-            size, None if shared is None else (shared, f"embed:{inner.model_id}"))
+            size, None if shared is None else (shared, f"embed:{inner.model_id}")
+        )
 
     @property
     def hits(self) -> int:

