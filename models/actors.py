@@ -92,12 +92,17 @@ with a content complement (clausal complement, object, "of/for/about/against/ove
 phrase) whose subject is an actor: the subject itself, the actor inside the subject phrase
 ("a spokesperson for the Kremlin"), the agent of a passive ("was criticised by X"), the
 subject inherited through coordination or an adverbial clause ("..., adding that"), or a
-resolved pronoun. "According to X" attributes the rest of the sentence to X. A sentence that
-continues a quotation of the previous sentence goes to the same speaker. Pronouns he/she
+resolved pronoun. "According to X" attributes the rest of the sentence to X. A quotation
+running over several sentences of a paragraph (or reopened at the next paragraph) belongs,
+in its sentences without a speech verb of their own, to the speaker it closes with ("“A. B,”
+Putin said."), else to the speaker of the quoted sentence it runs on from. Pronouns he/she
 resolve to the nearest preceding PERSON (current sentence before the pronoun, then up to two
-sentences back): one candidate, or exactly one of them in subject position, else the
-statement is dropped as ambiguous; they/it resolve likewise to ORG/GPE/NORP actors.
-``quoted`` is true when the content contains or is enclosed by quotation marks.
+sentences back) of a compatible gender (from a gendered title, else a common first name):
+one candidate, or exactly one of them in subject position, else the statement is dropped as
+ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. ``quoted`` is true when the
+content contains or is enclosed by quotation marks, or lies inside a running quotation.
+Content in pieces (“A,” Putin said, “B.”) is joined with " … "; its offsets then run from
+the first piece to the last.
 """
 
 from __future__ import annotations
@@ -572,7 +577,9 @@ class AttributedStatement:
     """A :class:`Statement` with what the stance tagger needs: offsets, targets, negation."""
 
     statement: Statement
-    content_start: int  # char offsets of the content inside ``statement.sentence``
+    # char offsets of the content inside ``statement.sentence``; they equal ``statement.text``
+    # unless the content is in pieces, joined with " … " (first piece's start to last's end)
+    content_start: int
     content_end: int
     targets: tuple[StatementTarget, ...] = ()
     negated: bool = False
@@ -1524,20 +1531,93 @@ class SpacyActorExtractor:
         for d, doc in enumerate(story.docs):
             # speaker of a quotation in the previous sentence, for quotes running on
             prev_quote: tuple[str, int] | None = None
-            for sent in story.sents[d]:
+            # sentences of a quotation still open, with no speech verb of their own: their
+            # speaker is the one the quotation closes with (“We will respond. We have no
+            # choice,” Putin said.), else the speaker it continues from (``carried``)
+            pending: list[_Sent] = []
+            carried: str | None = None
+            for sent, (open_before, open_after) in zip(
+                story.sents[d], self._open_quotes(doc, story.sents[d]), strict=True
+            ):
                 found = self._sentence_statements(story, d, doc, sent, name_of)
-                if not found and prev_quote is not None and self._continues_quote(sent):
-                    gid, prev_index = prev_quote
-                    if prev_index == sent.index - 1:
-                        toks = range(sent.span.start, sent.span.end)
-                        pieces = self._pieces(doc, toks, sent)
-                        made = self._make(story, d, sent, gid, "", pieces, set(), False, name_of)
-                        # an excerpt cut after '“It' is no statement
-                        if made is not None and len(made[1].statement.text.split()) >= 3:
-                            found = [made]
+                runs_on = (
+                    prev_quote is not None
+                    and prev_quote[1] == sent.index - 1
+                    and (open_before or self._continues_quote(sent))
+                )
+                if not found and open_after:
+                    if not (open_before and pending):
+                        pending = []
+                        carried = prev_quote[0] if runs_on and prev_quote else None
+                    pending.append(sent)
+                    prev_quote = None
+                    continue
+                gid: str | None = None
+                if pending:
+                    gid = carried
+                    if open_before and found:
+                        gid = next((g for g, st in found if st.statement.quoted), carried)
+                    if gid is not None:
+                        out.extend(self._run_on(story, d, pending, gid, name_of))
+                    if not found and gid and (open_before or self._continues_quote(sent)):
+                        found = self._run_on(story, d, [sent], gid, name_of)
+                elif not found and runs_on and prev_quote is not None:
+                    found = self._run_on(story, d, [sent], prev_quote[0], name_of)
+                pending, carried = [], None
                 out.extend(found)
-                quoted = [gid for gid, st in found if st.statement.quoted]
+                quoted = [g for g, st in found if st.statement.quoted]
                 prev_quote = (quoted[-1], sent.index) if quoted else None
+            if pending and carried is not None:
+                out.extend(self._run_on(story, d, pending, carried, name_of))
+        return out
+
+    def _run_on(
+        self, story: _Story, d: int, sents: list[_Sent], gid: str, name_of: dict[str, str]
+    ) -> list[tuple[str, AttributedStatement]]:
+        """Sentences of a quotation that runs over several sentences, as ``gid``'s."""
+        out = []
+        for sent in sents:
+            made = self._whole_sentence(story, d, sent, gid, name_of)
+            if made is not None:
+                out.append(made)
+        return out
+
+    def _whole_sentence(
+        self, story: _Story, d: int, sent: _Sent, gid: str, name_of: dict[str, str]
+    ) -> tuple[str, AttributedStatement] | None:
+        """A sentence of a quotation that runs over several sentences, as ``gid``'s."""
+        doc = story.docs[d]
+        pieces = self._pieces(doc, range(sent.span.start, sent.span.end), sent)
+        made = self._make(story, d, sent, gid, "", pieces, set(), False, name_of, quoted=True)
+        # an excerpt cut after '“It' is no statement
+        if made is None or len(made[1].statement.text.split()) < 3:
+            return None
+        return made
+
+    @staticmethod
+    def _open_quotes(doc: Doc, sents: list[_Sent]) -> list[tuple[bool, bool]]:
+        """Per sentence: is it inside a quotation opened earlier, and is one open after it?"""
+        text = doc.text
+        out: list[tuple[bool, bool]] = []
+        state = False
+        for sent in sents:
+            k = sent.char_start
+            while k > 0 and text[k - 1] in " \t":
+                k -= 1
+            before = state
+            if k == 0 or text[k - 1] in "\n\r":
+                # by convention a quotation running over paragraphs leaves the first open
+                # and reopens the next; any other paragraph starts outside a quotation
+                before = state and sent.text[0] in '“«"'
+                state = False
+            for t in sent.span:
+                if t.text == '"':
+                    state = not state
+                elif t.text in _OPEN_QUOTES:
+                    state = True
+                elif t.text in _CLOSE_QUOTES:
+                    state = False
+            out.append((before, state))
         return out
 
     @staticmethod
@@ -1629,6 +1709,14 @@ class SpacyActorExtractor:
         subjects = self._speakers(story, d, sent, verb)
         if not subjects:
             return []
+        edge = verb.right_edge
+        while edge.text in _CLOSE_QUOTES and edge.i > verb.i:
+            edge = verb.doc[edge.i - 1]
+        asks = edge.text == "?" or (edge.i + 1 < sent.span.end and verb.doc[edge.i + 1].text == "?")
+        if asks and any(
+            c.dep_ in {"aux", "auxpass"} and c.i < subjects[0].i for c in verb.children
+        ):
+            return []  # "Did Putin say that NATO was a threat?" asks, it reports no speech
         passive_agent = any(c.dep_ == "agent" for c in verb.children) and any(
             c.dep_ == "nsubjpass" for c in verb.children
         )
@@ -1642,6 +1730,19 @@ class SpacyActorExtractor:
                 addressee |= {t.i for t in c.subtree}  # "told reporters": the audience
             elif c.dep_ == "parataxis" and c.i < verb.i:
                 continue  # "He was not alone: ... Psaki stated": a clause of its own
+            elif (
+                c.i < verb.i
+                and self._own_statement(c)
+                and any(
+                    x.i > verb.i
+                    and x.dep_ in {"dobj", "obj", "ccomp"}
+                    and not (lemma in _ADDRESSEE_VERBS and x.dep_ == "dobj")
+                    for x in verb.children
+                )
+            ):
+                # "Walgreens reported 2.6 million, CVS reported 2.2 million": the parser hangs
+                # the first report on the second; with words of its own, CVS did not say it
+                continue
             elif c.dep_ in _CONTENT_DEPS or (
                 c.dep_ == "prep"
                 and c.i > verb.i  # "On the contrary, X accused ..." is no content
@@ -1653,11 +1754,20 @@ class SpacyActorExtractor:
         if passive_agent:
             # "the plan was criticised by X": what X criticised is the passive subject
             for c in verb.children:
-                if c.dep_ == "nsubjpass":
+                if c.dep_ != "nsubjpass":
+                    continue
+                if c.tag_ in {"WDT", "WP"} and verb.dep_ == "relcl":
+                    # "X's actions, which were reported by CNN": what "which" refers to
+                    content |= {t.i for t in verb.head.subtree} - {t.i for t in verb.subtree}
+                # "It was announced by X that ...": "it" only stands in for the clause
+                elif not (c.lower_ == "it" and self._has_clause(verb)):
                     content |= {t.i for t in c.subtree}
         if not content and self._hangs_off_quote(verb):
             # “We are ready,” Putin said.  (the quote is the head, the verb hangs off it)
             content = {t.i for t in verb.head.subtree} - {t.i for t in verb.subtree}
+            # the parser may hang the quote's own tail on the verb too (“..., we view that
+            # as a victory,” she told CNN): the whole quotation is still the content
+            content |= self._quote_before(sent, verb)
         if not content:
             content = self._quoted_tokens(sent, verb)
         if not content:
@@ -1753,6 +1863,13 @@ class SpacyActorExtractor:
                 and any(c.dep_ in {"dobj", "obj"} for c in head.children)
             ):
                 return None  # "urged NATO to condemn": NATO is asked to, it did not speak
+            if (
+                cur.dep_ == "xcomp"
+                and any(c.dep_ == "acomp" for c in head.children)
+                and any(c.dep_ == "nsubj" and c.lower_ == "it" for c in head.children)
+            ):
+                # "it can become difficult to maintain ...": "it" is no one who maintains
+                return None
             if finite and cur.dep_ == "conj" and head.tag_ not in _FINITE:
                 # a finite verb coordinated with an infinitive is a misparse: climb on
                 cur = head
@@ -1818,7 +1935,7 @@ class SpacyActorExtractor:
                 if person != (g.type == "PERSON"):
                     continue
                 if person:
-                    gender = next((x.gender for x in g.mentions if x.gender), None)
+                    gender = SpacyActorExtractor._group_gender(g)
                     if gender and gender != want:
                         continue
                 cands.append(m)
@@ -1834,9 +1951,42 @@ class SpacyActorExtractor:
         return None
 
     @staticmethod
+    def _group_gender(g: _Group) -> str | None:
+        """A person's gender from a gendered title, else from a common first name."""
+        titled = next((x.gender for x in g.mentions if x.gender), None)
+        if titled:
+            return titled
+        # without it, "She said" after "Vladimir Putin spoke to Angela Merkel" went to Putin,
+        # the only subject in reach
+        named = {
+            "m" if first in _MALE_NAMES else "f"
+            for m in g.mentions
+            if len(words := m.key.split()) > 1
+            and ((first := words[0]) in _MALE_NAMES or first in _FEMALE_NAMES)
+        }
+        return next(iter(named)) if len(named) == 1 else None
+
+    @staticmethod
+    def _own_statement(t: Token) -> bool:
+        """``t`` is a speech verb with a subject of its own (a statement in itself)."""
+        return (
+            t.dep_ == "ccomp"
+            and t.pos_ in {"VERB", "AUX"}
+            and t.lemma_.casefold() in SPEECH_VERBS
+            and any(c.dep_ == "nsubj" for c in t.children)
+        )
+
+    @staticmethod
     def _has_clause(verb: Token) -> bool:
-        return any(c.dep_ in {"ccomp", "parataxis"} for c in verb.children) or (
-            verb.dep_ in {"ccomp", "parataxis"} and verb.head.i < verb.i
+        return any(
+            c.dep_ in {"ccomp", "parataxis"}
+            and not (c.i < verb.i and SpacyActorExtractor._own_statement(c))
+            for c in verb.children
+        ) or (
+            verb.dep_ in {"ccomp", "parataxis"}
+            and verb.head.i < verb.i
+            # “..., ” he added.  Not "Census Bureau announces ..., Texas will add two seats"
+            and not any(c.dep_ in {"dobj", "obj"} for c in verb.children)
         )
 
     @staticmethod
@@ -1849,6 +1999,28 @@ class SpacyActorExtractor:
             return True
         between = verb.doc[head.i : verb.i]
         return verb.dep_ == "ccomp" and any(t.text in _CLOSE_QUOTES for t in between)
+
+    @staticmethod
+    def _quote_before(sent: _Sent, verb: Token) -> set[int]:
+        """Tokens inside the quotation that closes right before ``verb`` and its subject
+        (with the verb's head inside)."""
+        doc = verb.doc
+        subject = {t.i for c in verb.children if c.dep_ in _SUBJECT_DEPS for t in c.subtree}
+        close = verb.i - 1
+        while close >= sent.span.start and doc[close].text not in _CLOSE_QUOTES:
+            if not (doc[close].is_punct or doc[close].is_space or close in subject):
+                return set()
+            close -= 1
+        if close < sent.span.start:
+            return set()
+        for i in range(close - 1, sent.span.start - 1, -1):
+            t = verb.doc[i]
+            if t.text in _CLOSE_QUOTES and t.text not in _OPEN_QUOTES:
+                return set()  # an earlier quotation closes first: no opening mark found
+            if t.text in _OPEN_QUOTES:
+                inside = set(range(i + 1, close))
+                return inside if verb.head.i in inside else set()
+        return set()
 
     @staticmethod
     def _quoted_tokens(sent: _Sent, verb: Token) -> set[int]:
@@ -1923,6 +2095,7 @@ class SpacyActorExtractor:
         name_of: dict[str, str],
         *,
         verb: Token | None = None,
+        quoted: bool = False,
     ) -> tuple[str, AttributedStatement] | None:
         doc = story.docs[d]
         texts = [doc[s:e].text for s, e in pieces]
@@ -1933,7 +2106,8 @@ class SpacyActorExtractor:
         last = doc[pieces[-1][1] - 1]
         c1 = last.idx + len(last.text) - sent.char_start
         inside = {i for s, e in pieces for i in range(s, e)}
-        quoted = any(ch in _QUOTE_CHARS for ch in text)
+        # a sentence inside a longer quotation may hold no quotation mark of its own
+        quoted = quoted or any(ch in _QUOTE_CHARS for ch in text)
         targets: list[StatementTarget] = []
         seen: set[tuple[int, int]] = set()
         for m in story.in_sent(d, sent):

