@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.logging.config import LoggingConfig
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
@@ -148,6 +149,14 @@ def _lifespan(runtime: Runtime) -> Any:
     return lifespan
 
 
+def _schema_not_found_as_problem(response: Response[Any]) -> Response[Any]:
+    # litestar's schema router answers an unknown /schema/<name> with its own HTML 404
+    # page; raised instead, it reaches problem_handler like every other 404
+    if response.status_code == 404:
+        raise NotFoundException()
+    return response
+
+
 def create_app(settings: Settings, *, pipeline: Any | None = None) -> Litestar:
     """The HTTP app. Pass ``pipeline`` to serve an already open one (the caller closes it)."""
     runtime = Runtime(settings, pipeline)
@@ -175,6 +184,8 @@ def create_app(settings: Settings, *, pipeline: Any | None = None) -> Litestar:
         "need `Authorization: Bearer <API key>`. Request bodies are JSON; unknown fields are "
         "refused (422 naming the field).",
         path="/schema",
+        openapi_router=Router("/schema", route_handlers=[], include_in_schema=False,
+                              after_request=_schema_not_found_as_problem),
         render_plugins=[ScalarRenderPlugin()],
         components=Components(security_schemes={
             "bearer": SecurityScheme(type="http", scheme="bearer",

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import HttpMethod
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
 from storyline.service.api.problems import PROBLEM_JSON, TYPE_PREFIX
 from storyline.service.api.schemas import ProblemDetails
 
-__all__ = ["BEARER", "ok", "responses"]
+__all__ = ["BEARER", "GET_HEAD", "ok", "probe_operation_id", "responses"]
 
 #: OpenAPI security requirement of the write endpoints
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+#: the methods of a probe: load balancers and uptime checkers send HEAD as often as GET
+GET_HEAD = [HttpMethod.GET, HttpMethod.HEAD]
+
+
+def probe_operation_id(handler: Any, method: Any, path_components: list[Any]) -> str:
+    """``HealthLiveLive`` for GET, as before HEAD was added (generated clients keep their
+    method names), and ``HealthLiveLiveHead`` for HEAD."""
+    names = dict.fromkeys(str(getattr(c, "name", c)).title() for c in path_components)
+    oid = "".join(names) + str(handler.handler_name).title()
+    oid = "".join(ch for ch in oid if ch.isalnum() or ch == "_")
+    return oid if method == HttpMethod.GET else oid + str(getattr(method, "value", method)).title()
 
 _PROBLEMS: dict[int, tuple[str, str, str, dict[str, Any]]] = {
     400: ("malformed request: body not UTF-8, not JSON, or empty", "Bad request",
@@ -28,7 +40,8 @@ _PROBLEMS: dict[int, tuple[str, str, str, dict[str, Any]]] = {
     415: ("the body is not application/json", "Unsupported media type",
           "send application/json, not 'text/plain'", {}),
     422: ("well-formed JSON that breaks the contract: wrong type, unknown or missing field, "
-          "a limit, an empty text", "Invalid input", "articles[0].text: must not be empty",
+          "a limit, an empty text; or an unknown or invalid query parameter", "Invalid input",
+          "articles[0].text: must not be empty",
           {"errors": [{"field": "articles[0].text", "message": "must not be empty",
                        "source": "body"}]}),
     429: ("rate limit per API key / client address exceeded", "Too many requests",
@@ -61,9 +74,10 @@ def responses(
     path: str,
     *codes: int,
     success: tuple[int, ResponseSpec] | None = None,
-    common: tuple[int, ...] = (400, 429, 503),
+    common: tuple[int, ...] = (400, 401, 422, 429, 503),
 ) -> dict[int, ResponseSpec]:
-    """Problem responses for ``codes`` plus ``common`` (what any /v1 call can get)."""
+    """Problem responses for ``codes`` plus ``common`` (what any /v1 call can get: 401 when
+    reads need a key, 422 for an unknown query parameter, both checked before the handler)."""
     out = {c: _problem_spec(c, path) for c in sorted({*common, *codes})}
     if success is not None:
         out[success[0]] = success[1]

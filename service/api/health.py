@@ -9,12 +9,12 @@ on a failed liveness probe does what the error asks for.
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from litestar import Controller, route
 from litestar.exceptions import ServiceUnavailableException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
-from storyline.service.api.docs import ok, responses
+from storyline.service.api.docs import GET_HEAD, ok, probe_operation_id, responses
 from storyline.service.api.problems import PROBLEM_JSON, TYPE_PREFIX
 from storyline.service.api.runtime import Rt
 from storyline.service.api.schemas import LiveOut, ProblemDetails, ReadyOut
@@ -37,27 +37,30 @@ class HealthController(Controller):
     path = "/health"
     tags = ("health",)
 
-    @get("/live", opt={"auth": "public"}, summary="Liveness: the process answers",
-         description="200 while the process answers and could serve again without a "
-         "restart (also while loading). 503, without Retry-After, when only a restart can "
-         "fix it: a model worker restarted after a crash found the models rebuilt since "
-         "the service started and refuses every model call.",
-         responses={200: ok(LiveOut, {"status": "ok"}), 503: _RESTART})
+    @route("/live", http_method=GET_HEAD, operation_id=probe_operation_id,
+           opt={"auth": "public"}, summary="Liveness: the process answers",
+           description="200 while the process answers and could serve again without a "
+           "restart (also while loading). 503, without Retry-After, when only a restart can "
+           "fix it: a model worker restarted after a crash found the models rebuilt since "
+           "the service started and refuses every model call. HEAD answers as GET, "
+           "without the body.",
+           responses={200: ok(LiveOut, {"status": "ok"}), 503: _RESTART})
     async def live(self, rt: Rt) -> LiveOut:
         cond = rt.model_condition()
         if cond is not None and cond.restart:
             raise ServiceUnavailableException(cond.detail)
         return LiveOut()
 
-    @get(
-        "/ready", opt={"auth": "public"}, summary="Readiness: models and index loaded",
+    @route(
+        "/ready", http_method=GET_HEAD, operation_id=probe_operation_id,
+        opt={"auth": "public"}, summary="Readiness: models and index loaded",
         description="503 (with Retry-After) until the pipeline has loaded its models and index, "
         "or if loading failed. Also 503 once the model process cannot serve: without "
         "Retry-After when the models were rebuilt since the start (restart the service; "
         "`/health/live` fails too), with it while a model lane's workers keep dying before "
         "they answer; and on a replica whose index has not followed the store's change feed "
         "for a while (with Retry-After). When ready, `indexed` equals `articles` when the "
-        "index is in step with the database.",
+        "index is in step with the database. HEAD answers as GET, without the body.",
         responses=responses("/health/ready", common=(503,), success=(200, ok(ReadyOut, {
             "status": "ready", "articles": 1479, "indexed": 1479, "stories": 372,
             "index_kind": "flat", "embedder": "all-MiniLM-L6-v2-int8",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Request, Response, route
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Info, generate_latest
+
+from storyline.service.api.docs import GET_HEAD, probe_operation_id, responses
 
 __all__ = [
     "ARTICLE_COUNT",
@@ -65,14 +67,16 @@ class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ("metrics",)
 
-    @get(summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST,
-         description="Prometheus text exposition: request counts and latencies, "
-         "storyline_stage_seconds{stage=embed|summarise|actors|stance}, index size, article "
-         "and story counts, worker-pool depth and rejections, replica change-feed lag, "
-         "last sync time and failed polls, model info.",
-         responses={200: ResponseSpec(
-             str, description="Prometheus text format", media_type=CONTENT_TYPE_LATEST,
-             generate_examples=False, examples=[Example(value=_EXAMPLE)])})
+    @route(http_method=GET_HEAD, operation_id=probe_operation_id,
+           summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST,
+           description="Prometheus text exposition: request counts and latencies, "
+           "storyline_stage_seconds{stage=embed|summarise|actors|stance}, index size, article "
+           "and story counts, worker-pool depth and rejections, replica change-feed lag, "
+           "last sync time and failed polls, model info. Needs the API key when reads do "
+           "(`STORYLINE_READ_REQUIRES_KEY`).",
+           responses=responses("/metrics", 401, common=(), success=(200, ResponseSpec(
+               str, description="Prometheus text format", media_type=CONTENT_TYPE_LATEST,
+               generate_examples=False, examples=[Example(value=_EXAMPLE)]))))
     async def get(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         rt = request.app.state.runtime
         pipe = rt.pipeline

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import quote
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -70,6 +71,24 @@ _HTTP_TITLES = {
 }
 
 
+#: what RFC 3986 allows in a path besides letters and digits ("%" only in raw paths)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def _instance(request: Request[Any, Any, Any]) -> str:
+    """The request path as sent, so that ``instance`` is a URI reference (RFC 9457 3.1.5).
+
+    ``request.url.path`` is percent-decoded: a path with ``%00`` or ``%20`` put a NUL or a
+    space in ``instance``, and ``%2F`` turned into a second ``/``.
+    """
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        # some servers (and litestar's test client) leave the query string in raw_path
+        path = re.sub(rb"%(?![0-9A-Fa-f]{2})", b"%25", raw.split(b"?", 1)[0])
+        return quote(path, safe=_PATH_SAFE + "%")
+    return quote(request.url.path, safe=_PATH_SAFE)
+
+
 def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
@@ -91,7 +110,7 @@ def problem(
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path if request is not None else "",
+        "instance": _instance(request) if request is not None else "",
     }
     body.update({k: v for k, v in members.items() if v is not None})
     hdrs = dict(headers or {})
