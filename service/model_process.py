@@ -28,7 +28,13 @@ the caller's bounded pools; each worker runs one at a time (the read lane has
 results (parses, sentence vectors, mention sentiment) through the feature cache file
 (``storyline.models.shared_cache``), so what the background lane computed for a story a
 read finds. If a worker dies, its calls fail with ``ModelUnavailable`` and the next call
-starts a fresh one.
+starts a fresh one; a worker found dead before a call is given one (a worker the OOM
+killer took while idle costs no failed answer), unless the lane is crash-looping. A call
+not answered within ``model_call_timeout_s`` fails with ``ModelUnavailable`` and its
+worker is killed (a native call that never returns ignores anything gentler); the next call
+starts a fresh one. Each worker has its own pool (queues and call numbers), so a late
+answer of a killed worker can never reach another call. Once ``close`` has begun, calls
+fail instead of starting workers nobody would stop.
 
 ``ModelProcess.unservable`` says, without a model call, when that cannot work: the
 replacement found models rebuilt since the service started and refuses every call (only a
@@ -41,11 +47,13 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +96,10 @@ CRASH_LOOP_STARTS = 3
 #: is only started by a call, so a readiness 503 that never ended would keep away the
 #: traffic whose next call could bring a working worker back (a half-open circuit).
 CRASH_LOOP_COOLDOWN_S = 30.0
+#: a fresh worker's first call also waits for it to start and load its stages (spawn,
+#: imports, the preloaded models and their warm-up: seconds, far more on a busy box), so
+#: it gets this much on top of ``model_call_timeout_s``
+START_GRACE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +258,9 @@ class ModelProcess:
         self.workers = {lane: settings.inference_workers if lane == READ_LANE else 1
                         for lane in self.lanes}
         self._preload = tuple(preload)
+        self._timeout = settings.model_call_timeout_s
+        #: set by ``close``: no call starts a worker after it
+        self._closed = False
         self._pools: dict[str, ProcessPoolExecutor] = {}
         #: the built models as the first workers found them (``_models_fingerprint``);
         #: workers started later (after a crash) refuse calls unless they find the same
@@ -280,6 +295,10 @@ class ModelProcess:
 
     def _executor(self, lane: str) -> ProcessPoolExecutor:
         with self._lock:
+            if self._closed:
+                # A fresh pool now would outlive close() (it never shuts it down), its
+                # worker loading the models while the service stops.
+                raise ModelUnavailable("the model process is shutting down")
             pool = self._pools.get(lane)
             if pool is None:
                 pool = self._pools[lane] = ProcessPoolExecutor(
@@ -291,11 +310,27 @@ class ModelProcess:
             return pool
 
     def _start(self, lane: str, fn: Any, *args: Any) -> tuple[ProcessPoolExecutor, Future[Any]]:
-        pool = self._executor(lane)
-        try:
-            return pool, pool.submit(fn, *args)
-        except BrokenProcessPool as exc:
-            raise self._broken(lane, pool, exc) from exc
+        for attempt in (1, 2):
+            pool = self._executor(lane)
+            died = _stopped(pool)
+            if died is None:
+                try:
+                    return pool, pool.submit(fn, *args)
+                except BrokenProcessPool as exc:
+                    died = str(exc)
+                except RuntimeError:
+                    # Shut down by another thread since _executor handed it out (its call
+                    # timed out, or close): the next round takes the fresh one, or refuses.
+                    continue
+            # It died before this call reached it (the OOM killer took it while idle), so
+            # this call did not kill it: it gets one fresh worker rather than an error.
+            # Not while the lane is crash-looping: that worker would likely die as well.
+            error = self._broken(lane, pool, died)
+            if attempt == 2 or self._crash_loop_left(lane) > 0:
+                raise error
+            log.warning("model process: the %s-lane worker had stopped while idle (%s); "
+                        "starting a fresh one", lane, died)
+        raise ModelUnavailable(f"the model process ({lane} lane) is shutting down")
 
     def _gather(self, started: dict[str, tuple[ProcessPoolExecutor, Future[Any]]],
                 ) -> dict[str, Any]:
@@ -303,14 +338,22 @@ class ModelProcess:
         ``ModelUnavailable`` (after every call has finished, so none runs unobserved)."""
         out: dict[str, Any] = {}
         error: BaseException | None = None
+        begun = time.monotonic()
         for lane, (pool, fut) in started.items():
+            limit = self._timeout + (0.0 if pool in self._answered else START_GRACE_S)
+            if not wait_futures([fut], timeout=max(0.0, begun + limit - time.monotonic())).done:
+                error = error or self._timed_out(lane, pool, limit)
+                continue
             try:
                 out[lane] = fut.result()
             except BrokenProcessPool as exc:
                 error = error or self._broken(lane, pool, exc)
                 continue
-            except CancelledError as exc:  # its pool was shut down: no worker answered
-                error = error or exc
+            except CancelledError:
+                # Its pool was shut down (another call on it timed out) before a worker
+                # took it: the caller sees the same error as for a dead worker, not a 500.
+                error = error or ModelUnavailable(
+                    f"the model process stopped ({lane} lane) before the call ran")
                 continue
             except ModelsChanged as exc:
                 self._mark_stale(exc.detail)
@@ -335,8 +378,23 @@ class ModelProcess:
         if first:
             log.error("model process: %s", reason)
 
+    def _timed_out(self, lane: str, pool: ProcessPoolExecutor, limit: float) -> ModelUnavailable:
+        # Read before _broken's shutdown drops the executor's reference to them.
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        self._broken(lane, pool, "call timed out")  # the next call gets a fresh pool
+        # SIGKILL: nothing the wedged call runs (a native loop, a signal handler) can delay
+        # it. The pool's other calls (inference_workers > 1) fail with it, as in a crash.
+        for proc in procs:
+            proc.kill()
+        log.error("model process: a %s-lane call did not answer within %g s; killed its "
+                  "worker (pids %s), the next call starts a fresh one", lane, limit,
+                  ", ".join(str(p.pid) for p in procs) or "-")
+        return ModelUnavailable(
+            f"a model call did not answer within {limit:g} s ({lane} lane); its worker was "
+            "stopped and the next call starts a fresh one")
+
     def _broken(self, lane: str, pool: ProcessPoolExecutor,
-                exc: BaseException) -> ModelUnavailable:
+                exc: BaseException | str) -> ModelUnavailable:
         with self._lock:
             current = self._pools.get(lane) is pool
             if current:
@@ -364,17 +422,21 @@ class ModelProcess:
         """Why model calls cannot be answered now, or None; no model call, no I/O."""
         if self._stale is not None:
             return Unservable(MODELS_CHANGED, restart=True)
-        now = time.monotonic()
         for lane, failed in self._failed_starts.items():
-            if failed < CRASH_LOOP_STARTS:
-                continue
-            left = self._last_failed_start.get(lane, 0.0) + CRASH_LOOP_COOLDOWN_S - now
+            left = self._crash_loop_left(lane)
             if left > 0:
                 return Unservable(
                     f"the model process's {lane} lane keeps failing: its last {failed} "
                     "workers died before answering a call; the next call after Retry-After "
                     "starts another", restart=False, retry_after=max(1, math.ceil(left)))
         return None
+
+    def _crash_loop_left(self, lane: str) -> float:
+        """Seconds left of the lane's crash-loop cooldown (0: not crash-looping)."""
+        if self._failed_starts.get(lane, 0) < CRASH_LOOP_STARTS:
+            return 0.0
+        left = self._last_failed_start.get(lane, 0.0) + CRASH_LOOP_COOLDOWN_S - time.monotonic()
+        return max(0.0, left)
 
     def _submit(self, fn: Any, *args: Any, lane: str | None = None) -> Any:
         lane = lane or current_lane()
@@ -394,11 +456,30 @@ class ModelProcess:
         return keys
 
     def close(self) -> None:
+        """Stop the workers once their calls in flight have answered (or timed out)."""
         with self._lock:
+            self._closed = True
             pools, self._pools = list(self._pools.values()), {}
             self._answered.clear()
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _stopped(pool: ProcessPoolExecutor) -> str | None:
+    """Why ``pool`` cannot take a call (a worker of it has exited), or None.
+
+    The executor notices a dead worker only once it next waits for one, and the call
+    submitted meanwhile then failed with it. A poll of the workers' sentinels is one
+    syscall."""
+    broken = getattr(pool, "_broken", False)
+    if broken:
+        return str(broken)
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    exited = multiprocessing.connection.wait([p.sentinel for p in procs], timeout=0)
+    if exited:
+        codes = [p.exitcode for p in procs if p.sentinel in exited]
+        return f"a worker exited (code {', '.join(map(str, codes))})"
+    return None
 
 
 _WARM_UP = [Article(id="warm-up", title="Warm up",

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         "on request never waits for an ingest batch or a warmer analysis to finish "
         "(costs that process's memory, ~0.5 GB)",
     )
+    model_call_timeout_s: float = Field(
+        300.0, gt=0, le=3600,
+        description="with model_process: a model call that has not answered after this "
+        "many seconds fails with 503 (model unavailable, Retry-After) and its worker is "
+        "killed and replaced, so a wedged worker cannot hang requests. Legitimate calls "
+        "can be long: analysing a 150-article story (55k words) took 35 s cold on the "
+        "2-core Xeon, and the background lane runs at nice 19 behind every request. A "
+        "fresh worker's first call gets 300 s more to load the models",
+    )
     background_nice: int = Field(
         19, ge=0, le=19,
         description="Linux: CPU priority (nice) of the background model process; at least "

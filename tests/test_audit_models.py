@@ -207,8 +207,6 @@ def test_a_worker_restarted_after_a_rebuild_refuses_the_new_models(
         manifest.write_text(json.dumps(raw))
         os.kill(mp.pid, signal.SIGKILL)
         time.sleep(0.2)
-        with pytest.raises(ModelUnavailable, match="model process stopped"):
-            mp.embedder.embed(["hello"])
         # the worker that replaces it must not serve the rebuilt models under the old ids
         with pytest.raises(ModelUnavailable, match="changed since the service started"):
             mp.embedder.embed(["hello"])

@@ -90,14 +90,12 @@ def test_worker_is_separate_and_runs_at_lower_priority(proc: ModelProcess,
             os.getpriority(os.PRIO_PROCESS, 0) + min(settings.inference_nice, 19 - os.nice(0)))
 
 
-def test_a_dead_worker_fails_its_call_and_is_replaced(settings: Settings) -> None:
+def test_a_worker_killed_while_idle_is_replaced_by_the_next_call(settings: Settings) -> None:
     mp = ModelProcess(settings)
     try:
         os.kill(mp.pid, signal.SIGKILL)
         time.sleep(0.2)
-        with pytest.raises(ModelUnavailable, match="model process stopped"):
-            mp.embedder.embed(["hello"])
-        assert mp.embedder.embed(["hello"]).shape == (1, mp.dim)  # a fresh worker
+        assert mp.embedder.embed(["hello"]).shape == (1, mp.dim)  # a fresh worker, no error
         assert mp.call_info()["pid"] != mp.pid
     finally:
         mp.close()
