@@ -41,7 +41,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
         f"pip install 'storyline[postgres]' ({_exc})"
     ) from _exc
 
-from storyline.index.store import IngestItem, StoriesChanged, resolve_successors
+from storyline.index.store import IngestItem, StoriesChanged, _members_print, resolve_successors
 from storyline.index.types import (
     ArticleBrief,
     Change,
@@ -227,6 +227,9 @@ class PostgresStore:
             else:
                 with self._engine.connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
+            # As ``SQLiteStore``: outputs of stories retired before retiring dropped them.
+            with self._engine.begin() as conn:
+                conn.execute(_prune_retired_outputs())
         except sa.exc.SQLAlchemyError as exc:
             self._finalizer()
             raise StoreError(
@@ -357,6 +360,7 @@ class PostgresStore:
                 if row is None:  # stored under its own id now: no longer a duplicate
                     db.execute(sa.delete(duplicates).where(duplicates.c.id == a.id))
                 else:
+                    _drop_outputs_of(db, a.id)
                     new = self._promote_duplicates(db, a.id, now)
                     if promoted is not None:
                         promoted.extend(new)
@@ -456,8 +460,7 @@ class PostgresStore:
             published_at=_utc(a.published_at), published_ts=_ts(a.published_at),
             lang=a.lang, lean=a.lean, gold_story_id=a.story_id, updated_at=now,
         ))
-        db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id.in_(
-            sa.select(story_members.c.story_id).where(story_members.c.article_id == a.id))))
+        _drop_outputs_of(db, a.id)
         db.execute(sa.insert(changes).values(article_id=a.id, op="upsert", at=now))
 
     def _promote_duplicates(self, db: sa.Connection, article_id: str, now: datetime) -> list[str]:
@@ -508,6 +511,7 @@ class PostgresStore:
                 if res.rowcount == 0:
                     raise NotFound(f"article '{article_id}' not found")
                 return []
+            _drop_outputs_of(db, article_id)
             promoted = self._promote_duplicates(db, article_id, now)
             db.execute(sa.delete(articles).where(articles.c.id == article_id))
             db.execute(sa.insert(changes).values(article_id=article_id, op="delete", at=now))
@@ -670,6 +674,8 @@ class PostgresStore:
                 ),
                 [{"article_id": aid, "story_id": s.id} for aid in s.article_ids],
             )
+        elif s.status != "active":  # merged, split or deleted: nothing reads its outputs
+            db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id == s.id))
 
     def get_story(self, story_id: str) -> Story:
         rows = self._rows(sa.select(stories).where(stories.c.id == story_id))
@@ -777,13 +783,40 @@ class PostgresStore:
         return resolve_successors(story_id, status, successors)
 
     # -- per-story outputs (summaries, stances) and digests ---------------------------
-    def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:
+    def put_output(
+        self, story_id: str, kind: str, content_hash: str, payload: str, *,
+        members: str | None = None,
+    ) -> bool:
+        """As ``SQLiteStore.put_output``. Under READ COMMITTED the checks need locks: the
+        story-generation row (shared), which every story write updates first, holds off
+        retirements and membership changes; with ``members`` the change feed's advisory
+        lock too, which every ingest and delete takes (content and metadata changes)."""
         values = {"content_hash": content_hash, "payload": payload, "created_at": self._now()}
         with self.transaction() as db:
+            if members is not None:
+                # the feed lock first, the generation row second: no writer takes
+                # both, so no other order can deadlock with this one
+                self._lock_feed(db)
+            db.execute(sa.select(counters.c.value)
+                       .where(counters.c.name == "stories_generation").with_for_update(read=True))
+            status = db.execute(
+                sa.select(stories.c.status).where(stories.c.id == story_id)).scalar()
+            if status is not None and status != "active":
+                return False
+            if members is not None:
+                if status is None:
+                    return False
+                arts = [_article(r) for r in db.execute(
+                    sa.select(articles).join(
+                        story_members, story_members.c.article_id == articles.c.id)
+                    .where(story_members.c.story_id == story_id)).mappings()]
+                if _members_print(arts) != members:
+                    return False
             db.execute(
                 pgd.insert(story_outputs).values(story_id=story_id, kind=kind, **values)
                 .on_conflict_do_update(index_elements=["story_id", "kind"], set_=values)
             )
+        return True
 
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
         """``(content_hash, payload)`` of a stored output, or None."""
@@ -823,6 +856,18 @@ class PostgresStore:
     def digest_dates(self) -> list[str]:
         rows = self._rows(sa.select(digests.c.date).distinct().order_by(digests.c.date))
         return [r["date"] for r in rows]
+
+
+def _drop_outputs_of(db: sa.Connection, article_id: str) -> None:
+    """As ``storyline.index.store._drop_outputs_of``: a stored article changes or goes, so
+    its story's stored outputs go."""
+    db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id.in_(
+        sa.select(story_members.c.story_id).where(story_members.c.article_id == article_id))))
+
+
+def _prune_retired_outputs() -> sa.Delete:
+    return sa.delete(story_outputs).where(story_outputs.c.story_id.in_(
+        sa.select(stories.c.id).where(stories.c.status != "active")))
 
 
 def _article(r: sa.RowMapping) -> Article:

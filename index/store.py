@@ -226,7 +226,10 @@ class Store(Protocol):
     def record_history(self, old_id: str, new_id: str, kind: str, db: Any = None) -> None: ...
     def story_history(self, story_id: str) -> list[StoryHistory]: ...
     def resolve_story(self, story_id: str) -> list[str]: ...
-    def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None: ...
+    def put_output(
+        self, story_id: str, kind: str, content_hash: str, payload: str, *,
+        members: str | None = None,
+    ) -> bool: ...
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None: ...
     def put_digests(self, date: str, bodies: dict[str, str]) -> None: ...
     def delete_digest(self, date: str) -> bool: ...
@@ -277,6 +280,9 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            # Outputs of stories retired before their retirement dropped them (older
+            # versions kept them for good); nothing reads a retired story's outputs.
+            self._db.execute(_PRUNE_RETIRED_OUTPUTS)
 
     # -- plumbing ---------------------------------------------------------------
     def _now(self) -> str:
@@ -439,6 +445,7 @@ class SQLiteStore:
                 if row is None:  # stored under its own id now: no longer a duplicate
                     db.execute("DELETE FROM duplicates WHERE id=?", (a.id,))
                 else:
+                    _drop_outputs_of(db, a.id)
                     new = self._promote_duplicates(db, a.id, now)
                     if promoted is not None:
                         promoted.extend(new)
@@ -568,10 +575,7 @@ class SQLiteStore:
             (a.title, a.text, a.source, a.url, _iso(a.published_at), _ts(a.published_at),
              a.lang, a.lean, a.story_id, now, a.id),
         )
-        db.execute(
-            "DELETE FROM story_outputs WHERE story_id IN"
-            " (SELECT story_id FROM story_members WHERE article_id=?)", (a.id,),
-        )
+        _drop_outputs_of(db, a.id)
         db.execute("INSERT INTO changes(article_id, op, at) VALUES (?, 'upsert', ?)", (a.id, now))
 
     def _promote_duplicates(self, db: sqlite3.Connection, article_id: str, now: str) -> list[str]:
@@ -619,6 +623,7 @@ class SQLiteStore:
                 if cur.rowcount == 0:
                     raise NotFound(f"article '{article_id}' not found")
                 return []
+            _drop_outputs_of(db, article_id)
             promoted = self._promote_duplicates(db, article_id, now)
             db.execute("DELETE FROM articles WHERE id=?", (article_id,))
             db.execute(
@@ -808,6 +813,8 @@ class SQLiteStore:
                     " ON CONFLICT(article_id) DO UPDATE SET story_id=excluded.story_id",
                     (aid, s.id),
                 )
+        else:  # merged, split or deleted: nothing reads its outputs again
+            db.execute("DELETE FROM story_outputs WHERE story_id=?", (s.id,))
 
     def get_story(self, story_id: str) -> Story:
         rows = self._query(f"{_STORY_SELECT} WHERE s.id=?", (story_id,))
@@ -901,13 +908,36 @@ class SQLiteStore:
         return resolve_successors(story_id, status, successors)
 
     # -- per-story outputs (summaries, stances) and digests ---------------------------
-    def put_output(self, story_id: str, kind: str, content_hash: str, payload: str) -> None:
+    def put_output(
+        self, story_id: str, kind: str, content_hash: str, payload: str, *,
+        members: str | None = None,
+    ) -> bool:
+        """Store an output of ``story_id``; False (nothing written) when the story is
+        stored but no longer active (merged, split or deleted: its outputs went with it), or
+        when ``members`` is given and is not ``members_hash`` of the ``article_print`` of
+        the story's members as they are now. The check and the write are one transaction
+        (``BEGIN IMMEDIATE`` holds every writer off), so an analysis is never stored under
+        a member set that changed after it was checked."""
         with self.transaction() as db:
+            row = db.execute("SELECT status FROM stories WHERE id=?", (story_id,)).fetchone()
+            if row is not None and row["status"] != "active":
+                return False
+            if members is not None:
+                if row is None:
+                    return False
+                ids = [r[0] for r in db.execute(
+                    "SELECT article_id FROM story_members WHERE story_id=?", (story_id,))]
+                arts = [_article_of(tuple(r)) for chunk in _chunks(ids) for r in db.execute(
+                    f"SELECT {_ARTICLE_COLUMNS} FROM articles WHERE id IN ({_qs(chunk)})",
+                    chunk)]
+                if _members_print(arts) != members:
+                    return False
             db.execute(
                 "INSERT OR REPLACE INTO story_outputs(story_id, kind, content_hash, payload,"
                 " created_at) VALUES (?,?,?,?,?)",
                 (story_id, kind, content_hash, payload, self._now()),
             )
+        return True
 
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
         """``(content_hash, payload)`` of a stored output, or None."""
@@ -996,6 +1026,33 @@ def _article_of(r: Sequence[Any]) -> Article:
     i, text, title, source, url, published, lang, gold, lean = r
     return Article(id=i, text=text, title=title, source=source, url=url,
                    published_at=_parse(published), lang=lang, story_id=gold, lean=lean)
+
+
+#: outputs of stories that are stored and no longer active
+_PRUNE_RETIRED_OUTPUTS: Final = (
+    "DELETE FROM story_outputs WHERE story_id IN (SELECT id FROM stories WHERE status != 'active')"
+)
+
+
+def _drop_outputs_of(db: sqlite3.Connection, article_id: str) -> None:
+    """Before a stored article changes or goes: drop its story's stored outputs. Their
+    keys cover the members' content only, and an analysis reads metadata too, so a key
+    can match again later (the article re-sent with its old content, or deleted and sent
+    again, under other metadata) while the analysis was of another version; and a
+    deleted article's text must not stay behind in them."""
+    db.execute(
+        "DELETE FROM story_outputs WHERE story_id IN"
+        " (SELECT story_id FROM story_members WHERE article_id=?)", (article_id,),
+    )
+
+
+def _members_print(arts: Sequence[Article]) -> str:
+    """``members_hash`` of the ``article_print`` of ``arts``: what ``put_output``'s
+    ``members`` is compared with (the pipeline computes it the same way)."""
+    # (imported here: storyline.index.stories imports this module)
+    from storyline.index.stories import article_print, members_hash
+
+    return members_hash((a.id, article_print(a)) for a in arts)
 
 
 def _qs(items: Sequence[Any]) -> str:

@@ -970,23 +970,16 @@ class Pipeline:
         if not compute:
             return None
         summary, stances, timing = self.analyse(articles, budget, mode)
-        if stored and self._members_unchanged(story.id, prints):
+        if stored:
+            # Stored only if the story's members still read as ``prints`` (every field),
+            # checked by the store in the write's own transaction: checked first and written
+            # after, a change committed in between (a metadata update, which drops the
+            # stored outputs and leaves the key matching; an ingest that grew the story; a
+            # retirement) was overwritten by this analysis of what it replaced.
             payload = msgspec.json.encode((summary, stances)).decode()
-            self.store.put_output(story.id, kind, key, payload)
+            self.store.put_output(story.id, kind, key, payload, members=prints)
         self._lru_put(self._analyses, mem_key, (summary, stances))
         return StoryView(story, articles, summary, stances, timing)
-
-    def _members_unchanged(self, story_id: str, prints: str) -> bool:
-        """Whether the story's members, read again now, still read as ``prints``
-        (``members_hash`` of their ``article_print``). An analysis of articles whose
-        metadata changed while it ran is not stored (the change dropped the stored outputs,
-        and its key would match); nor is one of a member set the story has since left (an
-        ingest grew it while the warmer ran): it would overwrite the current one."""
-        now = self.store.get_story(story_id)
-        if now.status != "active":
-            return False
-        arts = self.store.get_articles(now.article_ids)
-        return members_hash((a.id, article_print(a)) for a in arts) == prints
 
     def summarise_articles(
         self, articles: Sequence[Article], *, budget_words: int | None = None, store: bool = False,
