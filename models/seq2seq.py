@@ -58,7 +58,6 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,7 +68,7 @@ from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.protocols import Embedder
 from storyline.models.registry import Manifest, ModelSpec
 from storyline.models.summariser import normalise_ws, split_sentences, usable_articles
-from storyline.models.types import Article, Summary, SummarySentence
+from storyline.models.types import Article, Summary, SummarySentence, published_ts
 from storyline.models.words import count_words
 
 __all__ = [
@@ -332,13 +331,6 @@ def _loops(text: str) -> bool:
     return len(grams) != len(set(grams))
 
 
-def _published_key(a: Article) -> float:
-    if a.published_at is None:
-        return math.inf
-    ts = a.published_at if a.published_at.tzinfo else a.published_at.replace(tzinfo=UTC)
-    return float(ts.timestamp())
-
-
 @dataclass(frozen=True, slots=True)
 class _Source:
     article: int
@@ -482,7 +474,7 @@ class Seq2SeqSummariser:
     def input_text(self, articles: Sequence[Article]) -> str:
         """The single input text of a story (see the module docstring, step 1)."""
         arts = sorted(
-            enumerate(articles), key=lambda t: (_published_key(t[1]), t[0])
+            enumerate(articles), key=lambda t: (published_ts(t[1]), t[0])
         )
         # Word share per article, title included; tokens >= words, the tokenizer truncates
         # the rest. No larger floor: with many articles it overfilled the input and the
@@ -538,7 +530,7 @@ class Seq2SeqSummariser:
             out.append(SummarySentence(text=text, article_ids=tuple(ids), origin="fused"))
             words += n
         if not out:
-            first = min(range(len(arts)), key=lambda i: (_published_key(arts[i]), i))
+            first = min(range(len(arts)), key=lambda i: (published_ts(arts[i]), i))
             out = [self._fallback(arts[first])]
             if arts[first].title.strip():
                 headline = normalise_ws(arts[first].title)

@@ -77,7 +77,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -87,7 +86,7 @@ import numpy.typing as npt
 from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.protocols import Embedder
 from storyline.models.registry import SUMMARISER, Manifest
-from storyline.models.types import Article, Summary, SummarySentence
+from storyline.models.types import Article, Summary, SummarySentence, published_ts
 from storyline.models.words import BUDGET_WORD, count_words
 
 __all__ = [
@@ -1278,19 +1277,10 @@ def _beam_select(
     return [cands[k] for k in best_sel]
 
 
-def _published_key(a: Article) -> float:
-    if a.published_at is None:
-        return math.inf  # unknown times go last, in input order
-    ts = a.published_at
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return float(ts.timestamp())
-
-
 def order_key(story: PreparedStory, i: int) -> tuple[float, int, int]:
     """Chronological by article time, then article input order, then position in article."""
     s = story.sentences[i]
-    return (_published_key(story.articles[s.article]), s.article, s.position)
+    return (published_ts(story.articles[s.article]), s.article, s.position)
 
 
 def supporting_articles(story: PreparedStory, i: int, threshold: float) -> list[int]:

@@ -106,13 +106,28 @@ class AllSidesStory:
         return len(self.summary.split())
 
 
-def _parse_time(raw: Any) -> datetime | None:
-    if not raw:
+def _iso_time(raw: str) -> datetime:
+    return datetime.fromisoformat(raw.strip())
+
+
+def _parse_time(
+    raw: Any, where: str, parse: Callable[[str], datetime] = _iso_time
+) -> datetime | None:
+    """``published_at`` read by ``parse``; absent, null or empty is undated. Anything else
+    that does not parse is refused: read as undated, it silently moved the article to the
+    end of every reading order."""
+    if raw is None or raw == "":
         return None
+    if not isinstance(raw, str):
+        raise InvalidInput(f"{where}: published_at must be a string, got {raw!r:.60}")
     try:
-        return datetime.fromisoformat(str(raw))
+        return parse(raw)
+    except InvalidInput as exc:  # the parser's own words name the field
+        raise InvalidInput(f"{where}: {exc.detail}") from None
     except ValueError:
-        return None
+        raise InvalidInput(
+            f"{where}: published_at: '{raw[:40]}' is not an ISO 8601 date-time"
+        ) from None
 
 
 def _is_id(value: Any) -> bool:
@@ -126,11 +141,15 @@ def _opt_str(obj: dict[str, Any], name: str, where: str) -> str | None:
     return value
 
 
-def load_allsides(articles_file: Path, stories_file: Path) -> list[AllSidesStory]:
+def load_allsides(
+    articles_file: Path, stories_file: Path, *, parse_time: Callable[[str], datetime] = _iso_time
+) -> list[AllSidesStory]:
     """Stories with their member articles, in the stories file's order.
 
     Article ids named by a story but absent from ``articles_file`` are left out of it. A
     malformed line raises ``InvalidInput`` naming ``file:line`` and the field.
+    ``parse_time`` reads ``published_at`` (ISO 8601 by default; the eval command passes
+    ingest's reader, so it takes every date ingest takes) and raises ``ValueError``.
     """
     arts: dict[str, Article] = {}
     for n, r in jsonl_objects(articles_file):
@@ -145,7 +164,7 @@ def load_allsides(articles_file: Path, stories_file: Path) -> list[AllSidesStory
             title=fields["title"] or "",
             source=fields["source"],
             url=fields["url"],
-            published_at=_parse_time(r.get("published_at")),
+            published_at=_parse_time(r.get("published_at"), where, parse_time),
             story_id=str(r.get("story_id")),
             lean=fields["lean"],
         )

@@ -7,6 +7,7 @@ The HTTP layer converts them to msgspec Structs at the edge.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
     "content_hash",
     "normalise_lean",
     "outlet_names",
+    "published_ts",
     "reading_order",
 ]
 
@@ -70,6 +72,15 @@ def outlet_names(sources: Iterable[str | None]) -> dict[str, str]:
     return {name: shown[name.casefold()] for name in counts}
 
 
+def published_ts(a: Article) -> float:
+    """``a``'s publication time as a POSIX timestamp (a naive time is UTC); undated: inf,
+    so that undated articles sort last."""
+    ts = a.published_at
+    if ts is None:
+        return math.inf
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+
+
 def reading_order(articles: Iterable[Article]) -> list[Article]:
     """``articles`` by publication time (undated last), then id.
 
@@ -78,14 +89,7 @@ def reading_order(articles: Iterable[Article]) -> list[Article]:
     articles, which copy of a shared sentence is cited, salience among equals) by input
     order, and an answer is cached by its member set.
     """
-
-    def key(a: Article) -> tuple[int, float, str]:
-        ts = a.published_at
-        if ts is None:
-            return (1, 0.0, a.id)
-        return (0, (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp(), a.id)
-
-    return sorted(articles, key=key)
+    return sorted(articles, key=lambda a: (published_ts(a), a.id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,6 +131,33 @@ def test_eval_summaries_bad_articles_line_is_one_line_exit_2(tmp_path: Path) -> 
     _one_line_error(r, 2, "a.jsonl:1", "invalid JSON")
 
 
+def test_eval_summaries_refuses_a_date_it_cannot_read(tmp_path: Path) -> None:
+    # read as undated, it silently moved the article to the end of every reading order
+    arts = _jsonl(tmp_path / "a.jsonl", ART, {**ART, "id": "a2", "published_at": "bogus"})
+    stories = _jsonl(tmp_path / "s.jsonl", {**STORY, "article_ids": ["a1", "a2"]})
+    r = run(tmp_path / "data", "eval", "summaries", "--articles", str(arts),
+            "--stories", str(stories))
+    _one_line_error(r, 2, "a.jsonl:2", "published_at", "bogus")
+    with pytest.raises(InvalidInput, match=r"a\.jsonl:1: published_at must be a string"):
+        load_allsides(_jsonl(arts, {**ART, "published_at": 20211018}), stories)
+
+
+def test_eval_summaries_reads_dates_as_ingest_does(tmp_path: Path, data_dir: Path) -> None:
+    # a named zone ingest takes is no ISO 8601, but an eval file in the article format may
+    # hold it: it was read as undated, now as ingest reads it
+    from storyline.service.ingest import parse_datetime
+
+    arts = _jsonl(tmp_path / "a.jsonl", {**ART, "published_at": "2021-10-18 12:00:00 EDT"})
+    stories = _jsonl(tmp_path / "s.jsonl", STORY)
+    with pytest.raises(InvalidInput, match=r"a\.jsonl:1: published_at: '2021-10-18 12:00:00"):
+        load_allsides(arts, stories)
+    (story,) = load_allsides(arts, stories, parse_time=parse_datetime)
+    assert story.articles[0].published_at == datetime(2021, 10, 18, 16, tzinfo=UTC)
+    r = run(data_dir, "eval", "summaries", "--articles", str(arts),
+            "--stories", str(stories), "--json")
+    assert r.returncode == 0, r.stderr
+
+
 def test_non_utf8_gold_and_newsmtsc_name_the_line(tmp_path: Path) -> None:
     from storyline.service.evaluation.stance import read_gold
 

@@ -38,6 +38,7 @@ from storyline.models.summariser import (
 )
 from storyline.models.summariser_train import AllSidesStory, load_allsides, truncate_words
 from storyline.models.types import Summary
+from storyline.service.ingest import parse_datetime
 
 __all__ = [
     "BASELINES",
@@ -196,7 +197,9 @@ def evaluate_summaries(
     """
     if split not in SPLITS:
         raise InvalidInput(f"split must be dev, train or all, got '{split}'")
-    in_split = [s for s in load_allsides(articles_file, stories_file)
+    # dates as ingest reads them (named zones, RFC 2822), so an eval file takes what the
+    # service takes
+    in_split = [s for s in load_allsides(articles_file, stories_file, parse_time=parse_datetime)
                 if split == "all" or s.split == split]
     which = "" if split == "all" else f"{split} "
     if not in_split:
