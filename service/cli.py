@@ -407,34 +407,47 @@ def demo(
     """The main job: ingest SOURCE, show related coverage, build its days' digest.
 
     Ingests SOURCE, prints related coverage and index statistics, and builds the digest
-    of the days SOURCE covers."""
+    of the days SOURCE covers. Bad lines are reported and skipped, as by ``ingest``; exit 2
+    if any."""
     from storyline.service.ingest import read_source
 
     pipe = open_pipeline(data_dir)
-    arts = [p.article for p in read_source(source) if p.article is not None]
-    rep = pipe.ingest(arts)
-    typer.echo(f"ingested {source}: {rep.as_dict()}")
-    for a in arts:
-        typer.echo(f"\n[{a.id}] {a.title[:90]}")
-        hits = pipe.related(a.id, k=k)
-        if hits:
-            _print_hits(hits)
-        else:
-            typer.echo("  (no related coverage stored yet)")
-    typer.echo("\nindex: " + json.dumps(pipe.stats(), default=str))
-    if digest_step:
-        from storyline.service.digest import build_digest, digest_period_for
+    errors: list[str] = []
+    try:
+        arts: list[Any] = []
+        for parsed in read_source(source, max_chars=pipe.settings.max_article_chars):
+            if parsed.error is not None:
+                errors.append(f"{parsed.source or source}: {parsed.error.detail}")
+            elif parsed.article is not None:
+                arts.append(parsed.article)
+        rep = pipe.ingest(arts)
+        typer.echo(f"ingested {source}: {rep.as_dict() | {'failed': len(errors)}}")
+        for e in errors:
+            typer.echo(f"error: {e}", err=True)
+        for a in arts:
+            typer.echo(f"\n[{a.id}] {a.title[:90]}")
+            hits = pipe.related(a.id, k=k)
+            if hits:
+                _print_hits(hits)
+            else:
+                typer.echo("  (no related coverage stored yet)")
+        typer.echo("\nindex: " + json.dumps(pipe.stats(), default=str))
+        if digest_step:
+            from storyline.service.digest import build_digest, digest_period_for
 
-        period = digest_period_for(arts)
-        if period is None:
-            typer.echo("\ndigest: skipped (no ingested article carries a publication date)")
-        else:
-            res = build_digest(pipe, since=period[0], until=period[1],
-                               out_dir=pipe.settings.data_dir / "digests")
-            typer.echo(f"\n{res.summary_line()}")
-            for path in res.files.values():
-                typer.echo(f"  {path}")
-    pipe.close()
+            period = digest_period_for(arts)
+            if period is None:
+                typer.echo("\ndigest: skipped (no ingested article carries a publication date)")
+            else:
+                res = build_digest(pipe, since=period[0], until=period[1],
+                                   out_dir=pipe.settings.data_dir / "digests")
+                typer.echo(f"\n{res.summary_line()}")
+                for path in res.files.values():
+                    typer.echo(f"  {path}")
+    finally:
+        pipe.close()
+    if errors:
+        raise typer.Exit(2)
 
 
 # -- digest ---------------------------------------------------------------------------------

@@ -560,7 +560,7 @@ def test_unknown_ids_routes_and_methods(client: TestClient[Litestar]) -> None:
     r = client.put("/v1/articles/nope")
     assert_problem(r, 405)
     # OPTIONS lists every method of the path (GET and DELETE live in two handlers)
-    assert client.options("/v1/articles/nope").headers["allow"] == "DELETE, GET, OPTIONS"
+    assert client.options("/v1/articles/nope").headers["allow"] == "DELETE, GET, HEAD, OPTIONS"
     body = assert_problem(client.post("/v1/summarise", json={"article_ids": ["x", "y"]}), 404)
     assert body["missing"] == ["x", "y"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, post, route
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, QueryParameter
 
 from storyline.models.errors import InvalidInput, NotFound
 from storyline.models.types import Article
-from storyline.service.api.docs import BEARER, ok, responses
+from storyline.service.api.docs import BEARER, GET_HEAD, get_head_operation_id, ok, responses
 from storyline.service.api.runtime import PRIORITY_WRITE, Rt, check_range, query_time
 from storyline.service.api.schemas import (
     ARTICLE_EXAMPLE,
@@ -79,8 +79,9 @@ class ArticlesController(Controller):
             seconds=counts["seconds"],
         )
 
-    @get(
-        "/{article_id:str}", summary="One stored article",
+    @route(
+        "/{article_id:str}", http_method=GET_HEAD, operation_id=get_head_operation_id,
+        summary="One stored article",
         description="A duplicate id answers with the stored article it repeats "
         "(`duplicate_of` names it).",
         responses=responses("/v1/articles/5607-center", 404,
@@ -88,6 +89,7 @@ class ArticlesController(Controller):
     )
     async def get_article(self, rt: Rt, article_id: FromPath[str]) -> ArticleOut:
         pipe = rt.get_pipeline()
+        _refuse_nul(article_id)
 
         def load() -> ArticleOut:
             cid = pipe.store.canonical_id(article_id)
@@ -109,13 +111,15 @@ class ArticlesController(Controller):
     )
     async def delete_article(self, rt: Rt, article_id: FromPath[str]) -> None:
         pipe = rt.get_pipeline()
+        _refuse_nul(article_id)
         # A write: it waits for the pipeline's write lock, so it runs where ingest does,
         # never on the I/O pool, whose few threads serve the millisecond lookups.
         changed = await rt.background.run(pipe.delete, article_id, priority=PRIORITY_WRITE)
         rt.warmer.mark(changed)  # a story that lost an article is re-analysed while idle
 
-    @get(
-        "/{article_id:str}/related", summary="Related coverage of a stored article",
+    @route(
+        "/{article_id:str}/related", http_method=GET_HEAD, operation_id=get_head_operation_id,
+        summary="Related coverage of a stored article",
         description="Other stored articles about the same events, best first: embedding "
         "similarity plus a bonus for closeness in time. The article and its exact duplicates "
         "are excluded.",
@@ -140,9 +144,17 @@ class ArticlesController(Controller):
         check_range(k, "k", 1, rt.settings.max_k)
         t0, t1 = query_time(since, "since"), query_time(until, "until")
         pipe = rt.get_pipeline()
+        _refuse_nul(article_id)
         hits = await rt.lookup(pipe.related, article_id, k=k, since=t0, until=t1, source=source,
                                exclude_same_story=exclude_same_story)
         return RelatedResponse(article_id, [hit_out(h) for h in hits])
+
+
+def _refuse_nul(article_id: str) -> None:
+    """404 for an id holding NUL without asking the store: ingest refuses one, and
+    PostgreSQL failed the query (a 503 with Retry-After, for a request that cannot work)."""
+    if "\x00" in article_id:
+        raise NotFound(f"article '{article_id}' not found")
 
 
 def _refuse_repeated_ids(arts: list[Article]) -> None:

@@ -21,13 +21,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, route
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import PathParameter, QueryParameter
 
 from storyline.models.errors import InvalidInput
-from storyline.service.api.docs import ok, responses
+from storyline.service.api.docs import GET_HEAD, get_head_operation_id, ok, responses
 from storyline.service.api.runtime import Rt
 from storyline.service.api.schemas import DigestList
 from storyline.service.digest import SCHEMA_ID, period_key
@@ -187,8 +187,9 @@ class DigestsController(Controller):
     path = "/v1/digests"
     tags = ("digests",)
 
-    @get(
-        "/", summary="Stored digest keys",
+    @route(
+        "/", http_method=GET_HEAD, operation_id=get_head_operation_id,
+        summary="Stored digest keys",
         description="Every period a digest is stored for, oldest first.",
         responses=responses("/v1/digests", success=(200, ok(DigestList, {
             "keys": ["2021-10-17", "2021-10-18", "2021-10-18..2021-10-24"]}))),
@@ -198,8 +199,9 @@ class DigestsController(Controller):
         keys = await rt.io.run(pipe.store.digest_dates)
         return DigestList(keys=keys)
 
-    @get(
-        "/{key:str}", summary="The digest of one day or period",
+    @route(
+        "/{key:str}", http_method=GET_HEAD, operation_id=get_head_operation_id,
+        summary="The digest of one day or period",
         description="JSON by default; HTML or Markdown by `?format=html|md`, else by a "
         "`.html`/`.md`/`.json` suffix of the key (as in the files `storyline digest --out` "
         "writes, so the page's links to earlier digests work here too), else by the Accept "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import HttpMethod
@@ -11,7 +12,7 @@ from litestar.openapi.spec import Example
 from storyline.service.api.problems import PROBLEM_JSON, TYPE_PREFIX
 from storyline.service.api.schemas import ProblemDetails
 
-__all__ = ["BEARER", "GET_HEAD", "ok", "probe_operation_id", "responses"]
+__all__ = ["BEARER", "GET_HEAD", "get_head_operation_id", "ok", "responses"]
 
 #: OpenAPI security requirement of the write endpoints
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -19,13 +20,22 @@ BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 GET_HEAD = [HttpMethod.GET, HttpMethod.HEAD]
 
 
-def probe_operation_id(handler: Any, method: Any, path_components: list[Any]) -> str:
-    """``HealthLiveLive`` for GET, as before HEAD was added (generated clients keep their
-    method names), and ``HealthLiveLiveHead`` for HEAD."""
-    names = dict.fromkeys(str(getattr(c, "name", c)).title() for c in path_components)
-    oid = "".join(names) + str(handler.handler_name).title()
-    oid = "".join(ch for ch in oid if ch.isalnum() or ch == "_")
-    return oid if method == HttpMethod.GET else oid + str(getattr(method, "value", method)).title()
+#: what litestar's default operationId leaves out of the path and handler names
+_ID_SEPARATORS = re.compile(r"[!#$%&'*+\-.^_`|~:]+")
+
+
+def get_head_operation_id(handler: Any, method: Any, path_components: list[Any]) -> str:
+    """The operationId of a GET + HEAD handler: for GET the one litestar gave it while it
+    answered GET only (``V1ArticlesArticleIdGetArticle``, ``HealthLiveLive``: generated
+    clients keep their method names), with ``Head`` after it for HEAD."""
+    names = ""
+    for c in path_components:
+        name = str(getattr(c, "name", c)).title()
+        if name not in names:  # litestar's own test: a substring counts as seen
+            names += name
+    oid = _ID_SEPARATORS.sub("", names + str(handler.handler_name).title())
+    verb = str(getattr(method, "value", method))
+    return oid if verb == "GET" else oid + verb.title()
 
 _PROBLEMS: dict[int, tuple[str, str, str, dict[str, Any]]] = {
     400: ("malformed request: body not UTF-8, not JSON, or empty", "Bad request",
@@ -37,7 +47,8 @@ _PROBLEMS: dict[int, tuple[str, str, str, dict[str, Any]]] = {
           "story 's-12' was split", {"successors": ["s-31", "s-32"]}),
     413: ("request body over max_body_bytes", "Content too large",
           "request body is over the size limit", {}),
-    415: ("the body is not application/json", "Unsupported media type",
+    415: ("the body is not application/json, is in a charset other than UTF-8, or has a "
+          "Content-Encoding", "Unsupported media type",
           "send application/json, not 'text/plain'", {}),
     422: ("well-formed JSON that breaks the contract: wrong type, unknown or missing field, "
           "a limit, an empty text; or an unknown or invalid query parameter", "Invalid input",

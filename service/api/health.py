@@ -14,7 +14,7 @@ from litestar.exceptions import ServiceUnavailableException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
-from storyline.service.api.docs import GET_HEAD, ok, probe_operation_id, responses
+from storyline.service.api.docs import GET_HEAD, get_head_operation_id, ok, responses
 from storyline.service.api.problems import PROBLEM_JSON, TYPE_PREFIX
 from storyline.service.api.runtime import Rt
 from storyline.service.api.schemas import LiveOut, ProblemDetails, ReadyOut
@@ -37,7 +37,7 @@ class HealthController(Controller):
     path = "/health"
     tags = ("health",)
 
-    @route("/live", http_method=GET_HEAD, operation_id=probe_operation_id,
+    @route("/live", http_method=GET_HEAD, operation_id=get_head_operation_id,
            opt={"auth": "public"}, summary="Liveness: the process answers",
            description="200 while the process answers and could serve again without a "
            "restart (also while loading). 503, without Retry-After, when only a restart can "
@@ -52,7 +52,7 @@ class HealthController(Controller):
         return LiveOut()
 
     @route(
-        "/ready", http_method=GET_HEAD, operation_id=probe_operation_id,
+        "/ready", http_method=GET_HEAD, operation_id=get_head_operation_id,
         opt={"auth": "public"}, summary="Readiness: models and index loaded",
         description="503 (with Retry-After) until the pipeline has loaded its models and index, "
         "or if loading failed. Also 503 once the model process cannot serve: without "

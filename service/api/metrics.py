@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Info, generate_latest
 
-from storyline.service.api.docs import GET_HEAD, probe_operation_id, responses
+from storyline.service.api.docs import GET_HEAD, get_head_operation_id, responses
 
 __all__ = [
     "ARTICLE_COUNT",
@@ -67,7 +67,7 @@ class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ("metrics",)
 
-    @route(http_method=GET_HEAD, operation_id=probe_operation_id,
+    @route(http_method=GET_HEAD, operation_id=get_head_operation_id,
            summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST,
            description="Prometheus text exposition: request counts and latencies, "
            "storyline_stage_seconds{stage=embed|summarise|actors|stance}, index size, article "

@@ -65,7 +65,7 @@ def _set(s: Schema | Reference | None, kind: str, **attrs: Any) -> None:
 
 def _operations(app: Litestar) -> Iterator[tuple[str, Operation]]:
     for path, item in (app.openapi_schema.paths or {}).items():
-        for method in ("get", "post", "delete"):
+        for method in ("get", "head", "post", "delete"):
             op = getattr(item, method, None)
             if isinstance(op, Operation):
                 yield f"{method.upper()} {path}", op

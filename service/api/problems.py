@@ -192,6 +192,13 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
         detail = f"no resource at {request.url.path}"
     elif isinstance(exc, MethodNotAllowedException):
         detail = f"{request.method} is not allowed here"
+        raw = request.scope.get("raw_path")
+        if isinstance(raw, bytes) and b"%2f" in raw.split(b"?", 1)[0].lower():
+            # litestar routes the decoded path with empty segments dropped, so
+            # /v1/articles/%2F reached the collection (POST only): no id holds a "/"
+            status, detail = 404, "no resource at this path: an id cannot contain '/'"
+            headers.pop("Allow", None)
+            headers.pop("allow", None)
     elif isinstance(exc, PermissionDeniedException):
         pass
     elif status == 503:

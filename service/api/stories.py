@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request, route
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect
 
-from storyline.models.errors import NotImplementedStage
-from storyline.service.api.docs import ok, responses
+from storyline.models.errors import NotFound, NotImplementedStage
+from storyline.service.api.docs import GET_HEAD, get_head_operation_id, ok, responses
 from storyline.service.api.problems import Gone
 from storyline.service.api.runtime import Rt, check_range, query_time
 from storyline.service.api.schemas import StoryListResponse, StoryOut, story_brief, story_out
@@ -58,6 +58,8 @@ _LIST_EXAMPLE = {"items": [{
 
 def resolve_active(pipe: Any, story_id: str) -> tuple[str, bool]:
     """``(active id, moved)`` for a story id, following merges; a split raises :class:`Gone`."""
+    if "\x00" in story_id:  # no id holds one, and PostgreSQL fails a query that does
+        raise NotFound(f"story '{story_id}' not found")
     story = pipe.store.get_story(story_id)  # NotFound for ids never seen
     if story.status == "active":
         return story_id, False
@@ -74,8 +76,9 @@ class StoriesController(Controller):
     path = "/v1/stories"
     tags = ("stories",)
 
-    @get(
-        "/", summary="List stories",
+    @route(
+        "/", http_method=GET_HEAD, operation_id=get_head_operation_id,
+        summary="List stories",
         description="Active stories, latest coverage first (by the publication time of "
         "their newest article, `last_at`; stories with no dated article last), filtered by "
         "time window (overlap with `first_at`..`last_at`; with `since` or `until` given, "
@@ -126,8 +129,9 @@ class StoriesController(Controller):
 
         return await rt.io.run(load)
 
-    @get(
-        "/{story_id:str}", summary="One story: summary, actors and stances",
+    @route(
+        "/{story_id:str}", http_method=GET_HEAD, operation_id=get_head_operation_id,
+        summary="One story: summary, actors and stances",
         description="The story's summary with cited article ids, its actors with portrayal and "
         "position stances and evidence, outlets and timing. An id that was merged into another "
         "story answers 308 to the story it became; a split one answers 410 naming its "
