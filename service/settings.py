@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or approximate search")
     index_hnsw_ef_search: int = Field(
         128, ge=1, le=4096,
-        description="hnsw search breadth: recall@10 0.990 at 128 on 100k vectors (bench/index.py, session 17)",
+        description="hnsw search breadth: recall@10 0.990 at 128 on 100k vectors "
+        "(bench/index.py, session 17)",
     )
 
     index_save_interval_s: float = Field(
