@@ -78,6 +78,7 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
+from storyline.index.stories import article_print
 from storyline.index.stories import members_hash as stories_members_hash
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput, NotFound
@@ -469,6 +470,10 @@ class AnalysisPlan:
     kind: str
     key: str
     current: bool
+    #: ``members_hash`` of the ``article_print`` of every stored member as read for this
+    #: plan (before the as-of filter): ``put_output(members=)`` writes only if they still
+    #: read so, checked in the write's transaction
+    members: str
 
     def is_cached(self, store: Any) -> bool:
         got = store.get_output(self.story_id, self.kind)
@@ -478,6 +483,9 @@ class AnalysisPlan:
 def analysis_plan(pipeline: Any, story: Story, until: datetime, budget: int | None
                   ) -> AnalysisPlan:
     arts = pipeline.store.get_articles(story.article_ids)
+    # Over every member, not only the as-of ones: a change to any of them drops the
+    # story's stored outputs, and an analysis started before it must not be written after.
+    prints = stories_members_hash((a.id, article_print(a)) for a in arts)
     asof = [a for a in arts if a.published_at is not None and _utc(a.published_at) < until]
     chash = members_hash(asof)
     words = budget or pipeline.settings.summary_words
@@ -487,12 +495,12 @@ def analysis_plan(pipeline: Any, story: Story, until: datetime, budget: int | No
     other = "" if words == pipeline.settings.summary_words else f":b{words}"
     if len(asof) == len(arts) and chash == story.content_hash:
         return AnalysisPlan(story.id, arts, words, "analysis" + other,
-                            pipeline.analysis_key(story.content_hash, words), not other)
+                            pipeline.analysis_key(story.content_hash, words), not other, prints)
     # The story grew after the period (or its stored hash is stale: articles updated while no
     # clusterer ran): analyse the members as they are and as the period knew them, cached
     # under a key of its own so the story's current view (the API's) is left alone.
     return AnalysisPlan(story.id, asof, words, f"analysis@{until.isoformat()}{other}",
-                        pipeline.analysis_key(chash, words), False)
+                        pipeline.analysis_key(chash, words), False, prints)
 
 
 def _analyse(pipeline: Any, story: Story, until: datetime, budget: int | None) -> _Analysed:
@@ -507,8 +515,12 @@ def _analyse(pipeline: Any, story: Story, until: datetime, budget: int | None) -
         summary, stances = msgspec.json.decode(cached[1], type=_Analysis)
         return _Analysed(summary, list(stances), plan.articles, True, {})
     summary, stances, timing = pipeline.analyse(plan.articles, plan.budget)
+    # Not written (and still used for this document) when a member changed since the plan
+    # read them: that change dropped the story's outputs, and the key, over content only,
+    # would still match this analysis of the metadata it replaced.
     pipeline.store.put_output(story.id, plan.kind, plan.key,
-                              msgspec.json.encode((summary, stances)).decode())
+                              msgspec.json.encode((summary, stances)).decode(),
+                              members=plan.members)
     return _Analysed(summary, list(stances), plan.articles, False, dict(timing))
 
 
@@ -527,14 +539,18 @@ def _analyse_on_ray(pipeline: Any, stories: Sequence[Story], until: datetime,
         return []
     s = pipeline.settings
     rows = [{"story_id": p.story_id, "articles": ray_engine.encode_articles(p.articles),
-             "budget": p.budget, "kind": p.kind, "key": p.key} for p in todo]
+             "budget": p.budget, "kind": p.kind, "key": p.key, "members": p.members}
+            for p in todo]
     with ray_engine.ray_session(address, num_cpus=s.threads) as ray:
         results = ray_engine.analyse_stories(
             ray, rows, models_dir=s.models_dir, threads=s.threads,
             embed_batch_size=s.embed_batch_size, workers=workers)
     done = set()
     for r in results:
-        pipeline.store.put_output(r["story_id"], r["kind"], r["key"], r["payload"])
+        # (a story changed while the job ran is left unstored: the loop below analyses it
+        # again as it is then)
+        pipeline.store.put_output(r["story_id"], r["kind"], r["key"], r["payload"],
+                                  members=r["members"])
         done.add(r["story_id"])
         for name in ("summarise", "actors", "stance"):
             stages[name] = stages.get(name, 0.0) + r[name]

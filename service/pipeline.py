@@ -28,7 +28,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from storyline.index.store import IngestItem, SQLiteStore
 from storyline.index.stories import article_print, members_hash
 from storyline.index.types import ArticleBrief, IngestResult, Story
-from storyline.index.vectors import VectorIndex
+from storyline.index.vectors import IndexSnapshot, VectorIndex
 from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
 from storyline.models.protocols import ActorExtractor, Embedder, StanceTagger, Summariser
 from storyline.models.types import ActorStance, Article, Summary, reading_order
@@ -133,6 +133,9 @@ RELATED_SLACK = 8
 FILTER_DIRECT_MAX = 20_000
 #: store changes read per page when the start-up repair replays the change feed
 _REPLAY_PAGE = 10_000
+#: article ids ``take_followed`` keeps for its caller, the latest (dropped ones only miss
+#: an early recomputation: a story is analysed on its next read anyway)
+_FOLLOWED_MAX = 10_000
 
 
 # -- the model stages, as this process loads them (also the model process's loaders) -----
@@ -220,6 +223,9 @@ class Pipeline:
         self._actors = actors
         self._stance = stance
         self._write_lock = threading.Lock()
+        # Index file writes: serialised among themselves, but not under ``_write_lock``
+        # (ingests and deletes wait only while the index is copied, not the ~1 s write).
+        self._index_write_lock = threading.Lock()
         #: called by ``close`` after the store (e.g. a model process the stages live in)
         self.closers: list[Callable[[], None]] = []
         # Ad hoc article sets (POST /v1/summarise) have no stored story to keep their
@@ -239,13 +245,18 @@ class Pipeline:
         # The index file is a cache of stored embeddings (``_sync_index`` repairs it at
         # start), so writes reach it at most every ``index_save_interval_s``, not per call.
         # A change takes the next number; the file holds every change up to the number
-        # read before it was serialised (next() is atomic, so concurrent changes by
+        # read before it was copied (next() is atomic, so concurrent changes by
         # ingest and the change follower are never lost).
         self._index_changes = itertools.count(1)
         self._index_version = self._index_saved_version = 0
         self._index_saved_at = time.monotonic()
+        #: (version, seq) of the snapshot last written: an older one finishing later
+        #: must not put its contents over a newer file
+        self._index_written = (0, 0)
         self._gaps: dict[int, float] = {}
         self._follow_lock = threading.Lock()
+        #: article id -> last op applied by ``follow_changes``, for ``take_followed``
+        self._followed: dict[str, str] = {}
         self.index = self._open_index()
 
     # -- lazily loaded stages --------------------------------------------------------
@@ -355,22 +366,43 @@ class Pipeline:
         The file records ``applied_seq``, the change number up to which the index
         reflects the store; the next start replays the changes after it. The change feed
         is applied first, which moves that number past this process's own writes (their
-        vectors are indexed already, so that is a read and a comparison).
+        vectors are indexed already, so that is a read and a comparison). Ingests and
+        deletes wait only while the index is copied, not while the copy is written.
         """
+        with self._write_lock:
+            pending = self._index_snapshot()
+        self._write_index(*pending)
+
+    def _index_snapshot(self) -> tuple[int, IndexSnapshot]:
+        """With ``_write_lock`` held: what ``_write_index`` writes, and its version."""
         try:
             self.follow_changes()
         except Exception as exc:  # the store is unreachable: write the older number
             log.warning("change feed unreadable before the index write (%s)", exc)
+        # The version is read before the copy: a change that lands after it stays due.
         version = self._index_version
-        try:
-            self.index.save(self.settings.index_path, seq=self._seq)
-        except BaseException:
-            INDEX_WRITE_FAILURES.inc()
-            raise
-        finally:  # tried: a failing disk is retried once an interval, not on every write
-            self._index_saved_at = time.monotonic()
-        self._index_saved_version = version
-        INDEX_WRITES.set(time.time())
+        snap = self.index.snapshot(seq=self._seq)
+        # Claimed: a write due for another caller meanwhile would copy the index again
+        # only to wait for this one.
+        self._index_saved_at = time.monotonic()
+        return version, snap
+
+    def _write_index(self, version: int, snap: IndexSnapshot) -> None:
+        """Write a snapshot taken by ``_index_snapshot``, without ``_write_lock``."""
+        with self._index_write_lock:
+            if (version, snap.seq) < self._index_written:
+                # A newer snapshot was written first (it holds all of this one).
+                return
+            try:
+                snap.write(self.settings.index_path)
+            except BaseException:
+                INDEX_WRITE_FAILURES.inc()
+                raise
+            finally:  # tried: a failing disk is retried once an interval, not on every write
+                self._index_saved_at = time.monotonic()
+            self._index_written = (version, snap.seq)
+            self._index_saved_version = version
+            INDEX_WRITES.set(time.time())
 
     @property
     def _index_dirty(self) -> bool:
@@ -386,32 +418,38 @@ class Pipeline:
         with self._write_lock:
             if not self._index_dirty or not (force or self._index_save_due(interval_s)):
                 return False
-            self.save_index()
-            return True
+            pending = self._index_snapshot()
+        self._write_index(*pending)
+        return True
 
     def _index_save_due(self, interval_s: float | None = None) -> bool:
         every = self.settings.index_save_interval_s if interval_s is None else interval_s
         return time.monotonic() - self._index_saved_at >= every
 
-    def _index_changed(self) -> None:
-        """After a change to the index, with the write lock held.
+    def _index_changed(self) -> tuple[int, IndexSnapshot] | None:
+        """After a change to the index, with the write lock held: the snapshot to write
+        (with ``_write_due_index``, once the lock is released) if the file is due.
 
         The start-up repair replays the store's change feed after the number in the file,
         so a crash before the write loses nothing, a replaced vector included: updates
         wait for the interval like any other change.
         """
         self._index_touched()
-        if self._index_save_due():
-            try:
-                self.save_index()
-            except OSError as exc:
-                # The store has committed the write; the file is only a cache the next
-                # start repairs from the store. Failing here answered a stored batch with a
-                # 500 and skipped placing it in stories, and every later write retried the
-                # whole file under the write lock. It stays marked changed and is tried
-                # again after an interval (the index saver reports lasting failures).
-                log.warning("writing the vector index file failed (%s); it stays in memory "
-                            "and is written later", exc)
+        return self._index_snapshot() if self._index_save_due() else None
+
+    def _write_due_index(self, pending: tuple[int, IndexSnapshot] | None) -> None:
+        if pending is None:
+            return
+        try:
+            self._write_index(*pending)
+        except OSError as exc:
+            # The store has committed the write; the file is only a cache the next
+            # start repairs from the store. Failing here answered a stored batch with a
+            # 500, and every later write retried the whole file. It stays marked changed
+            # and is tried again after an interval (the index saver reports lasting
+            # failures).
+            log.warning("writing the vector index file failed (%s); it stays in memory "
+                        "and is written later", exc)
 
     # -- replicas ------------------------------------------------------------------------
     @property
@@ -457,7 +495,23 @@ class Pipeline:
                 self._index_touched()
             self._seq = upto
             self._gaps = {k: v for k, v in self._gaps.items() if k > upto}
+            # Whoever applies them (the change follower, or an index write first), the
+            # follower's caller hears of them (``take_followed``).
+            for aid, op in final.items():
+                self._followed.pop(aid, None)
+                self._followed[aid] = op
+            while len(self._followed) > _FOLLOWED_MAX:
+                del self._followed[next(iter(self._followed))]
             return len(final)
+
+    def take_followed(self) -> dict[str, str]:
+        """The articles whose changes ``follow_changes`` applied since the last call, by
+        any caller (an index write applies the feed first): id -> the last op
+        (``upsert`` or ``delete``), oldest first, at most the latest ``_FOLLOWED_MAX``.
+        This process's own writes come back this way too."""
+        with self._follow_lock:
+            taken, self._followed = self._followed, {}
+        return taken
 
     # -- ingest ----------------------------------------------------------------------
     def ingest(
@@ -502,10 +556,11 @@ class Pipeline:
             results = self.store.ingest(items, self.embedder.model_id, promoted=promoted)
             changed = [r.id for r in results if r.outcome in ("inserted", "updated")]
             changed += [i for i in promoted if i not in changed]
+            due = None
             if changed:
                 ids, vecs = self.store.embeddings(changed)
                 self.index.add(ids, vecs)
-                self._index_changed()
+                due = self._index_changed()
             place = changed + self._unplaced(results) if assign_stories else []
             if place and self._clusterer:
                 assigned = self._clusterer.assign(place)
@@ -513,6 +568,7 @@ class Pipeline:
                     IngestResult(r.id, r.outcome, r.duplicate_of, assigned.get(r.id))
                     for r in results
                 ]
+        self._write_due_index(due)
         if self._clusterer:
             story_of = self.store.story_of([r.duplicate_of or r.id for r in results])
             results = [
@@ -596,14 +652,15 @@ class Pipeline:
             if promoted:
                 ids, vecs = self.store.embeddings(promoted)
                 self.index.add(ids, vecs)
-            self._index_changed()
+            due = self._index_changed()
             if self._clusterer:
                 self._clusterer.remove([article_id])
                 if promoted:
                     self._clusterer.assign(promoted)
             if promoted:
                 changed.update(self.store.story_of(promoted).values())
-            return sorted(changed)
+        self._write_due_index(due)
+        return sorted(changed)
 
     # -- related coverage ------------------------------------------------------------
     def related(

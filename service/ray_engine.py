@@ -5,10 +5,12 @@ Ray Data dataset of plain rows, and hand the results back to the driver, which a
 touches the store. Ray is an optional extra (``pip install 'storyline[ray]'``), imported
 only here and only when a job runs.
 
-* :func:`analyse_stories`: rows ``{story_id, articles (JSON), budget, kind, key}`` ->
-  ``{story_id, kind, key, payload, summarise, actors, stance}``; ``payload`` is the
-  analysis serialised exactly as the store keeps it (``msgspec.json.encode((summary,
-  stances))``), so the driver writes it with ``store.put_output`` unchanged.
+* :func:`analyse_stories`: rows ``{story_id, articles (JSON), budget, kind, key, members}``
+  -> ``{story_id, kind, key, members, payload, summarise, actors, stance}``; ``payload`` is
+  the analysis serialised exactly as the store keeps it (``msgspec.json.encode((summary,
+  stances))``), so the driver writes it with ``store.put_output`` unchanged, and
+  ``members`` (the print of the story's members the job was planned on) comes back as it
+  went, for ``put_output(members=)``.
 * :func:`embed_articles`: articles -> ``{id: vector}`` of ``article_text(a)``, for
   ``Pipeline.ingest(..., precomputed=...)``.
 
@@ -179,7 +181,7 @@ class _AnalyseWorker:
             timing["stance"].append(t3 - t2)
         return {
             "story_id": batch["story_id"], "kind": batch["kind"], "key": batch["key"],
-            "payload": _col(payloads),
+            "members": batch["members"], "payload": _col(payloads),
             **{k: np.asarray(v, dtype=np.float64) for k, v in timing.items()},
         }
 
@@ -215,9 +217,9 @@ def analyse_stories(
     batch_size: int = ANALYSE_BATCH,
 ) -> list[dict[str, Any]]:
     """Run the analysis of ``rows`` (``story_id``, ``articles`` from
-    :func:`encode_articles`, ``budget``, ``kind``, ``key``) on ``workers`` Ray actors
-    (default: one per CPU of the cluster). Returns one dict per row: ``story_id``, ``kind``,
-    ``key``, ``payload`` and the seconds per stage."""
+    :func:`encode_articles`, ``budget``, ``kind``, ``key``, ``members``) on ``workers`` Ray
+    actors (default: one per CPU of the cluster). Returns one dict per row: ``story_id``,
+    ``kind``, ``key``, ``members``, ``payload`` and the seconds per stage."""
     if not rows:
         return []
     n = min(_workers(ray, workers), len(rows))

@@ -12,9 +12,11 @@ the next start repairs by replaying the changes after it, so the service keeps s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from storyline.service.api.background import PeriodicTask
 from storyline.service.api.runtime import PRIORITY_BACKGROUND
@@ -25,6 +27,17 @@ log = logging.getLogger(__name__)
 
 #: While writes keep failing, say so again at most this often (a tick can be every 0.1 s).
 LOG_EVERY_S = 600.0
+
+T = TypeVar("T")
+
+
+class _OwnThread:
+    """``pool()`` for the saver: each step on a thread of its own (the loop's default
+    executor; the task runs one step at a time)."""
+
+    async def run(self, fn: Callable[..., T], *args: Any, priority: int = 0,
+                  **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 class IndexSaver(PeriodicTask):
@@ -43,9 +56,11 @@ class IndexSaver(PeriodicTask):
         return hasattr(pipe, "flush_index")
 
     def pool(self) -> Any:
-        # flush_index waits for the pipeline's write lock (held by ingest and delete): on
-        # the I/O pool that wait would hold up the lookups, so it runs where writes do.
-        return self._rt.background
+        # flush_index waits for the pipeline's write lock (held by ingest and delete) and
+        # then writes the file (~1 s at 100k vectors): on the I/O pool that would hold up
+        # the lookups, and on the background pool (one thread with the model process) the
+        # ingests and deletes queued behind it, so it has a thread of its own.
+        return _OwnThread()
 
     def step(self, pipe: Any) -> None:
         # Whatever changed, once this task's interval has passed since the file was last

@@ -12,10 +12,17 @@ worked, ``storyline_replica_last_sync_timestamp_seconds`` when that was, and
 ``storyline_replica_sync_failures_total`` counts the polls that failed: a lag read alone
 keeps its last value (often 0) while the store cannot be read. After ``stale_after_s``
 of failures in a row, readiness answers 503 until a poll works again.
+
+The stories those changes touched are marked in the idle-time warmer (when it runs), as
+this process's own ingests and deletes mark theirs, so they are analysed before a reader
+asks: an article's story is read once the other process has placed it (it stores the
+article first, then places it), and a deleted article's story is the one this process's
+clusterer last knew it in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -36,6 +43,10 @@ STALE_AFTER_POLLS = 10
 STALE_AFTER_MIN_S = 60.0
 #: failures logged with a traceback at most this often (a poll can run every 0.1 s)
 LOG_EVERY_S = 60.0
+#: an article another process stored is looked for in a story this long (it is placed
+#: after it is stored; one ingested without clustering never is), at most this many
+PLACE_WAIT_S = 120.0
+PLACE_WAIT_MAX = 10_000
 
 
 class ChangeFollower(PeriodicTask):
@@ -49,6 +60,14 @@ class ChangeFollower(PeriodicTask):
         self.failing_since: float | None = None
         self.failures = 0  # in a row
         self._logged_at = 0.0
+        #: stored by another process, not placed in a story yet: id -> first seen
+        self._unplaced: dict[str, float] = {}
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        # the warmer is marked on the event loop; steps run on a pool thread
+        self._event_loop = asyncio.get_running_loop()
+        super().start()
 
     def applies(self, pipe: Any) -> bool:
         return hasattr(pipe, "follow_changes")
@@ -70,6 +89,37 @@ class ChangeFollower(PeriodicTask):
         if applied:
             metrics.INDEX_SIZE.set(len(pipe.index))
             log.debug("applied %d changes from the store (lag %d)", applied, lag)
+        try:
+            self._mark_changed_stories(pipe)
+        except Exception:  # the stories are analysed on their next read instead
+            log.warning("marking the stories changed by other processes failed",
+                        exc_info=True)
+
+    def _mark_changed_stories(self, pipe: Any) -> None:
+        warmer = getattr(self._rt, "warmer", None)
+        take = getattr(pipe, "take_followed", None)
+        if warmer is None or not warmer.enabled or take is None or self._event_loop is None:
+            return
+        now = time.monotonic()
+        followed: dict[str, str] = take()
+        for aid, op in followed.items():
+            if op == "upsert":
+                self._unplaced.setdefault(aid, now)
+            else:
+                self._unplaced.pop(aid, None)
+        placed: dict[str, str] = pipe.store.story_of(list(self._unplaced))
+        sids = set(placed.values())
+        self._unplaced = {a: t for a, t in self._unplaced.items()
+                          if a not in placed and now - t < PLACE_WAIT_S}
+        while len(self._unplaced) > PLACE_WAIT_MAX:
+            del self._unplaced[next(iter(self._unplaced))]
+        # The store forgets a deleted article's story with it; this process's clusterer
+        # still knows it (unless the article came and went since it last loaded).
+        story_of = getattr(getattr(pipe, "clusterer", None), "story_of", None)
+        if story_of is not None:
+            sids.update(s for a, op in followed.items() if op == "delete" and (s := story_of(a)))
+        if sids:
+            self._event_loop.call_soon_threadsafe(warmer.mark, sorted(sids))
 
     def _failed(self) -> None:
         now = time.monotonic()
