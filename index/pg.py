@@ -41,7 +41,19 @@ except ImportError as _exc:  # pragma: no cover - depends on the installed extra
         f"pip install 'storyline[postgres]' ({_exc})"
     ) from _exc
 
-from storyline.index.store import IngestItem, StoriesChanged, _members_print, resolve_successors
+from storyline.index.store import (
+    IngestItem,
+    StoriesChanged,
+    _at_least,
+    _check_items,
+    _check_story,
+    _members_print,
+    _refuse_unstorable,
+    _shown,
+    _storable,
+    _storable_ids,
+    resolve_successors,
+)
 from storyline.index.types import (
     ArticleBrief,
     Change,
@@ -90,7 +102,7 @@ embeddings_t = sa.Table(
 changes = sa.Table(
     "changes", _md,
     sa.Column("seq", sa.BigInteger, primary_key=True), sa.Column("article_id", _KEY),
-    sa.Column("op", sa.Text), sa.Column("at", _TS),
+    sa.Column("op", sa.Text), sa.Column("at", _TS), sa.Column("story_id", _KEY),
 )
 stories = sa.Table(
     "stories", _md,
@@ -127,6 +139,8 @@ digests = sa.Table(
 )
 
 _CHUNK = 5000
+#: a POSIX regex for text holding a character outside ASCII (see ``matching_ids``)
+_NON_ASCII_RE = "[^\x01-\x7f]"
 
 
 def _utcnow() -> datetime:
@@ -211,6 +225,7 @@ class PostgresStore:
     ) -> None:
         self.url = normalise_url(url)
         self._clock = clock
+        self._closed = False
         self._engine = sa.create_engine(
             self.url,
             pool_size=pool_size,
@@ -245,6 +260,7 @@ class PostgresStore:
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
         """One transaction; the connection is what ``save_story``/``record_history`` take."""
+        self._check_open()
         try:
             conn = self._engine.connect()
         except sa.exc.SQLAlchemyError as exc:
@@ -266,7 +282,14 @@ class PostgresStore:
         finally:
             conn.close()
 
+    def _check_open(self) -> None:
+        # A disposed engine opens a new pool on its next use: a closed store went on
+        # reading and writing (and held connections) where a closed SQLiteStore fails.
+        if self._closed:
+            raise StoreError("the store is closed")
+
     def _rows(self, stmt: sa.Executable) -> list[sa.RowMapping]:
+        self._check_open()
         try:
             with self._engine.connect() as conn:
                 return list(conn.execute(stmt).mappings())
@@ -282,12 +305,13 @@ class PostgresStore:
         db.execute(sa.select(sa.func.pg_advisory_xact_lock(_FEED_LOCK)))
 
     def close(self) -> None:
+        self._closed = True
         self._finalizer()
 
     # -- articles ---------------------------------------------------------------
     def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             rows = self._rows(
                 sa.select(articles.c.id, articles.c.content_hash).where(articles.c.id.in_(chunk))
             )
@@ -296,7 +320,7 @@ class PostgresStore:
 
     def ids_for_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(list(set(hashes))):
+        for chunk in _chunks(_storable_ids(list(set(hashes)))):
             rows = self._rows(
                 sa.select(articles.c.content_hash, sa.func.min(articles.c.id).label("id"))
                 .where(articles.c.content_hash.in_(chunk))
@@ -310,6 +334,7 @@ class PostgresStore:
     ) -> list[IngestResult]:
         """Insert or update a batch in one transaction (outcomes, and duplicates promoted
         by an update, as in ``SQLiteStore``)."""
+        _check_items(items, model)
         results: list[IngestResult] = []
         now = self._now()
         with self.transaction() as db:
@@ -388,13 +413,13 @@ class PostgresStore:
     def get_article(self, article_id: str) -> Article:
         arts = self.get_articles([article_id])
         if not arts:
-            raise NotFound(f"article '{article_id}' not found")
+            raise NotFound(f"article '{_shown(article_id)}' not found")
         return arts[0]
 
     def get_articles(self, ids: Sequence[str]) -> list[Article]:
         """Articles in the order of ``ids``; unknown ids are skipped."""
         found: dict[str, Article] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._rows(sa.select(articles).where(articles.c.id.in_(chunk))):
                 found[r["id"]] = _article(r)
         return [found[i] for i in ids if i in found]
@@ -403,7 +428,7 @@ class PostgresStore:
         """Title, source, time and story of each known id (unknown ids are left out)."""
         out: dict[str, ArticleBrief] = {}
         joined = articles.outerjoin(story_members, story_members.c.article_id == articles.c.id)
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._rows(
                 sa.select(articles.c.id, articles.c.title, articles.c.source,
                           articles.c.published_at, story_members.c.story_id)
@@ -414,6 +439,7 @@ class PostgresStore:
         return out
 
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
+        _at_least("batch", batch, 1)
         last = ""
         while True:
             rows = self._rows(
@@ -431,12 +457,15 @@ class PostgresStore:
             q = q.where(articles.c.published_ts >= since.timestamp())
         if until is not None:
             q = q.where(articles.c.published_ts < until.timestamp())
-        return [r["id"] for r in self._rows(q.order_by(articles.c.published_ts))]
+        return [r["id"] for r in self._rows(q.order_by(articles.c.published_ts, articles.c.id))]
 
     def matching_ids(
         self, since: datetime | None, until: datetime | None, source: str | None, limit: int
     ) -> list[str]:
         """As ``SQLiteStore.matching_ids``."""
+        _at_least("limit", limit)
+        if source is not None and not _storable(source):
+            return []
         q = sa.select(articles.c.id, articles.c.source)
         if since is not None:
             q = q.where(articles.c.published_ts >= since.timestamp())
@@ -445,8 +474,9 @@ class PostgresStore:
         if source is None:
             return [r["id"] for r in self._rows(q.limit(limit))]
         q = q.where(articles.c.source.is_not(None))
-        if source.isascii():  # narrows; Python's casefold decides
-            q = q.where(sa.func.lower(articles.c.source) == source.lower())
+        if source.isascii():  # narrows; Python's casefold decides (as SQLiteStore's)
+            q = q.where(sa.or_(sa.func.lower(articles.c.source) == source.lower(),
+                               articles.c.source.regexp_match(_NON_ASCII_RE)))
         out = [r["id"] for r in self._rows(q)
                if r["source"].casefold() == source.casefold()]
         return out[:limit]
@@ -500,6 +530,8 @@ class PostgresStore:
     def delete_article(self, article_id: str) -> list[str]:
         """As ``SQLiteStore.delete_article``: a duplicate id loses just its record; a
         stored article's duplicates keep its content. Returns the promoted ids."""
+        if not _storable(article_id):
+            raise NotFound(f"article '{_shown(article_id)}' not found")
         now = self._now()
         with self.transaction() as db:
             self._lock_feed(db)
@@ -509,12 +541,16 @@ class PostgresStore:
             if found is None:
                 res = db.execute(sa.delete(duplicates).where(duplicates.c.id == article_id))
                 if res.rowcount == 0:
-                    raise NotFound(f"article '{article_id}' not found")
+                    raise NotFound(f"article '{_shown(article_id)}' not found")
                 return []
+            # as SQLiteStore's: the feed keeps the story the membership leaves with it
+            story_id = db.execute(sa.select(story_members.c.story_id).where(
+                story_members.c.article_id == article_id)).scalar()
             _drop_outputs_of(db, article_id)
             promoted = self._promote_duplicates(db, article_id, now)
             db.execute(sa.delete(articles).where(articles.c.id == article_id))
-            db.execute(sa.insert(changes).values(article_id=article_id, op="delete", at=now))
+            db.execute(sa.insert(changes).values(
+                article_id=article_id, op="delete", at=now, story_id=story_id))
         return promoted
 
     def count_articles(self) -> int:
@@ -527,6 +563,8 @@ class PostgresStore:
         return [r["id"] for r in self._rows(sa.select(articles.c.id).order_by(articles.c.id))]
 
     def duplicates_of(self, article_id: str) -> list[str]:
+        if not _storable(article_id):
+            return []
         rows = self._rows(
             sa.select(duplicates.c.id).where(duplicates.c.canonical_id == article_id)
             .order_by(duplicates.c.id)
@@ -535,6 +573,8 @@ class PostgresStore:
 
     def canonical_id(self, article_id: str) -> str | None:
         """The stored article id for ``article_id``, following duplicate records."""
+        if not _storable(article_id):
+            return None
         if self._rows(sa.select(articles.c.id).where(articles.c.id == article_id)):
             return article_id
         rows = self._rows(
@@ -574,7 +614,7 @@ class PostgresStore:
             rows = self._rows(cols.order_by(embeddings_t.c.article_id))
         else:
             rows = []
-            for chunk in _chunks(list(ids)):
+            for chunk in _chunks(_storable_ids(ids)):
                 rows += self._rows(cols.where(embeddings_t.c.article_id.in_(chunk)))
             order = {i: k for k, i in enumerate(ids)}
             rows.sort(key=lambda r: order[r["article_id"]])
@@ -585,7 +625,7 @@ class PostgresStore:
 
     def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._rows(
                 sa.select(articles.c.id, articles.c.entities).where(articles.c.id.in_(chunk))
             ):
@@ -594,7 +634,7 @@ class PostgresStore:
 
     def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._rows(
                 sa.select(articles.c.id, articles.c.published_ts).where(articles.c.id.in_(chunk))
             ):
@@ -604,7 +644,7 @@ class PostgresStore:
     def ingested_ts(self, ids: Sequence[str]) -> dict[str, float]:
         """As ``SQLiteStore.ingested_ts``: each known id's ``ingested_at`` as a Unix time."""
         out: dict[str, float] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._rows(
                 sa.select(articles.c.id, articles.c.ingested_at).where(articles.c.id.in_(chunk))
             ):
@@ -613,10 +653,23 @@ class PostgresStore:
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         rows = self._rows(
-            sa.select(changes.c.seq, changes.c.article_id, changes.c.op)
-            .where(changes.c.seq > seq).order_by(changes.c.seq).limit(limit)
+            sa.select(changes.c.seq, changes.c.article_id, changes.c.op, changes.c.story_id)
+            .where(changes.c.seq > seq).order_by(changes.c.seq)
+            .limit(_at_least("limit", limit))
         )
-        return [Change(r["seq"], r["article_id"], r["op"]) for r in rows]
+        return [Change(r["seq"], r["article_id"], r["op"], r["story_id"]) for r in rows]
+
+    def deleted_story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
+        """As ``SQLiteStore.deleted_story_of``."""
+        last: dict[str, str | None] = {}
+        for chunk in _chunks(_storable_ids(article_ids)):
+            for r in self._rows(
+                sa.select(changes.c.article_id, changes.c.story_id)
+                .where(changes.c.op == "delete", changes.c.article_id.in_(chunk))
+                .order_by(changes.c.seq)
+            ):
+                last[r["article_id"]] = r["story_id"]
+        return {a: s for a, s in last.items() if s is not None}
 
     def last_seq(self) -> int:
         return int(self._scalar(sa.select(sa.func.max(changes.c.seq))) or 0)
@@ -646,6 +699,7 @@ class PostgresStore:
     # -- stories ----------------------------------------------------------------
     def save_story(self, story: Story, db: sa.Connection | None = None) -> None:
         """Upsert a story record and its membership (inside ``db``'s transaction if given)."""
+        _check_story(story)
         if db is None:
             with self.transaction() as tx:
                 self._save_story(tx, story)
@@ -678,9 +732,10 @@ class PostgresStore:
             db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id == s.id))
 
     def get_story(self, story_id: str) -> Story:
-        rows = self._rows(sa.select(stories).where(stories.c.id == story_id))
+        ok = _storable(story_id)
+        rows = self._rows(sa.select(stories).where(stories.c.id == story_id)) if ok else []
         if not rows:
-            raise NotFound(f"story '{story_id}' not found")
+            raise NotFound(f"story '{_shown(story_id)}' not found")
         return self._story(rows[0])
 
     def _story(self, r: sa.RowMapping) -> Story:
@@ -711,6 +766,10 @@ class PostgresStore:
         offset: int = 0,
         status: str = "active",
     ) -> list[Story]:
+        _at_least("limit", limit)
+        _at_least("offset", offset)
+        if not _storable(status):
+            return []
         size = (
             sa.select(sa.func.count()).select_from(story_members)
             .where(story_members.c.story_id == stories.c.id).scalar_subquery()
@@ -730,13 +789,15 @@ class PostgresStore:
         return [self._story(r) for r in rows]
 
     def count_stories(self, status: str = "active") -> int:
+        if not _storable(status):
+            return 0
         return int(self._scalar(
             sa.select(sa.func.count()).select_from(stories).where(stories.c.status == status)
         ))
 
     def story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(list(article_ids)):
+        for chunk in _chunks(_storable_ids(article_ids)):
             for r in self._rows(
                 sa.select(story_members.c.article_id, story_members.c.story_id)
                 .where(story_members.c.article_id.in_(chunk))
@@ -747,6 +808,7 @@ class PostgresStore:
     def record_history(
         self, old_id: str, new_id: str, kind: str, db: sa.Connection | None = None
     ) -> None:
+        _refuse_unstorable("a story history record", old_id, new_id, kind)
         stmt = (
             pgd.insert(story_history_t)
             .values(old_id=old_id, new_id=new_id, kind=kind, at=self._now())
@@ -759,6 +821,8 @@ class PostgresStore:
             db.execute(stmt)
 
     def story_history(self, story_id: str) -> list[StoryHistory]:
+        if not _storable(story_id):
+            return []
         h = story_history_t.c
         rows = self._rows(
             sa.select(story_history_t).where(sa.or_(h.old_id == story_id, h.new_id == story_id))
@@ -771,6 +835,8 @@ class PostgresStore:
 
     def resolve_story(self, story_id: str) -> list[str]:
         """Active ids that ``story_id`` became, following merges and splits."""
+        if not _storable(story_id):
+            raise NotFound(f"story '{_shown(story_id)}' not found")
 
         def status(sid: str) -> str | None:
             rows = self._rows(sa.select(stories.c.status).where(stories.c.id == sid))
@@ -791,6 +857,7 @@ class PostgresStore:
         story-generation row (shared), which every story write updates first, holds off
         retirements and membership changes; with ``members`` the change feed's advisory
         lock too, which every ingest and delete takes (content and metadata changes)."""
+        _refuse_unstorable("a stored output", story_id, kind, content_hash, payload, members)
         values = {"content_hash": content_hash, "payload": payload, "created_at": self._now()}
         with self.transaction() as db:
             if members is not None:
@@ -820,6 +887,8 @@ class PostgresStore:
 
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
         """``(content_hash, payload)`` of a stored output, or None."""
+        if not (_storable(story_id) and _storable(kind)):
+            return None
         rows = self._rows(
             sa.select(story_outputs.c.content_hash, story_outputs.c.payload)
             .where(story_outputs.c.story_id == story_id, story_outputs.c.kind == kind)
@@ -829,6 +898,7 @@ class PostgresStore:
     def put_digests(self, date: str, bodies: dict[str, str]) -> None:
         """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
         transaction: a format not in ``bodies`` is removed, so no older run's body is left."""
+        _refuse_unstorable("a digest", date, bodies)
         now = self._now()
         with self.transaction() as db:
             db.execute(sa.delete(digests).where(digests.c.date == date))
@@ -842,15 +912,18 @@ class PostgresStore:
 
     def delete_digest(self, date: str) -> bool:
         """Remove every format of digest ``date``; True when one was stored."""
+        if not _storable(date):
+            return False
         with self.transaction() as db:
             return db.execute(sa.delete(digests).where(digests.c.date == date)).rowcount > 0
 
     def get_digest(self, date: str, fmt: str) -> str:
+        ok = _storable(date) and _storable(fmt)
         rows = self._rows(
             sa.select(digests.c.body).where(digests.c.date == date, digests.c.format == fmt)
-        )
+        ) if ok else []
         if not rows:
-            raise NotFound(f"no {fmt} digest for {date}")
+            raise NotFound(f"no {_shown(fmt)} digest for {_shown(date)}")
         return str(rows[0]["body"])
 
     def digest_dates(self) -> list[str]:

@@ -9,6 +9,7 @@ rebuilt from the database, which is the source of truth.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,12 +31,20 @@ from storyline.index.types import (
     Story,
     StoryHistory,
 )
-from storyline.models.errors import ConflictError, InvalidArticle, NotFound, StoreError
+from storyline.models.errors import (
+    ConflictError,
+    InvalidArticle,
+    InvalidInput,
+    NotFound,
+    StoreError,
+)
 from storyline.models.types import Article
 
 __all__ = ["IngestItem", "SQLiteStore", "Store", "StoriesChanged"]
 
-SCHEMA_VERSION = 1
+#: 2: ``changes.story_id`` (the story a deleted article left); ``_migrate`` brings a
+#: version 1 file to it (its old deletes keep NULL)
+SCHEMA_VERSION = 2
 
 
 class StoriesChanged(ConflictError):
@@ -81,8 +90,10 @@ CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     article_id TEXT NOT NULL,
     op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
-    at TEXT NOT NULL
+    at TEXT NOT NULL,
+    story_id TEXT
 );
+CREATE INDEX IF NOT EXISTS changes_deleted ON changes(article_id) WHERE op = 'delete';
 CREATE TABLE IF NOT EXISTS stories (
     id TEXT PRIMARY KEY,
     label TEXT NOT NULL DEFAULT '',
@@ -206,6 +217,7 @@ class Store(Protocol):
     def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]: ...
     def ingested_ts(self, ids: Sequence[str]) -> dict[str, float]: ...
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]: ...
+    def deleted_story_of(self, article_ids: Sequence[str]) -> dict[str, str]: ...
     def last_seq(self) -> int: ...
     def stories_generation(self) -> int: ...
     def claim_stories_generation(self, expected: int, db: Any) -> int: ...
@@ -271,18 +283,43 @@ class SQLiteStore:
         self._closed = False
         # an in-memory database exists only on its one connection
         self._one_connection = str(path) == ":memory:"
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            # Outputs of stories retired before their retirement dropped them (older
-            # versions kept them for good); nothing reads a retired story's outputs.
-            self._db.execute(_PRUNE_RETIRED_OUTPUTS)
+        # (a file that is no database, or a locked or read-only one, fails here: a
+        # StoreError as PostgresStore's, not a raw sqlite3 error)
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.executescript(_SCHEMA)
+                self._migrate()
+                # Outputs of stories retired before their retirement dropped them (older
+                # versions kept them for good); nothing reads a retired story's outputs.
+                self._db.execute(_PRUNE_RETIRED_OUTPUTS)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Bring a file an older version wrote to ``SCHEMA_VERSION`` (``_SCHEMA`` creates a
+        new one at it). One transaction under the write lock that looks before it changes
+        anything, so processes opening an old file together migrate it once; an older
+        version keeps working on the migrated file (the new column is nullable)."""
+        db = self._db
+        if "story_id" in {r[1] for r in db.execute("PRAGMA table_info(changes)")}:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "story_id" not in {r[1] for r in db.execute("PRAGMA table_info(changes)")}:
+                db.execute("ALTER TABLE changes ADD COLUMN story_id TEXT")
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     # -- plumbing ---------------------------------------------------------------
     def _now(self) -> str:
@@ -298,8 +335,15 @@ class SQLiteStore:
             self._local.in_tx = getattr(self._local, "in_tx", 0) + 1
             try:
                 yield self._db
+            except sqlite3.Error as exc:
+                # a failed statement (a constraint, a full disk) is a StoreError, as
+                # PostgresStore's are; SQLite may have rolled back already
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(f"query failed: {exc}") from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             else:
                 try:
@@ -362,7 +406,7 @@ class SQLiteStore:
     # -- articles ---------------------------------------------------------------
     def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             rows = self._query(
                 f"SELECT id, content_hash FROM articles WHERE id IN ({_qs(chunk)})", chunk
             )
@@ -371,7 +415,7 @@ class SQLiteStore:
 
     def ids_for_hashes(self, hashes: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(list(set(hashes))):
+        for chunk in _chunks(_storable_ids(list(set(hashes)))):
             rows = self._query(
                 f"SELECT content_hash, MIN(id) AS id FROM articles "
                 f"WHERE content_hash IN ({_qs(chunk)}) GROUP BY content_hash",
@@ -397,6 +441,7 @@ class SQLiteStore:
         (see ``_promote_duplicates``); the ids that became stored articles that way are
         appended to ``promoted``.
         """
+        _check_items(items, model)
         results: list[IngestResult] = []
         now = self._now()
         with self.transaction() as db:
@@ -482,13 +527,13 @@ class SQLiteStore:
     def get_article(self, article_id: str) -> Article:
         arts = self.get_articles([article_id])
         if not arts:
-            raise NotFound(f"article '{article_id}' not found")
+            raise NotFound(f"article '{_shown(article_id)}' not found")
         return arts[0]
 
     def get_articles(self, ids: Sequence[str]) -> list[Article]:
         """Articles in the order of ``ids``; unknown ids are skipped."""
         found: dict[str, Article] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._packed(_ARTICLE_COLUMNS, f"FROM articles WHERE id IN ({_qs(chunk)})",
                                   chunk):
                 found[r[0]] = _article_of(r)
@@ -497,7 +542,7 @@ class SQLiteStore:
     def briefs(self, ids: Sequence[str]) -> dict[str, ArticleBrief]:
         """Title, source, time and story of each known id (unknown ids are left out)."""
         out: dict[str, ArticleBrief] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._packed(
                 "a.id, a.title, a.source, a.published_at, m.story_id",
                 "FROM articles a LEFT JOIN story_members m ON m.article_id = a.id"
@@ -508,6 +553,7 @@ class SQLiteStore:
         return out
 
     def iter_articles(self, batch: int = 1000) -> Iterator[Article]:
+        _at_least("batch", batch, 1)  # (0 read nothing, and said nothing of it)
         last = ""
         while True:
             rows = self._query(
@@ -524,7 +570,7 @@ class SQLiteStore:
         hi = until.timestamp() if until else float("inf")
         rows = self._query(
             "SELECT id FROM articles WHERE published_ts >= ? AND published_ts < ?"
-            " ORDER BY published_ts",
+            " ORDER BY published_ts, id",
             (lo, hi),
         )
         return [r["id"] for r in rows]
@@ -535,6 +581,9 @@ class SQLiteStore:
         """At most ``limit`` ids (no order) published in ``[since, until)`` (undated ones
         only when neither bound is set) whose source is ``source`` ignoring case (any
         source when None): the candidates of a filtered search."""
+        _at_least("limit", limit)
+        if source is not None and not _storable(source):
+            return []
         where: list[str] = ["1"]
         params: list[Any] = []
         if since is not None:
@@ -547,19 +596,21 @@ class SQLiteStore:
             rows = self._query(f"SELECT id FROM articles WHERE {' AND '.join(where)} LIMIT ?",
                                [*params, limit])
             return [r["id"] for r in rows]
-        # SQLite's lower() folds ASCII only: it narrows, Python's casefold decides
+        # SQLite's lower() folds ASCII only: it narrows, Python's casefold decides. A
+        # source with other letters stays a candidate: some casefold to ASCII ('ſ', the
+        # Kelvin sign K), which lower() keeps apart (PostgreSQL's, by locale, may not).
         if source.isascii():
-            where.append("lower(source) = ?")
-            params.append(source.lower())
+            where.append("(lower(source) = ? OR source GLOB ?)")
+            params += [source.lower(), _NON_ASCII_GLOB]
         else:
             where.append("source IS NOT NULL")
-        out = []
+        out: list[str] = []
         for r in self._query(f"SELECT id, source FROM articles WHERE {' AND '.join(where)}",
                              params):
+            if len(out) >= limit:
+                break
             if r["source"].casefold() == source.casefold():
                 out.append(r["id"])
-                if len(out) >= limit:
-                    break
         return out
 
     def _update_metadata(self, db: sqlite3.Connection, a: Article, now: str) -> None:
@@ -616,19 +667,26 @@ class SQLiteStore:
 
         A stored article's duplicates keep its content (see ``_promote_duplicates``);
         returns the ids that became stored articles that way."""
+        if not _storable(article_id):
+            raise NotFound(f"article '{_shown(article_id)}' not found")
         now = self._now()
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM articles WHERE id=?", (article_id,)).fetchone() is None:
                 cur = db.execute("DELETE FROM duplicates WHERE id=?", (article_id,))
                 if cur.rowcount == 0:
-                    raise NotFound(f"article '{article_id}' not found")
+                    raise NotFound(f"article '{_shown(article_id)}' not found")
                 return []
+            # the membership goes with the article: the feed keeps its story for replicas
+            # whose clusterer never knew the article (``deleted_story_of``)
+            member = db.execute(
+                "SELECT story_id FROM story_members WHERE article_id=?", (article_id,)
+            ).fetchone()
             _drop_outputs_of(db, article_id)
             promoted = self._promote_duplicates(db, article_id, now)
             db.execute("DELETE FROM articles WHERE id=?", (article_id,))
             db.execute(
-                "INSERT INTO changes(article_id, op, at) VALUES (?, 'delete', ?)",
-                (article_id, now),
+                "INSERT INTO changes(article_id, op, at, story_id) VALUES (?, 'delete', ?, ?)",
+                (article_id, now, member[0] if member else None),
             )
         return promoted
 
@@ -642,6 +700,8 @@ class SQLiteStore:
         return [r["id"] for r in self._query("SELECT id FROM articles ORDER BY id")]
 
     def duplicates_of(self, article_id: str) -> list[str]:
+        if not _storable(article_id):
+            return []
         rows = self._query(
             "SELECT id FROM duplicates WHERE canonical_id=? ORDER BY id", (article_id,)
         )
@@ -649,6 +709,8 @@ class SQLiteStore:
 
     def canonical_id(self, article_id: str) -> str | None:
         """The stored article id for ``article_id``, following duplicate records."""
+        if not _storable(article_id):
+            return None
         if self._query("SELECT 1 FROM articles WHERE id=?", (article_id,)):
             return article_id
         rows = self._query("SELECT canonical_id FROM duplicates WHERE id=?", (article_id,))
@@ -660,6 +722,10 @@ class SQLiteStore:
         """One statement for what ``related`` needs of its query article and of its
         candidates ``briefs_of`` (see ``_packed`` for why the number of statements
         matters); None when the id is unknown."""
+        if not _storable(article_id):
+            return None
+        # (json_each reads a string up to a NUL: "b\x00" would have found "b")
+        briefs_of = _storable_ids(briefs_of)
         rows = self._query(
             "SELECT json_array(a.id, a.title, a.source, a.published_at, m.story_id,"
             " hex(e.vector),"
@@ -705,7 +771,7 @@ class SQLiteStore:
             rows = self._query("SELECT article_id, vector FROM embeddings ORDER BY article_id")
         else:
             rows = []
-            for chunk in _chunks(list(ids)):
+            for chunk in _chunks(_storable_ids(ids)):
                 rows += self._query(
                     f"SELECT article_id, vector FROM embeddings WHERE article_id IN ({_qs(chunk)})",
                     chunk,
@@ -719,7 +785,7 @@ class SQLiteStore:
 
     def entities(self, ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._query(
                 f"SELECT id, entities FROM articles WHERE id IN ({_qs(chunk)})", chunk
             ):
@@ -728,7 +794,7 @@ class SQLiteStore:
 
     def published_ts(self, ids: Sequence[str]) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._query(
                 f"SELECT id, published_ts FROM articles WHERE id IN ({_qs(chunk)})", chunk
             ):
@@ -740,7 +806,7 @@ class SQLiteStore:
         time the story clusterer gives an undated article. An update keeps it; a promoted
         duplicate has the time its duplicate record was made."""
         out: dict[str, float] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_storable_ids(ids)):
             for r in self._query(
                 f"SELECT id, ingested_at FROM articles WHERE id IN ({_qs(chunk)})", chunk
             ):
@@ -749,10 +815,24 @@ class SQLiteStore:
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         rows = self._query(
-            "SELECT seq, article_id, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
+            "SELECT seq, article_id, op, story_id FROM changes WHERE seq > ? ORDER BY seq"
+            " LIMIT ?", (seq, _at_least("limit", limit)),
         )
-        return [Change(r["seq"], r["article_id"], r["op"]) for r in rows]
+        return [Change(r["seq"], r["article_id"], r["op"], r["story_id"]) for r in rows]
+
+    def deleted_story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
+        """The story each of ``article_ids`` was a member of when it was last deleted, as
+        the change feed recorded it (the membership itself went with the article). Left
+        out: ids never deleted, deleted from no story, or last deleted by a version that
+        did not record it (schema version 1)."""
+        last: dict[str, str | None] = {}
+        for chunk in _chunks(_storable_ids(article_ids)):
+            for r in self._query(
+                "SELECT article_id, story_id FROM changes WHERE op = 'delete'"
+                f" AND article_id IN ({_qs(chunk)}) ORDER BY seq", chunk,
+            ):
+                last[r["article_id"]] = r["story_id"]
+        return {a: s for a, s in last.items() if s is not None}
 
     def last_seq(self) -> int:
         rows = self._query("SELECT MAX(seq) AS s FROM changes")
@@ -782,6 +862,7 @@ class SQLiteStore:
     # -- stories ----------------------------------------------------------------
     def save_story(self, story: Story, db: sqlite3.Connection | None = None) -> None:
         """Upsert a story record and its membership (inside ``db``'s transaction if given)."""
+        _check_story(story)
         if db is None:
             with self.transaction() as tx:
                 self._save_story(tx, story)
@@ -817,9 +898,10 @@ class SQLiteStore:
             db.execute("DELETE FROM story_outputs WHERE story_id=?", (s.id,))
 
     def get_story(self, story_id: str) -> Story:
-        rows = self._query(f"{_STORY_SELECT} WHERE s.id=?", (story_id,))
+        ok = _storable(story_id)
+        rows = self._query(f"{_STORY_SELECT} WHERE s.id=?", (story_id,)) if ok else []
         if not rows:
-            raise NotFound(f"story '{story_id}' not found")
+            raise NotFound(f"story '{_shown(story_id)}' not found")
         return self._story(rows[0])
 
     def _story(self, r: sqlite3.Row) -> Story:
@@ -844,6 +926,10 @@ class SQLiteStore:
     ) -> list[Story]:
         # A bound leaves out stories with no dated article (NULL compares false), as
         # articles_between leaves out undated articles; with neither bound they are listed.
+        _at_least("limit", limit)
+        _at_least("offset", offset)
+        if not _storable(status):
+            return []
         bounds = ""
         params: list[Any] = [status]
         if since is not None:
@@ -860,13 +946,15 @@ class SQLiteStore:
         return [self._story(r) for r in rows]
 
     def count_stories(self, status: str = "active") -> int:
+        if not _storable(status):
+            return 0
         return int(
             self._query("SELECT COUNT(*) AS n FROM stories WHERE status=?", (status,))[0]["n"]
         )
 
     def story_of(self, article_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for chunk in _chunks(list(article_ids)):
+        for chunk in _chunks(_storable_ids(article_ids)):
             for i, sid in self._packed(
                 "article_id, story_id", f"FROM story_members WHERE article_id IN ({_qs(chunk)})",
                 chunk,
@@ -877,6 +965,7 @@ class SQLiteStore:
     def record_history(
         self, old_id: str, new_id: str, kind: str, db: sqlite3.Connection | None = None
     ) -> None:
+        _refuse_unstorable("a story history record", old_id, new_id, kind)
         sql = "INSERT OR IGNORE INTO story_history(old_id, new_id, kind, at) VALUES (?,?,?,?)"
         if db is None:
             with self.transaction() as tx:
@@ -885,8 +974,10 @@ class SQLiteStore:
             db.execute(sql, (old_id, new_id, kind, self._now()))
 
     def story_history(self, story_id: str) -> list[StoryHistory]:
+        if not _storable(story_id):
+            return []
         rows = self._query(
-            "SELECT * FROM story_history WHERE old_id=? OR new_id=? ORDER BY at",
+            "SELECT * FROM story_history WHERE old_id=? OR new_id=? ORDER BY at, old_id, new_id",
             (story_id, story_id),
         )
         return [
@@ -896,6 +987,8 @@ class SQLiteStore:
 
     def resolve_story(self, story_id: str) -> list[str]:
         """Active ids that ``story_id`` became, following merges and splits."""
+        if not _storable(story_id):
+            raise NotFound(f"story '{_shown(story_id)}' not found")
 
         def status(sid: str) -> str | None:
             rows = self._query("SELECT status FROM stories WHERE id=?", (sid,))
@@ -918,6 +1011,7 @@ class SQLiteStore:
         the story's members as they are now. The check and the write are one transaction
         (``BEGIN IMMEDIATE`` holds every writer off), so an analysis is never stored under
         a member set that changed after it was checked."""
+        _refuse_unstorable("a stored output", story_id, kind, content_hash, payload, members)
         with self.transaction() as db:
             row = db.execute("SELECT status FROM stories WHERE id=?", (story_id,)).fetchone()
             if row is not None and row["status"] != "active":
@@ -941,6 +1035,8 @@ class SQLiteStore:
 
     def get_output(self, story_id: str, kind: str) -> tuple[str, str] | None:
         """``(content_hash, payload)`` of a stored output, or None."""
+        if not (_storable(story_id) and _storable(kind)):
+            return None
         rows = self._query(
             "SELECT content_hash, payload FROM story_outputs WHERE story_id=? AND kind=?",
             (story_id, kind),
@@ -950,6 +1046,7 @@ class SQLiteStore:
     def put_digests(self, date: str, bodies: dict[str, str]) -> None:
         """Replace every stored format of digest ``date`` by ``bodies`` (format -> body) in one
         transaction: a format not in ``bodies`` is removed, so no older run's body is left."""
+        _refuse_unstorable("a digest", date, bodies)
         now = self._now()
         with self.transaction() as db:
             db.execute("DELETE FROM digests WHERE date=?", (date,))
@@ -960,13 +1057,17 @@ class SQLiteStore:
 
     def delete_digest(self, date: str) -> bool:
         """Remove every format of digest ``date``; True when one was stored."""
+        if not _storable(date):
+            return False
         with self.transaction() as db:
             return db.execute("DELETE FROM digests WHERE date=?", (date,)).rowcount > 0
 
     def get_digest(self, date: str, fmt: str) -> str:
-        rows = self._query("SELECT body FROM digests WHERE date=? AND format=?", (date, fmt))
+        ok = _storable(date) and _storable(fmt)
+        sql = "SELECT body FROM digests WHERE date=? AND format=?"
+        rows = self._query(sql, (date, fmt)) if ok else []
         if not rows:
-            raise NotFound(f"no {fmt} digest for {date}")
+            raise NotFound(f"no {_shown(fmt)} digest for {_shown(date)}")
         return str(rows[0]["body"])
 
     def digest_dates(self) -> list[str]:
@@ -1062,3 +1163,80 @@ def _qs(items: Sequence[Any]) -> str:
 def _chunks(items: list[str], n: int = 500) -> Iterator[list[str]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+#: what no database text can hold: NUL (PostgreSQL refuses it) and lone surrogates (no
+#: UTF-8 form; both drivers fail on them)
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_MESSAGE: Final = "must not contain NUL (\\u0000) or lone surrogate characters"
+
+
+def _storable(value: str) -> bool:
+    return _UNSTORABLE.search(value) is None
+
+
+def _storable_ids(ids: Sequence[str]) -> list[str]:
+    """``ids`` less those no store can hold: a lookup of one finds nothing in either
+    backend (PostgreSQL would fail on it, SQLite too for a lone surrogate). Ingest
+    refuses them, but the CLI, eval and Python callers reach the store directly."""
+    out = list(ids)
+    return out if _storable("".join(out)) else [i for i in out if _storable(i)]
+
+
+def _holds_unstorable(value: Any) -> bool:
+    """True when a string anywhere in ``value`` (JSON-like) holds NUL or a lone surrogate."""
+    if isinstance(value, str):
+        return not _storable(value)
+    if isinstance(value, dict):
+        return any(_holds_unstorable(k) or _holds_unstorable(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        try:  # (a story's members: one scan, not one per id)
+            return not _storable("".join(value))
+        except TypeError:
+            return any(_holds_unstorable(v) for v in value)
+    return False
+
+
+def _refuse_unstorable(what: str, *values: Any) -> None:
+    """A write of text no store can hold is invalid input in both backends (PostgreSQL
+    refused it as a StoreError, a 503 to retry; SQLite stored it)."""
+    if any(_holds_unstorable(v) for v in values):
+        raise InvalidInput(f"{what} {UNSTORABLE_MESSAGE}")
+
+
+def _check_items(items: Sequence[IngestItem], model: str) -> None:
+    """Before an ingest writes anything: every article field and entity storable."""
+    _refuse_unstorable("the embedding model name", model)
+    for item in items:
+        a = item.article
+        for name in ("id", "text", "title", "source", "url", "lang", "lean", "story_id"):
+            if _holds_unstorable(getattr(a, name)):
+                raise InvalidArticle(f"{UNSTORABLE_MESSAGE} (article '{_shown(a.id)}')",
+                                     field=name)
+        if _holds_unstorable(item.entities):
+            raise InvalidArticle(f"{UNSTORABLE_MESSAGE} (article '{_shown(a.id)}')",
+                                 field="entities")
+
+
+def _shown(value: str) -> str:
+    """``value`` safe to show: NUL and lone surrogates escaped."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+
+
+def _at_least(name: str, value: int, least: int = 0) -> int:
+    """A count argument checked alike in both backends (SQLite read a negative LIMIT as
+    none, PostgreSQL failed on it)."""
+    if value < least:
+        raise InvalidInput(f"{name} must be at least {least}, not {value}")
+    return value
+
+
+#: a GLOB pattern for text holding a character outside ASCII (SQLite has no regex)
+_NON_ASCII_GLOB: Final = "*[^\x01-\x7f]*"
+
+
+def _check_story(s: Story) -> None:
+    _refuse_unstorable(
+        "a story record", s.id, s.label, s.status, s.content_hash, s.article_ids, s.outlets,
+        s.extra,
+    )

@@ -87,3 +87,6 @@ class Change:
     seq: int
     article_id: str
     op: Literal["upsert", "delete"]
+    #: for a delete: the story the article was a member of when it went (None when in
+    #: none, and for deletes recorded before the store kept it)
+    story_id: str | None = None

@@ -16,8 +16,9 @@ of failures in a row, readiness answers 503 until a poll works again.
 The stories those changes touched are marked in the idle-time warmer (when it runs), as
 this process's own ingests and deletes mark theirs, so they are analysed before a reader
 asks: an article's story is read once the other process has placed it (it stores the
-article first, then places it), and a deleted article's story is the one this process's
-clusterer last knew it in.
+article first, then places it), and a deleted article's story is the one the change feed
+recorded with the delete (``Store.deleted_story_of``), or for a delete recorded before the
+feed kept it, the one this process's clusterer last knew it in.
 """
 
 from __future__ import annotations
@@ -113,11 +114,16 @@ class ChangeFollower(PeriodicTask):
                           if a not in placed and now - t < PLACE_WAIT_S}
         while len(self._unplaced) > PLACE_WAIT_MAX:
             del self._unplaced[next(iter(self._unplaced))]
-        # The store forgets a deleted article's story with it; this process's clusterer
-        # still knows it (unless the article came and went since it last loaded).
+        # The store drops a deleted article's membership with it, and records the story in
+        # the change feed: that covers an article that came and went since this process's
+        # clusterer last loaded. Deletes recorded before the feed kept it fall back to what
+        # the clusterer knows.
+        deleted = [a for a, op in followed.items() if op == "delete"]
+        recorded: dict[str, str] = pipe.store.deleted_story_of(deleted) if deleted else {}
+        sids.update(recorded.values())
         story_of = getattr(getattr(pipe, "clusterer", None), "story_of", None)
         if story_of is not None:
-            sids.update(s for a, op in followed.items() if op == "delete" and (s := story_of(a)))
+            sids.update(s for a in deleted if a not in recorded and (s := story_of(a)))
         if sids:
             self._event_loop.call_soon_threadsafe(warmer.mark, sorted(sids))
 
