@@ -733,22 +733,14 @@ class PostgresStore:
 
     def get_story(self, story_id: str) -> Story:
         ok = _storable(story_id)
-        rows = self._rows(sa.select(stories).where(stories.c.id == story_id)) if ok else []
+        rows = self._rows(_STORY_SELECT.where(stories.c.id == story_id)) if ok else []
         if not rows:
             raise NotFound(f"story '{_shown(story_id)}' not found")
         return self._story(rows[0])
 
-    def _story(self, r: sa.RowMapping) -> Story:
-        members = [
-            m["article_id"]
-            for m in self._rows(
-                sa.select(story_members.c.article_id)
-                .join(articles, articles.c.id == story_members.c.article_id)
-                .where(story_members.c.story_id == r["id"])
-                # SQLite sorts NULL first
-                .order_by(articles.c.published_ts.asc().nulls_first(), articles.c.id)
-            )
-        ]
+    @staticmethod
+    def _story(r: sa.RowMapping) -> Story:
+        members = list(r["members"] or ())
         return Story(
             id=r["id"], label=r["label"], article_ids=members, first_at=_utc(r["first_at"]),
             last_at=_utc(r["last_at"]), outlets=_sorted_keys(r["outlets"]),
@@ -774,7 +766,7 @@ class PostgresStore:
             sa.select(sa.func.count()).select_from(story_members)
             .where(story_members.c.story_id == stories.c.id).scalar_subquery()
         )
-        q = sa.select(stories).where(stories.c.status == status, size >= min_size)
+        q = _STORY_SELECT.where(stories.c.status == status, size >= min_size)
         # a bound leaves out stories with no dated article (NULL compares false), as
         # articles_between leaves out undated articles
         if since is not None:
@@ -929,6 +921,20 @@ class PostgresStore:
     def digest_dates(self) -> list[str]:
         rows = self._rows(sa.select(digests.c.date).distinct().order_by(digests.c.date))
         return [r["date"] for r in rows]
+
+
+#: a story row with its members, read in the same statement: read in a second one, a merge
+#: or delete committed in between listed the story with no members (READ COMMITTED)
+_STORY_SELECT = sa.select(
+    stories,
+    sa.select(sa.func.array_agg(pgd.aggregate_order_by(
+        story_members.c.article_id,
+        # SQLite sorts NULL first
+        articles.c.published_ts.asc().nulls_first(), articles.c.id)))
+    .select_from(story_members.join(articles, articles.c.id == story_members.c.article_id))
+    .where(story_members.c.story_id == stories.c.id)
+    .scalar_subquery().label("members"),
+)
 
 
 def _drop_outputs_of(db: sa.Connection, article_id: str) -> None:

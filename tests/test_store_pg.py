@@ -201,3 +201,45 @@ def test_concurrent_put_digests_of_one_key_leave_one_complete_set(pg_databases: 
     finally:
         for st in stores:
             st.close()
+
+
+def test_a_listed_story_comes_with_the_members_it_had_in_the_same_statement(
+    pg_databases: Any,
+) -> None:
+    # Story rows and their members were read in two statements: a merge committed in
+    # between listed an active story with no members (GET /v1/stories showed size 0; found
+    # by the session-18 soak, 19 of 33 listings in this race).
+    from datetime import UTC, datetime
+
+    from storyline.index.pg import PostgresStore
+    from storyline.index.types import Story
+
+    st = PostgresStore(pg_databases.create())
+    t = datetime(2021, 10, 18, tzinfo=UTC)
+    ids = ["race-a", "race-b"]
+    st.ingest([_item(i, f"text {i}", n) for n, i in enumerate(ids)], "m")
+
+    def rec(sid: str, status: str) -> Story:
+        return Story(id=sid, label=sid, article_ids=ids, first_at=t, last_at=t, outlets={},
+                     status=status)
+
+    with st.transaction() as tx:
+        st.save_story(rec("race-s1", "active"), tx)
+    stop = threading.Event()
+
+    def mover() -> None:  # refine merges, each one transaction, back and forth
+        while not stop.is_set():
+            for keep, gone in (("race-s2", "race-s1"), ("race-s1", "race-s2")):
+                with st.transaction() as tx:
+                    st.save_story(rec(keep, "active"), tx)
+                    st.save_story(rec(gone, "merged"), tx)
+
+    th = threading.Thread(target=mover)
+    th.start()
+    try:
+        listed = [s for _ in range(300) for s in st.list_stories(limit=10)]
+    finally:
+        stop.set()
+        th.join()
+    assert listed and all(s.article_ids == ids for s in listed)
+    st.close()
