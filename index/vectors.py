@@ -294,6 +294,39 @@ class VectorIndex:
                 out.append(hits[:k])
             return out
 
+    def search_among(
+        self, query: npt.NDArray[np.float32], ids: Sequence[str], k: int
+    ) -> list[tuple[str, float]]:
+        """Top-``k`` (id, cosine) among ``ids`` (those not indexed are skipped), best
+        first, ties by id: exact for both kinds, since it scores the stored vectors (an
+        HNSW graph's flat storage) rather than walking the graph.
+
+        Only the vectors of ``ids`` are scored, in FAISS: reconstructing 19,500 of 100k
+        vectors one Python call at a time and sorting their scores in Python took 0.3 s.
+        """
+        import faiss
+
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
+        faiss.omp_set_num_threads(1)  # as in ``search``
+        with self._lock:
+            keys = np.fromiter((kk for i in ids if (kk := self._key_of.get(i)) is not None),
+                               dtype=np.int64)
+            if k <= 0 or len(keys) == 0:
+                return []
+            base: Any = faiss.downcast_index(self._index.index)
+            storage = base if self.kind == "flat" else faiss.downcast_index(base.storage)
+            # positions in the storage are positions in the id map (tombstones are not
+            # among ``keys``, being no id's current key)
+            inner = faiss.IDSelectorBatch(keys)
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorTranslated(self._index.id_map, inner)
+            scores, pos = storage.search(q, min(k, len(keys)), params=params)
+            id_map = self._index.id_map
+            hits = [(self._ids[int(id_map.at(p))], s)
+                    for s, p in zip(scores[0].tolist(), pos[0].tolist(), strict=True) if p >= 0]
+        hits.sort(key=lambda h: (-h[1], h[0]))
+        return hits
+
     # -- persistence --------------------------------------------------------------
     def save(self, path: Path, *, seq: int | None = None) -> None:
         """Write the index and its id map as one file: temp file, fsync, rename.
