@@ -12,47 +12,20 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from warmer_fakes import FakePipeline, FakeRuntime, wait_until
 
 from storyline.models.errors import ModelUnavailable, NotFound
 from storyline.models.types import Article
 from storyline.service.api import warmer as warmer_mod
 from storyline.service.api.index_saver import IndexSaver
-from storyline.service.api.runtime import BoundedPool
 from storyline.service.api.warmer import StoryWarmer
 
 T = datetime(2021, 10, 18, 12, tzinfo=UTC)
-
-
-class FakeRuntime:
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
-        self.background = BoundedPool("audit-background", 1, 8)
-        self.io = self.background
-
-
-class FakePipeline:
-    """``story_view`` answers from ``behaviour(story_id)``, recording every call."""
-
-    def __init__(self, behaviour: Callable[[str], None]) -> None:
-        self.calls: list[str] = []
-        self._behaviour = behaviour
-
-    def story_view(self, story_id: str) -> None:
-        self.calls.append(story_id)
-        self._behaviour(story_id)
-
-
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 # -- warmer ------------------------------------------------------------------------------------
@@ -70,10 +43,10 @@ def test_a_story_merged_while_queued_warms_its_successor() -> None:
     pipe = FakePipeline(behaviour)
 
     async def run() -> None:
-        w = StoryWarmer(FakeRuntime(pipe))
+        w = StoryWarmer(FakeRuntime(pipe, "audit-background"))
         w.start()
         w.mark(["s-old", "s-split"])
-        await _until(lambda: w.pending == 0)
+        await wait_until(lambda: w.pending == 0)
         await w.stop()
 
     asyncio.run(run())
@@ -97,13 +70,13 @@ def test_models_down_keeps_stories_queued_and_backs_off(
     pipe = FakePipeline(behaviour)
 
     async def run() -> StoryWarmer:
-        w = StoryWarmer(FakeRuntime(pipe))
+        w = StoryWarmer(FakeRuntime(pipe, "audit-background"))
         w.start()
         w.mark(["a", "b", "c"])
         await asyncio.sleep(0.3)
         assert w.pending == 3  # still counted while they cannot be analysed
         down[0] = False
-        await _until(lambda: w.pending == 0)
+        await wait_until(lambda: w.pending == 0)
         await w.stop()
         return w
 
@@ -127,10 +100,10 @@ def test_a_failing_story_is_logged_once_and_the_rest_are_warmed(
     pipe = FakePipeline(behaviour)
 
     async def run() -> StoryWarmer:
-        w = StoryWarmer(FakeRuntime(pipe))
+        w = StoryWarmer(FakeRuntime(pipe, "audit-background"))
         w.start()
         w.mark(["bad", "good"])
-        await _until(lambda: w.pending == 0)
+        await wait_until(lambda: w.pending == 0)
         await asyncio.sleep(0.1)  # no retry of the bad one
         await w.stop()
         return w
@@ -148,11 +121,11 @@ def test_stop_is_prompt_while_an_analysis_runs() -> None:
     pipe = FakePipeline(behaviour)
 
     async def run() -> float:
-        rt = FakeRuntime(pipe)
+        rt = FakeRuntime(pipe, "audit-background")
         w = StoryWarmer(rt)
         w.start()
         w.mark(["slow", "next"])
-        await _until(lambda: bool(pipe.calls))
+        await wait_until(lambda: bool(pipe.calls))
         t0 = time.monotonic()
         await w.stop()
         took = time.monotonic() - t0
@@ -186,13 +159,13 @@ def test_a_failing_index_write_is_reported_once_and_kept_as_state(
     pipe = FlakyFlush()
 
     async def run() -> IndexSaver:
-        saver = IndexSaver(FakeRuntime(pipe), 0.01)
+        saver = IndexSaver(FakeRuntime(pipe, "audit-background"), 0.01)
         saver.start()
-        await _until(lambda: pipe.calls >= 5)
+        await wait_until(lambda: pipe.calls >= 5)
         assert saver.failing_since is not None and saver.failures >= 4
         assert saver.last_error is not None and "No space left" in saver.last_error
         pipe.failing = False
-        await _until(lambda: saver.failing_since is None)
+        await wait_until(lambda: saver.failing_since is None)
         await saver.stop()
         return saver
 
@@ -279,7 +252,7 @@ def test_the_saver_writes_the_index_file_at_most_once_per_interval(
                     embedder=embedder, clusterer=False)
     try:
         path = pipe.settings.index_path
-        saver = IndexSaver(FakeRuntime(pipe), interval)
+        saver = IndexSaver(FakeRuntime(pipe, "audit-background"), interval)
         time.sleep(interval)
         pipe.ingest([Article("a", "The Supreme Court ruled on police immunity.", "Court")])
         assert VectorIndex.load(path).ids == {"a"}  # due: the ingest wrote it

@@ -15,7 +15,6 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
+from warmer_fakes import FakePipeline, FakeRuntime, wait_until
 
 from storyline.index.store import IngestItem
 from storyline.index.stories import article_print, members_hash
@@ -30,7 +30,6 @@ from storyline.index.types import Story
 from storyline.models.errors import ModelUnavailable
 from storyline.models.types import Article
 from storyline.service.api import warmer as warmer_mod
-from storyline.service.api.runtime import BoundedPool
 from storyline.service.api.warmer import StoryWarmer
 from storyline.service.model_process import ModelsChanged
 from storyline.service.pipeline import Pipeline
@@ -68,32 +67,6 @@ STORM = Article(
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class FakeRuntime:
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
-        self.background = BoundedPool("audit-consistency", 1, 8)
-        self.io = self.background
-
-
-class FakePipeline:
-    """``story_view`` answers from ``behaviour(story_id)``, recording every call."""
-
-    def __init__(self, behaviour: Callable[[str], None]) -> None:
-        self.calls: list[str] = []
-        self._behaviour = behaviour
-
-    def story_view(self, story_id: str) -> None:
-        self.calls.append(story_id)
-        self._behaviour(story_id)
-
-
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def _gauge(name: str) -> float | None:
     return REGISTRY.get_sample_value(name)
 
@@ -124,14 +97,14 @@ def test_a_story_re_marked_while_it_is_analysed_counts_once() -> None:
     pipe = FakePipeline(behaviour)
 
     async def run() -> tuple[int, float | None, StoryWarmer]:
-        w = StoryWarmer(FakeRuntime(pipe))
+        w = StoryWarmer(FakeRuntime(pipe, "audit-consistency"))
         w.start()
         w.mark(["a"])
-        await _until(lambda: pipe.calls == ["a"])
+        await wait_until(lambda: pipe.calls == ["a"])
         w.mark(["a"])  # an ingest changed it again meanwhile
         seen = (w.pending, _gauge("storyline_stories_pending_analysis"))
         release.set()
-        await _until(lambda: w.pending == 0)
+        await wait_until(lambda: w.pending == 0)
         await w.stop()
         return seen[0], seen[1], w
 
@@ -158,11 +131,11 @@ def test_models_rebuilt_under_the_service_stop_the_warmer_until_another_pipeline
     pipe = FakePipeline(behaviour)
 
     async def run() -> tuple[StoryWarmer, FakePipeline]:
-        rt = FakeRuntime(pipe)
+        rt = FakeRuntime(pipe, "audit-consistency")
         w = StoryWarmer(rt)
         w.start()
         w.mark(["a", "b", "c"])
-        await _until(lambda: len(pipe.calls) >= 1)
+        await wait_until(lambda: len(pipe.calls) >= 1)
         await asyncio.sleep(0.4)  # a back-off from 0.01 s would have retried ~5 times
         assert len(pipe.calls) == 1, pipe.calls
         assert w.pending == 3 and _gauge("storyline_stories_pending_analysis") == 3
@@ -170,7 +143,7 @@ def test_models_rebuilt_under_the_service_stop_the_warmer_until_another_pipeline
         assert _gauge("storyline_story_warmer_stopped") == 1
         fresh = FakePipeline(lambda sid: None)
         rt.pipeline = fresh  # a restart of the pipeline: the models load again
-        await _until(lambda: w.pending == 0)
+        await wait_until(lambda: w.pending == 0)
         await w.stop()
         return w, fresh
 
@@ -195,13 +168,13 @@ def test_a_passing_model_failure_still_backs_off_and_retries(
     pipe = FakePipeline(behaviour)
 
     async def run() -> StoryWarmer:
-        w = StoryWarmer(FakeRuntime(pipe))
+        w = StoryWarmer(FakeRuntime(pipe, "audit-consistency"))
         w.start()
         w.mark(["a"])
-        await _until(lambda: len(pipe.calls) >= 3)  # retried
+        await wait_until(lambda: len(pipe.calls) >= 3)  # retried
         assert w.pending == 1 and getattr(w, "stopped", None) is None
         down[0] = False
-        await _until(lambda: w.pending == 0)
+        await wait_until(lambda: w.pending == 0)
         await w.stop()
         return w
 
