@@ -93,6 +93,9 @@ duplicates = sa.Table(
     sa.Column("id", _KEY, primary_key=True), sa.Column("canonical_id", _KEY),
     sa.Column("source", sa.Text), sa.Column("url", sa.Text),
     sa.Column("published_at", _TS), sa.Column("recorded_at", _TS),
+    sa.Column("title", sa.Text), sa.Column("text", sa.Text), sa.Column("lang", sa.Text),
+    sa.Column("lean", sa.Text), sa.Column("gold_story_id", sa.Text),
+    sa.Column("own_meta", sa.Boolean),
 )
 embeddings_t = sa.Table(
     "embeddings", _md,
@@ -354,28 +357,31 @@ class PostgresStore:
                     continue
                 if row is None:
                     dup = db.execute(
-                        sa.select(articles.c.id).where(articles.c.content_hash == h)
-                        .order_by(articles.c.id).limit(1)
+                        sa.select(articles.c.id, articles.c.title, articles.c.text)
+                        .where(articles.c.content_hash == h).order_by(articles.c.id).limit(1)
                     ).first()
                     if dup is not None:
+                        # as SQLiteStore's: title and text where they differ from the
+                        # stored article's, and its own lang, lean and story id
+                        keep: dict[str, Any] = {
+                            "canonical_id": dup.id, "source": a.source, "url": a.url,
+                            "published_at": _utc(a.published_at),
+                            "title": None if a.title == dup.title else a.title,
+                            "text": None if a.text == dup.text else a.text,
+                            "lang": a.lang, "lean": a.lean, "gold_story_id": a.story_id,
+                            "own_meta": True,
+                        }
                         d = duplicates.c
                         same = db.execute(sa.select(d.id).where(
-                            d.id == a.id, d.canonical_id == dup.id,
-                            d.source.is_not_distinct_from(a.source),
-                            d.url.is_not_distinct_from(a.url),
-                            d.published_at.is_not_distinct_from(_utc(a.published_at)),
+                            d.id == a.id,
+                            *(d[k].is_not_distinct_from(v) for k, v in keep.items()),
                         )).first()
                         if same is not None:  # re-sent as it was recorded: nothing to write
                             results.append(
                                 IngestResult(a.id, "duplicate", duplicate_of=dup.id))
                             continue
-                        rec = {
-                            "canonical_id": dup.id, "source": a.source, "url": a.url,
-                            "published_at": _utc(a.published_at), "recorded_at": now,
-                        }
-                        ins = pgd.insert(duplicates).values(id=a.id, **rec)
                         # a re-sent duplicate keeps the time it was first recorded
-                        keep = {k: v for k, v in rec.items() if k != "recorded_at"}
+                        ins = pgd.insert(duplicates).values(id=a.id, recorded_at=now, **keep)
                         db.execute(ins.on_conflict_do_update(index_elements=["id"], set_=keep))
                         results.append(IngestResult(a.id, "duplicate", duplicate_of=dup.id))
                         continue
@@ -484,7 +490,18 @@ class PostgresStore:
     def _update_metadata(self, db: sa.Connection, a: Article, now: datetime) -> None:
         """As ``SQLiteStore._update_metadata``: the new fields replace the stored ones
         (vector, entities and duplicates stay), the story's stored outputs are dropped and
-        the change feed records an upsert."""
+        the change feed records an upsert; a duplicate recorded with the old title or
+        text keeps it."""
+        d = duplicates.c
+        old = sa.select(articles.c.title, articles.c.text).where(articles.c.id == a.id)
+        old_title = old.with_only_columns(articles.c.title).scalar_subquery()
+        old_text = old.with_only_columns(articles.c.text).scalar_subquery()
+        db.execute(sa.update(duplicates).where(
+            d.canonical_id == a.id, d.own_meta.is_(True)).values(
+            title=sa.func.nullif(sa.func.coalesce(d.title, old_title),
+                                 sa.literal(a.title, sa.Text)),
+            text=sa.func.nullif(sa.func.coalesce(d.text, old_text), sa.literal(a.text, sa.Text)),
+        ))
         db.execute(sa.update(articles).where(articles.c.id == a.id).values(
             title=a.title, text=a.text, source=a.source, url=a.url,
             published_at=_utc(a.published_at), published_ts=_ts(a.published_at),
@@ -495,7 +512,8 @@ class PostgresStore:
 
     def _promote_duplicates(self, db: sa.Connection, article_id: str, now: datetime) -> list[str]:
         """As ``SQLiteStore._promote_duplicates``: the first duplicate of ``article_id``
-        becomes a stored article with its current content, the rest its duplicates."""
+        becomes a stored article with this content and its own fields, the rest its
+        duplicates."""
         d = db.execute(
             sa.select(duplicates).where(duplicates.c.canonical_id == article_id)
             .order_by(duplicates.c.id).limit(1)
@@ -503,13 +521,20 @@ class PostgresStore:
         if d is None:
             return []
         a = articles.c
+        c = db.execute(sa.select(a.title, a.text, a.lang, a.lean, a.gold_story_id).where(
+            a.id == article_id)).mappings().one()
+        mine = d if d["own_meta"] else c  # a row an older version wrote: as the stored
+        title = c["title"] if d["title"] is None else d["title"]
+        text = c["text"] if d["text"] is None else d["text"]
         db.execute(sa.insert(articles).from_select(
             ["id", "title", "text", "source", "url", "published_at", "published_ts", "lang",
              "lean", "gold_story_id", "content_hash", "entities", "ingested_at", "updated_at"],
             sa.select(
-                sa.literal(d["id"], _KEY), a.title, a.text, sa.literal(d["source"], sa.Text),
+                sa.literal(d["id"], _KEY), sa.literal(title, sa.Text), sa.literal(text, sa.Text),
+                sa.literal(d["source"], sa.Text),
                 sa.literal(d["url"], sa.Text), sa.literal(d["published_at"], _TS),
-                sa.literal(_ts(d["published_at"]), _F8), a.lang, a.lean, a.gold_story_id,
+                sa.literal(_ts(d["published_at"]), _F8), sa.literal(mine["lang"], sa.Text),
+                sa.literal(mine["lean"], sa.Text), sa.literal(mine["gold_story_id"], sa.Text),
                 a.content_hash, a.entities, sa.literal(d["recorded_at"], _TS),
                 sa.literal(now, _TS),
             ).where(a.id == article_id),
@@ -522,8 +547,21 @@ class PostgresStore:
                 e.article_id == article_id),
         ))
         db.execute(sa.delete(duplicates).where(duplicates.c.id == d["id"]))
-        db.execute(sa.update(duplicates).where(duplicates.c.canonical_id == article_id)
-                   .values(canonical_id=d["id"]))
+        # as SQLiteStore's: what the rest had "as the stored article" is written out
+        dc = duplicates.c
+
+        def own(col: sa.ColumnElement[Any], value: str | None) -> sa.ColumnElement[Any]:
+            return sa.case((dc.own_meta.is_(True), col), else_=sa.literal(value, sa.Text))
+
+        db.execute(sa.update(duplicates).where(dc.canonical_id == article_id).values(
+            canonical_id=d["id"],
+            title=sa.func.nullif(sa.func.coalesce(dc.title, sa.literal(c["title"], sa.Text)),
+                                 sa.literal(title, sa.Text)),
+            text=sa.func.nullif(sa.func.coalesce(dc.text, sa.literal(c["text"], sa.Text)),
+                                sa.literal(text, sa.Text)),
+            lang=own(dc.lang, c["lang"]), lean=own(dc.lean, c["lean"]),
+            gold_story_id=own(dc.gold_story_id, c["gold_story_id"]), own_meta=True,
+        ))
         db.execute(sa.insert(changes).values(article_id=d["id"], op="upsert", at=now))
         return [str(d["id"])]
 

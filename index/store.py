@@ -42,9 +42,29 @@ from storyline.models.types import Article
 
 __all__ = ["IngestItem", "SQLiteStore", "Store", "StoriesChanged"]
 
-#: 2: ``changes.story_id`` (the story a deleted article left); ``_migrate`` brings a
-#: version 1 file to it (its old deletes keep NULL)
-SCHEMA_VERSION = 2
+#: 2: ``changes.story_id`` (the story a deleted article left); 3: a duplicate's own title,
+#: text, lang, lean and story id (``duplicates.title`` .. ``own_meta``). ``_migrate`` brings
+#: an older file to it (its old rows keep NULL: "as the stored article")
+SCHEMA_VERSION = 3
+
+#: columns added since version 1, with their type: (table, column, type)
+_ADDED_COLUMNS: Final = (
+    ("changes", "story_id", "TEXT"),
+    ("duplicates", "title", "TEXT"),
+    ("duplicates", "text", "TEXT"),
+    ("duplicates", "lang", "TEXT"),
+    ("duplicates", "lean", "TEXT"),
+    ("duplicates", "gold_story_id", "TEXT"),
+    ("duplicates", "own_meta", "INTEGER"),
+)
+
+
+def _missing_columns(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    have: dict[str, set[str]] = {}
+    for table, _, _ in _ADDED_COLUMNS:
+        if table not in have:
+            have[table] = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    return [c for c in _ADDED_COLUMNS if c[1] not in have[c[0]]]
 
 
 class StoriesChanged(ConflictError):
@@ -78,7 +98,17 @@ CREATE TABLE IF NOT EXISTS duplicates (
     source TEXT,
     url TEXT,
     published_at TEXT,
-    recorded_at TEXT NOT NULL
+    recorded_at TEXT NOT NULL,
+    -- what the duplicate was sent with, should it become a stored article: its title and
+    -- text where they differ (in case or spacing) from its stored article's, else NULL;
+    -- lang, lean and story id are its own where own_meta = 1 (NULL in a row an older
+    -- version wrote: as the stored article)
+    title TEXT,
+    text TEXT,
+    lang TEXT,
+    lean TEXT,
+    gold_story_id TEXT,
+    own_meta INTEGER
 );
 CREATE INDEX IF NOT EXISTS duplicates_canonical ON duplicates(canonical_id);
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -303,16 +333,16 @@ class SQLiteStore:
         """Bring a file an older version wrote to ``SCHEMA_VERSION`` (``_SCHEMA`` creates a
         new one at it). One transaction under the write lock that looks before it changes
         anything, so processes opening an old file together migrate it once; an older
-        version keeps working on the migrated file (the new column is nullable)."""
+        version keeps working on the migrated file (the new columns are nullable)."""
         db = self._db
-        if "story_id" in {r[1] for r in db.execute("PRAGMA table_info(changes)")}:
+        if not _missing_columns(db):
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                        (str(SCHEMA_VERSION),))
             return
         db.execute("BEGIN IMMEDIATE")
         try:
-            if "story_id" not in {r[1] for r in db.execute("PRAGMA table_info(changes)")}:
-                db.execute("ALTER TABLE changes ADD COLUMN story_id TEXT")
+            for table, column, kind in _missing_columns(db):
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),))
@@ -435,8 +465,8 @@ class SQLiteStore:
         spacing): ``updated`` too, the row takes the new fields and keeps its stored
         vector and entities (``item.vector`` is not used), and the stored outputs of its
         story are dropped (their keys cover content, not metadata). New id whose content
-        hash matches another stored article: ``duplicate`` (recorded in ``duplicates``,
-        not stored twice; a re-sent duplicate's source, url and time replace the
+        hash matches another stored article: ``duplicate`` (recorded in ``duplicates``
+        with its own fields, not stored twice; a re-sent duplicate's fields replace the
         record's). An update first hands the old content to the article's duplicates
         (see ``_promote_duplicates``); the ids that became stored articles that way are
         appended to ``promoted``.
@@ -460,13 +490,22 @@ class SQLiteStore:
                     continue
                 if row is None:
                     dup = db.execute(
-                        "SELECT id FROM articles WHERE content_hash=? ORDER BY id LIMIT 1", (h,)
+                        "SELECT id, title, text FROM articles WHERE content_hash=?"
+                        " ORDER BY id LIMIT 1", (h,)
                     ).fetchone()
                     if dup is not None:
+                        rec = (
+                            a.source, a.url, _iso(a.published_at),
+                            None if a.title == dup["title"] else a.title,
+                            None if a.text == dup["text"] else a.text,
+                            a.lang, a.lean, a.story_id,
+                        )
                         same = db.execute(
                             "SELECT 1 FROM duplicates WHERE id=? AND canonical_id=?"
-                            " AND source IS ? AND url IS ? AND published_at IS ?",
-                            (a.id, dup["id"], a.source, a.url, _iso(a.published_at)),
+                            " AND source IS ? AND url IS ? AND published_at IS ? AND title IS ?"
+                            " AND text IS ? AND lang IS ? AND lean IS ? AND gold_story_id IS ?"
+                            " AND own_meta = 1",
+                            (a.id, dup["id"], *rec),
                         ).fetchone()
                         if same is not None:  # re-sent as it was recorded: nothing to write
                             results.append(
@@ -476,11 +515,14 @@ class SQLiteStore:
                         # ingest time, should it become a stored article)
                         db.execute(
                             "INSERT INTO duplicates(id, canonical_id, source, url,"
-                            " published_at, recorded_at) VALUES (?,?,?,?,?,?)"
+                            " published_at, title, text, lang, lean, gold_story_id, own_meta,"
+                            " recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,1,?)"
                             " ON CONFLICT(id) DO UPDATE SET canonical_id=excluded.canonical_id,"
                             " source=excluded.source, url=excluded.url,"
-                            " published_at=excluded.published_at",
-                            (a.id, dup["id"], a.source, a.url, _iso(a.published_at), now),
+                            " published_at=excluded.published_at, title=excluded.title,"
+                            " text=excluded.text, lang=excluded.lang, lean=excluded.lean,"
+                            " gold_story_id=excluded.gold_story_id, own_meta=1",
+                            (a.id, dup["id"], *rec, now),
                         )
                         results.append(IngestResult(a.id, "duplicate", duplicate_of=dup["id"]))
                         continue
@@ -620,6 +662,14 @@ class SQLiteStore:
         story are dropped: their keys cover content, and portrayal by outlet and lean,
         the order in time and the quotes depend on these fields too. The change feed
         records an upsert, so replicas and the story clusterer pick it up."""
+        # a duplicate recorded with the old title or text (NULL) keeps it
+        db.execute(
+            "UPDATE duplicates SET"
+            " title=NULLIF(COALESCE(title, (SELECT title FROM articles WHERE id=?)), ?),"
+            " text=NULLIF(COALESCE(text, (SELECT text FROM articles WHERE id=?)), ?)"
+            " WHERE canonical_id=? AND own_meta = 1",
+            (a.id, a.title, a.id, a.text, a.id),
+        )
         db.execute(
             "UPDATE articles SET title=?, text=?, source=?, url=?, published_at=?,"
             " published_ts=?, lang=?, lean=?, gold_story_id=?, updated_at=? WHERE id=?",
@@ -632,21 +682,28 @@ class SQLiteStore:
     def _promote_duplicates(self, db: sqlite3.Connection, article_id: str, now: str) -> list[str]:
         """Before stored article ``article_id`` changes content or goes: its duplicates
         keep the content they were acknowledged with. The first by id becomes a stored
-        article (this content, embedding and entities; its own source, url, publication
-        time), the rest become its duplicates. Returns the promoted id (or nothing)."""
-        dups = db.execute(
-            "SELECT id, source, url, published_at, recorded_at FROM duplicates"
-            " WHERE canonical_id=? ORDER BY id", (article_id,),
-        ).fetchall()
-        if not dups:
+        article (this content's embedding and entities; its own title, text, source, url,
+        publication time, lang, lean and story id), the rest become its duplicates.
+        Returns the promoted id (or nothing)."""
+        d = db.execute(
+            "SELECT * FROM duplicates WHERE canonical_id=? ORDER BY id LIMIT 1", (article_id,),
+        ).fetchone()
+        if d is None:
             return []
-        d = dups[0]
+        c = db.execute(
+            "SELECT title, text, lang, lean, gold_story_id FROM articles WHERE id=?",
+            (article_id,),
+        ).fetchone()
+        mine = d if d["own_meta"] == 1 else c  # a row an older version wrote: as the stored
+        title = c["title"] if d["title"] is None else d["title"]
+        text = c["text"] if d["text"] is None else d["text"]
         db.execute(
             "INSERT INTO articles(id, title, text, source, url, published_at, published_ts,"
             " lang, lean, gold_story_id, content_hash, entities, ingested_at, updated_at)"
-            " SELECT ?, title, text, ?, ?, ?, ?, lang, lean, gold_story_id, content_hash,"
-            " entities, ?, ? FROM articles WHERE id=?",
-            (d["id"], d["source"], d["url"], d["published_at"], _ts(_parse(d["published_at"])),
+            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, content_hash, entities, ?, ?"
+            " FROM articles WHERE id=?",
+            (d["id"], title, text, d["source"], d["url"], d["published_at"],
+             _ts(_parse(d["published_at"])), mine["lang"], mine["lean"], mine["gold_story_id"],
              d["recorded_at"], now, article_id),
         )
         db.execute(
@@ -654,8 +711,17 @@ class SQLiteStore:
             " SELECT ?, model, vector FROM embeddings WHERE article_id=?", (d["id"], article_id),
         )
         db.execute("DELETE FROM duplicates WHERE id=?", (d["id"],))
+        # The rest move to the promoted article: what they have "as the stored article"
+        # (NULL) is this one's, which is going, so it is written out.
         db.execute(
-            "UPDATE duplicates SET canonical_id=? WHERE canonical_id=?", (d["id"], article_id)
+            "UPDATE duplicates SET canonical_id=?, title=NULLIF(COALESCE(title, ?), ?),"
+            " text=NULLIF(COALESCE(text, ?), ?),"
+            " lang=CASE WHEN own_meta = 1 THEN lang ELSE ? END,"
+            " lean=CASE WHEN own_meta = 1 THEN lean ELSE ? END,"
+            " gold_story_id=CASE WHEN own_meta = 1 THEN gold_story_id ELSE ? END, own_meta=1"
+            " WHERE canonical_id=?",
+            (d["id"], c["title"], title, c["text"], text, c["lang"], c["lean"],
+             c["gold_story_id"], article_id),
         )
         db.execute(
             "INSERT INTO changes(article_id, op, at) VALUES (?, 'upsert', ?)", (d["id"], now)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storyline.index.store import IngestItem, SQLiteStore
+from storyline.index.store import SCHEMA_VERSION, IngestItem, SQLiteStore
 from storyline.index.types import Story
 from storyline.models.errors import InvalidArticle, InvalidInput, NotFound, StoreError
 from storyline.models.types import Article
@@ -142,7 +142,7 @@ def test_an_old_database_gains_the_delete_s_story_and_keeps_working(
     if backend == "sqlite":
         with sqlite3.connect(where) as db:
             assert db.execute("SELECT value FROM meta WHERE key='schema_version'"
-                              ).fetchone() == ("2",)
+                              ).fetchone() == (str(SCHEMA_VERSION),)
 
 
 def test_a_replica_marks_the_story_of_an_article_that_came_and_went_since_it_loaded(

@@ -55,13 +55,13 @@ def test_migrations_create_the_schema_and_reopen_is_idempotent(pg_databases: Any
     assert _schema(url) == (set(), [])  # empty database
     st = PostgresStore(url)
     tables, versions = _schema(url)
-    assert tables >= TABLES and versions == ["0003"]
+    assert tables >= TABLES and versions == ["0004"]
     st.ingest([_item("a", "alpha")], "m")
     st.put_digests("2024-01-01", {"md": "# hi"})
     st.close()
     # re-open: upgrade to head is a no-op, the data stay
     st = PostgresStore(url)
-    assert _schema(url) == (tables, ["0003"])
+    assert _schema(url) == (tables, ["0004"])
     assert st.article_ids() == ["a"] and st.get_digest("2024-01-01", "md") == "# hi"
     st.close()
 
@@ -73,7 +73,7 @@ def test_replicas_starting_together_migrate_once(pg_databases: Any) -> None:
     with ThreadPoolExecutor(6) as pool:
         stores = list(pool.map(lambda _: PostgresStore(url), range(6)))
     try:
-        assert _schema(url)[1] == ["0003"]
+        assert _schema(url)[1] == ["0004"]
         stores[0].ingest([_item("a", "alpha")], "m")
         assert all(s.article_ids() == ["a"] for s in stores)
     finally:
