@@ -144,23 +144,10 @@ def old_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest
             db.executescript(_V2_DUPLICATES)
         where: Any = path
     else:
-        import sqlalchemy as sa
-        from alembic import command
-        from alembic.config import Config
-
-        from storyline.index.pg import MIGRATIONS
+        from pg_schema import upgrade_to
 
         where = request.getfixturevalue("pg_databases").create()
-        engine = sa.create_engine(where)
-        try:
-            cfg = Config()
-            cfg.set_main_option("script_location", str(MIGRATIONS))
-            cfg.set_main_option("path_separator", "os")
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "0003")
-        finally:
-            engine.dispose()
+        upgrade_to(where, "0003")
 
     def open_store() -> Any:
         if backend == "sqlite":

@@ -87,26 +87,16 @@ def _old_database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) 
             db.executescript(_V1_CHANGES)
         return path
     import sqlalchemy as sa
-    from alembic import command
-    from alembic.config import Config
+    from pg_schema import upgrade_to
 
-    from storyline.index.pg import MIGRATIONS
+    def old_changes(conn: Any) -> None:  # a delete recorded without its story
+        for op, day in (("upsert", 1), ("delete", 2)):
+            conn.execute(sa.text(
+                "INSERT INTO changes(article_id, op, at) VALUES ('old', :op, :at)"
+            ), {"op": op, "at": datetime(2024, 1, day, tzinfo=UTC)})
 
     url = request.getfixturevalue("pg_databases").create()
-    engine = sa.create_engine(url)
-    try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.set_main_option("path_separator", "os")
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0002")
-            for op, day in (("upsert", 1), ("delete", 2)):
-                conn.execute(sa.text(
-                    "INSERT INTO changes(article_id, op, at) VALUES ('old', :op, :at)"
-                ), {"op": op, "at": datetime(2024, 1, day, tzinfo=UTC)})
-    finally:
-        engine.dispose()
+    upgrade_to(url, "0002", old_changes)
     return url
 
 

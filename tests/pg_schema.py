@@ -1,0 +1,29 @@
+"""A PostgreSQL database at an older Alembic revision, for the schema-upgrade tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def upgrade_to(url: str, revision: str, then: Callable[[Any], None] | None = None) -> None:
+    """Bring the empty database at ``url`` to ``revision`` of our migrations, then run
+    ``then(connection)`` in the same transaction (rows as that revision wrote them)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from storyline.index.pg import MIGRATIONS
+
+    engine = sa.create_engine(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("path_separator", "os")
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            if then is not None:
+                then(conn)
+    finally:
+        engine.dispose()
