@@ -47,13 +47,13 @@ from storyline.index.store import (
     _at_least,
     _check_items,
     _check_story,
-    _members_print,
     _refuse_unstorable,
     _shown,
     _storable,
     _storable_ids,
     resolve_successors,
 )
+from storyline.index.stories import members_print
 from storyline.index.types import (
     ArticleBrief,
     Change,
@@ -907,7 +907,7 @@ class PostgresStore:
                     sa.select(articles).join(
                         story_members, story_members.c.article_id == articles.c.id)
                     .where(story_members.c.story_id == story_id)).mappings()]
-                if _members_print(arts) != members:
+                if members_print(arts) != members:
                     return False
             db.execute(
                 pgd.insert(story_outputs).values(story_id=story_id, kind=kind, **values)

@@ -1083,6 +1083,9 @@ class SQLiteStore:
             if row is not None and row["status"] != "active":
                 return False
             if members is not None:
+                # (imported here: storyline.index.stories imports this module)
+                from storyline.index.stories import members_print
+
                 if row is None:
                     return False
                 ids = [r[0] for r in db.execute(
@@ -1090,7 +1093,7 @@ class SQLiteStore:
                 arts = [_article_of(tuple(r)) for chunk in _chunks(ids) for r in db.execute(
                     f"SELECT {_ARTICLE_COLUMNS} FROM articles WHERE id IN ({_qs(chunk)})",
                     chunk)]
-                if _members_print(arts) != members:
+                if members_print(arts) != members:
                     return False
             db.execute(
                 "INSERT OR REPLACE INTO story_outputs(story_id, kind, content_hash, payload,"
@@ -1211,15 +1214,6 @@ def _drop_outputs_of(db: sqlite3.Connection, article_id: str) -> None:
         "DELETE FROM story_outputs WHERE story_id IN"
         " (SELECT story_id FROM story_members WHERE article_id=?)", (article_id,),
     )
-
-
-def _members_print(arts: Sequence[Article]) -> str:
-    """``members_hash`` of the ``article_print`` of ``arts``: what ``put_output``'s
-    ``members`` is compared with (the pipeline computes it the same way)."""
-    # (imported here: storyline.index.stories imports this module)
-    from storyline.index.stories import article_print, members_hash
-
-    return members_hash((a.id, article_print(a)) for a in arts)
 
 
 def _qs(items: Sequence[Any]) -> str:

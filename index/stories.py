@@ -65,7 +65,14 @@ from storyline.index.types import Story
 from storyline.models.errors import InvalidInput
 from storyline.models.types import Article, outlet_names
 
-__all__ = ["ClusterParams", "StoryClusterer", "article_print", "members_hash", "title_tokens"]
+__all__ = [
+    "ClusterParams",
+    "StoryClusterer",
+    "article_print",
+    "members_hash",
+    "members_print",
+    "title_tokens",
+]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +224,12 @@ def article_print(a: Article) -> str:
     lean (time orders the summary; outlet and lean split the portrayal)."""
     return hashlib.sha256(msgspec.json.encode(
         (a.title, a.text, a.source, a.url, a.published_at, a.lang, a.lean))).hexdigest()
+
+
+def members_print(articles: Iterable[Article]) -> str:
+    """``members_hash`` of the members' ``article_print``: what an analysis of exactly these
+    members (every field it reads) is stored against (``Store.put_output(members=)``)."""
+    return members_hash((a.id, article_print(a)) for a in articles)
 
 
 def _span_and_outlets(

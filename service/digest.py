@@ -78,8 +78,8 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
-from storyline.index.stories import article_print
 from storyline.index.stories import members_hash as stories_members_hash
+from storyline.index.stories import members_print
 from storyline.index.types import Story
 from storyline.models.errors import InvalidInput, NotFound
 from storyline.models.types import (
@@ -485,7 +485,7 @@ def analysis_plan(pipeline: Any, story: Story, until: datetime, budget: int | No
     arts = pipeline.store.get_articles(story.article_ids)
     # Over every member, not only the as-of ones: a change to any of them drops the
     # story's stored outputs, and an analysis started before it must not be written after.
-    prints = stories_members_hash((a.id, article_print(a)) for a in arts)
+    prints = members_print(arts)
     asof = [a for a in arts if a.published_at is not None and _utc(a.published_at) < until]
     chash = members_hash(asof)
     words = budget or pipeline.settings.summary_words

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from prometheus_client import Counter, Gauge, Histogram
 
 from storyline.index.store import IngestItem, SQLiteStore
-from storyline.index.stories import article_print, members_hash
+from storyline.index.stories import article_print, members_hash, members_print
 from storyline.index.types import ArticleBrief, IngestResult, Story
 from storyline.index.vectors import IndexSnapshot, VectorIndex
 from storyline.models.errors import InvalidInput, NotFound, NotImplementedStage
@@ -960,7 +960,7 @@ class Pipeline:
         content hash (title + text): time orders the summary and outlet and lean split the
         portrayal, and inline articles may repeat a text under other metadata."""
         budget = budget_words or self.settings.summary_words
-        return self.analysis_key(members_hash((a.id, article_print(a)) for a in articles),
+        return self.analysis_key(members_print(articles),
                                  budget, mode)
 
     def _lru_get(self, cache: OrderedDict[str, Any], key: str) -> Any:
@@ -1009,7 +1009,7 @@ class Pipeline:
         # content, outlet, lean and time all shape the analysis), so a decoded analysis
         # kept in memory is as current as the stored one, without reading and decoding it
         # on every request, in every replica.
-        prints = members_hash((a.id, article_print(a)) for a in articles)
+        prints = members_print(articles)
         mem_key = f"story:{self.analysis_key(story.content_hash, budget, mode)}:{prints}"
         hit = self._lru_get(self._analyses, mem_key)
         if hit is not None:
