@@ -89,7 +89,6 @@ class ArticlesController(Controller):
     )
     async def get_article(self, rt: Rt, article_id: FromPath[str]) -> ArticleOut:
         pipe = rt.get_pipeline()
-        _refuse_nul(article_id)
 
         def load() -> ArticleOut:
             cid = pipe.store.canonical_id(article_id)
@@ -111,7 +110,6 @@ class ArticlesController(Controller):
     )
     async def delete_article(self, rt: Rt, article_id: FromPath[str]) -> None:
         pipe = rt.get_pipeline()
-        _refuse_nul(article_id)
         # A write: it waits for the pipeline's write lock, so it runs where ingest does,
         # never on the I/O pool, whose few threads serve the millisecond lookups.
         changed = await rt.background.run(pipe.delete, article_id, priority=PRIORITY_WRITE)
@@ -144,17 +142,9 @@ class ArticlesController(Controller):
         check_range(k, "k", 1, rt.settings.max_k)
         t0, t1 = query_time(since, "since"), query_time(until, "until")
         pipe = rt.get_pipeline()
-        _refuse_nul(article_id)
         hits = await rt.lookup(pipe.related, article_id, k=k, since=t0, until=t1, source=source,
                                exclude_same_story=exclude_same_story)
         return RelatedResponse(article_id, [hit_out(h) for h in hits])
-
-
-def _refuse_nul(article_id: str) -> None:
-    """404 for an id holding NUL without asking the store: ingest refuses one, and
-    PostgreSQL failed the query (a 503 with Retry-After, for a request that cannot work)."""
-    if "\x00" in article_id:
-        raise NotFound(f"article '{article_id}' not found")
 
 
 def _refuse_repeated_ids(arts: list[Article]) -> None:

@@ -154,12 +154,9 @@ def _stored(pipe: Any, ids: list[str]) -> list[Any]:
     """The stored articles for ``ids`` (duplicate ids resolve to what they repeat).
 
     One read for the ids stored under their own name; only the others are looked up as
-    duplicates (each store statement costs GIL hand-offs under load). An id holding NUL is
-    missing unasked: ingest refuses one, and PostgreSQL fails a query that holds one."""
-    found = {a.id: a for a in pipe.store.get_articles([i for i in dict.fromkeys(ids)
-                                                       if "\x00" not in i])}
-    canon = {i: i if i in found else None if "\x00" in i else pipe.store.canonical_id(i)
-             for i in ids}
+    duplicates (each store statement costs GIL hand-offs under load)."""
+    found = {a.id: a for a in pipe.store.get_articles(list(dict.fromkeys(ids)))}
+    canon = {i: i if i in found else pipe.store.canonical_id(i) for i in ids}
     missing = [i for i, c in canon.items() if c is None]
     if missing:
         shown = ", ".join(f"'{m}'" for m in missing[:5])
