@@ -36,7 +36,15 @@ from storyline.models.errors import (
     StorylineError,
 )
 
-__all__ = ["PROBLEM_JSON", "Gone", "field_errors_from_msgspec", "problem", "problem_handler"]
+__all__ = [
+    "PROBLEM_JSON",
+    "SLASH_IN_ID",
+    "Gone",
+    "encoded_slash",
+    "field_errors_from_msgspec",
+    "problem",
+    "problem_handler",
+]
 
 log = logging.getLogger("storyline.api")
 
@@ -87,6 +95,17 @@ def _instance(request: Request[Any, Any, Any]) -> str:
         path = re.sub(rb"%(?![0-9A-Fa-f]{2})", b"%25", raw.split(b"?", 1)[0])
         return quote(path, safe=_PATH_SAFE + "%")
     return quote(request.url.path, safe=_PATH_SAFE)
+
+
+#: the answer to a path with an encoded slash: no id holds a "/"
+SLASH_IN_ID = "no resource at this path: an id cannot contain '/'"
+
+
+def encoded_slash(request: Request[Any, Any, Any]) -> bool:
+    """The path as sent holds ``%2F``: litestar routes the decoded path with empty segments
+    dropped, so it reached another resource (/v1/stories/%2F served the story list)."""
+    raw = request.scope.get("raw_path")
+    return isinstance(raw, bytes) and b"%2f" in raw.split(b"?", 1)[0].lower()
 
 
 def _slug(title: str) -> str:
@@ -192,11 +211,9 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
         detail = f"no resource at {request.url.path}"
     elif isinstance(exc, MethodNotAllowedException):
         detail = f"{request.method} is not allowed here"
-        raw = request.scope.get("raw_path")
-        if isinstance(raw, bytes) and b"%2f" in raw.split(b"?", 1)[0].lower():
-            # litestar routes the decoded path with empty segments dropped, so
-            # /v1/articles/%2F reached the collection (POST only): no id holds a "/"
-            status, detail = 404, "no resource at this path: an id cannot contain '/'"
+        if encoded_slash(request):
+            # /v1/articles/%2F reached the collection (POST only)
+            status, detail = 404, SLASH_IN_ID
             headers.pop("Allow", None)
             headers.pop("allow", None)
     elif isinstance(exc, PermissionDeniedException):

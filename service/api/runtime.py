@@ -47,6 +47,7 @@ from litestar.utils.scope.state import ScopeState
 from storyline.index.store import SQLiteStore
 from storyline.models.errors import InvalidInput, Overloaded
 from storyline.service.api import metrics
+from storyline.service.api.problems import SLASH_IN_ID, encoded_slash
 from storyline.service.settings import Settings
 
 __all__ = [
@@ -467,11 +468,8 @@ async def strict_body(request: Request[Any, Any, Any]) -> Response[None] | None:
     if request.method == "OPTIONS":
         return _options(request)
     if request.scope["path"].startswith("/v1/"):
-        raw = request.scope.get("raw_path")
-        if isinstance(raw, bytes) and b"%2f" in raw.split(b"?", 1)[0].lower():
-            # litestar routes the decoded path with empty segments dropped: /v1/stories/%2F
-            # served the story list and /v1/articles/a%2F article "a". No id holds a "/".
-            raise NotFoundException("no resource at this path: an id cannot contain '/'")
+        if encoded_slash(request):  # /v1/articles/a%2F served article "a"
+            raise NotFoundException(SLASH_IN_ID)
         _strict_query(request)
     param = handler.parsed_fn_signature.parameters.get("data")
     if param is None:
