@@ -33,7 +33,9 @@ killer took while idle costs no failed answer), unless the lane is crash-looping
 not answered within ``model_call_timeout_s`` fails with ``ModelUnavailable`` and its
 worker is killed (a native call that never returns ignores anything gentler); the next call
 starts a fresh one. Each worker has its own pool (queues and call numbers), so a late
-answer of a killed worker can never reach another call. Once ``close`` has begun, calls
+answer of a killed worker can never reach another call, and killing it fails only the
+calls sent to that worker: the lane's other workers answer theirs (a call goes to the
+worker with the fewest calls in flight). Once ``close`` has begun, calls
 fail instead of starting workers nobody would stop.
 
 ``ModelProcess.unservable`` says, without a model call, when that cannot work: the
@@ -44,6 +46,7 @@ answer anything. The HTTP service's health probes read it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing
@@ -261,7 +264,12 @@ class ModelProcess:
         self._timeout = settings.model_call_timeout_s
         #: set by ``close``: no call starts a worker after it
         self._closed = False
-        self._pools: dict[str, ProcessPoolExecutor] = {}
+        #: lane -> one single-worker pool per worker (None until a call starts it): a
+        #: pool of several workers is broken as a whole when one of them is killed
+        self._pools: dict[str, list[ProcessPoolExecutor | None]] = {
+            lane: [None] * n for lane, n in self.workers.items()}
+        #: calls sent to a pool and not finished yet, for picking the least busy worker
+        self._in_flight: dict[ProcessPoolExecutor, int] = {}
         #: the built models as the first workers found them (``_models_fingerprint``);
         #: workers started later (after a crash) refuse calls unless they find the same
         self._models: str | None = None
@@ -294,20 +302,39 @@ class ModelProcess:
         self.stance = _ProxyStance(self)
 
     def _executor(self, lane: str) -> ProcessPoolExecutor:
+        """The lane's worker with the fewest calls in flight (a running one before a new
+        one), counted as busy with one more until ``_done``."""
         with self._lock:
             if self._closed:
                 # A fresh pool now would outlive close() (it never shuts it down), its
                 # worker loading the models while the service stops.
                 raise ModelUnavailable("the model process is shutting down")
-            pool = self._pools.get(lane)
+            slots = self._pools[lane]
+
+            def load(i: int) -> tuple[int, bool]:
+                p = slots[i]
+                return (0, True) if p is None else (self._in_flight.get(p, 0), False)
+
+            i = min(range(len(slots)), key=load)
+            pool = slots[i]
             if pool is None:
-                pool = self._pools[lane] = ProcessPoolExecutor(
-                    max_workers=self.workers[lane],
+                pool = slots[i] = ProcessPoolExecutor(
+                    max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"), initializer=_init,
                     initargs=(self._settings.model_dump_json(), self.lanes[lane], os.getpid(),
                               self._preload, self._models),
                 )
+            self._in_flight[pool] = self._in_flight.get(pool, 0) + 1
             return pool
+
+    def _done(self, pool: ProcessPoolExecutor, _: object = None) -> None:
+        """A call sent to ``pool`` has finished (also a future's done callback)."""
+        with self._lock:
+            left = self._in_flight.get(pool, 0) - 1
+            if left > 0:
+                self._in_flight[pool] = left
+            else:
+                self._in_flight.pop(pool, None)
 
     def _start(self, lane: str, fn: Any, *args: Any) -> tuple[ProcessPoolExecutor, Future[Any]]:
         for attempt in (1, 2):
@@ -315,13 +342,18 @@ class ModelProcess:
             died = _stopped(pool)
             if died is None:
                 try:
-                    return pool, pool.submit(fn, *args)
+                    fut = pool.submit(fn, *args)
                 except BrokenProcessPool as exc:
                     died = str(exc)
                 except RuntimeError:
                     # Shut down by another thread since _executor handed it out (its call
                     # timed out, or close): the next round takes the fresh one, or refuses.
+                    self._done(pool)
                     continue
+                else:
+                    fut.add_done_callback(functools.partial(self._done, pool))
+                    return pool, fut
+            self._done(pool)
             # It died before this call reached it (the OOM killer took it while idle), so
             # this call did not kill it: it gets one fresh worker rather than an error.
             # Not while the lane is crash-looping: that worker would likely die as well.
@@ -367,7 +399,7 @@ class ModelProcess:
 
     def _answered_by(self, lane: str, pool: ProcessPoolExecutor) -> None:
         with self._lock:
-            if self._pools.get(lane) is pool:  # not a late answer from a replaced pool
+            if pool in self._pools[lane]:  # not a late answer from a replaced pool
                 self._answered.add(pool)
                 self._failed_starts[lane] = 0
 
@@ -383,7 +415,8 @@ class ModelProcess:
         procs = list((getattr(pool, "_processes", None) or {}).values())
         self._broken(lane, pool, "call timed out")  # the next call gets a fresh pool
         # SIGKILL: nothing the wedged call runs (a native loop, a signal handler) can delay
-        # it. The pool's other calls (inference_workers > 1) fail with it, as in a crash.
+        # it. The pool is this one worker's: calls queued behind the wedged one fail with
+        # it, as in a crash; the lane's other workers go on with theirs.
         for proc in procs:
             proc.kill()
         log.error("model process: a %s-lane call did not answer within %g s; killed its "
@@ -396,9 +429,11 @@ class ModelProcess:
     def _broken(self, lane: str, pool: ProcessPoolExecutor,
                 exc: BaseException | str) -> ModelUnavailable:
         with self._lock:
-            current = self._pools.get(lane) is pool
+            slots = self._pools.get(lane, [])
+            current = pool in slots
             if current:
-                del self._pools[lane]  # the next call starts a fresh worker
+                slots[slots.index(pool)] = None  # the next call there starts a fresh worker
+                self._in_flight.pop(pool, None)
                 # Once per dead pool, however many of its calls see it die.
                 if pool not in self._answered:
                     self._failed_starts[lane] += 1
@@ -459,7 +494,8 @@ class ModelProcess:
         """Stop the workers once their calls in flight have answered (or timed out)."""
         with self._lock:
             self._closed = True
-            pools, self._pools = list(self._pools.values()), {}
+            pools = [p for slots in self._pools.values() for p in slots if p is not None]
+            self._pools = {lane: [None] * len(slots) for lane, slots in self._pools.items()}
             self._answered.clear()
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=False)

@@ -1,4 +1,9 @@
-"""The service's long-running asyncio tasks: started by the lifespan, cancelled at shutdown."""
+"""The service's long-running asyncio tasks: started by the lifespan, cancelled at shutdown.
+
+A ``PeriodicTask``'s ``stop`` also waits (up to ``stop_wait_s``) for a step running on a
+pool thread: cancelling the task does not stop that thread, and the lifespan goes on to
+close the store and write the index file, which the step (a change-feed poll, an index
+file write) would otherwise still be using."""
 
 from __future__ import annotations
 
@@ -56,11 +61,33 @@ class PeriodicTask(BackgroundTask):
     step is logged; the next tick tries again, and a full pool skips the tick."""
 
     priority = PRIORITY_READ
+    #: ``stop`` waits at most this long for a running step (a poll or a file write takes
+    #: seconds at most; one stuck on a dead store must not hang the shutdown)
+    stop_wait_s = 30.0
 
     def __init__(self, runtime: Any, interval_s: float) -> None:
         super().__init__()
         self._rt = runtime
         self.interval_s = interval_s
+        #: the step handed to the pool, until it has finished (awaited by ``stop``)
+        self._step: asyncio.Future[None] | None = None
+        #: set by ``stop``: a step still queued in the pool is skipped when it comes up
+        self._stopping = False
+
+    def start(self) -> None:
+        self._stopping = False
+        super().start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        step = self._step  # read before the cancelled loop lets go of it
+        await super().stop()
+        if step is None or step.done():
+            return
+        done, _ = await asyncio.wait({step}, timeout=self.stop_wait_s)
+        if not done:
+            log.warning("%s: a step still runs %g s after stop; shutting down without it",
+                        self.task_name, self.stop_wait_s)
 
     def should_run(self) -> bool:
         return self.interval_s > 0
@@ -75,15 +102,26 @@ class PeriodicTask(BackgroundTask):
     def step(self, pipe: Any) -> None:
         raise NotImplementedError
 
+    def _run_step(self, pipe: Any) -> None:
+        if not self._stopping:
+            self.step(pipe)
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             pipe = self._rt.pipeline
             if pipe is None or not self.applies(pipe):
                 continue
+            step = self._step = asyncio.ensure_future(
+                self.pool().run(self._run_step, pipe, priority=self.priority))
             try:
-                await self.pool().run(self.step, pipe, priority=self.priority)
+                # Shielded: cancelling this loop must leave the step for ``stop`` to await,
+                # not report it finished while its thread still runs.
+                await asyncio.shield(step)
             except Overloaded:
                 pass
             except Exception:
                 log.exception("%s: a step failed; the next tick retries", self.task_name)
+            finally:
+                if step.done():
+                    self._step = None
