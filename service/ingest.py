@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
+from email.message import Message
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -44,6 +45,8 @@ MAX_FIELD_CHARS = {"title": MAX_TITLE_CHARS, "source": 300, "url": 8192, "lang":
                    "lean": 64}
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
 _OPTIONAL_STR = ("title", "source", "url", "lang", "lean")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +291,8 @@ FEED_TIMEOUT_S = 20.0
 FEED_DEADLINE_S = 60.0
 #: a feed URL's response is refused past this size (the largest real feeds are a few MB)
 FEED_MAX_BYTES = 20 * 1024 * 1024
+#: the most of an entry's linked article page read (a news page is far smaller)
+PAGE_MAX_BYTES = 5 * 1024 * 1024
 
 _TAG = re.compile(r"<[A-Za-z/!?]")
 
@@ -448,6 +453,34 @@ def _fetch(url: str, *, timeout_s: float, max_bytes: int) -> tuple[bytes, dict[s
         raise InvalidInput(f"{url}: cannot read ({exc})") from None
 
 
+def _linked_text(url: str, timeout_s: float) -> str | None:
+    """The article text of the page an entry links to, or None (the entry keeps its own
+    text). Fetched as the feed itself is, with its timeout and a size cap: trafilatura's
+    own fetcher ignores both and refuses addresses such as an intranet host's IP, which
+    an intranet feed's links are."""
+    try:
+        body, headers, _ = _fetch(url, timeout_s=timeout_s, max_bytes=PAGE_MAX_BYTES)
+    except InvalidInput as exc:
+        log.warning("%s; the feed entry's own text is used", exc)
+        return None
+    ctype = Message()
+    ctype["content-type"] = next(
+        (v for k, v in headers.items() if k.lower() == "content-type"), "")
+    page: str | bytes = body
+    charset = ctype.get_content_charset()
+    if charset:
+        # the charset the server names; without one trafilatura guesses from the bytes
+        with contextlib.suppress(LookupError, UnicodeDecodeError):
+            page = body.decode(charset)
+    try:
+        import trafilatura
+
+        extracted = trafilatura.extract(page, include_comments=False)
+    except Exception:  # trafilatura raises assorted parser errors on odd pages
+        return None
+    return str(extracted) if extracted else None
+
+
 def read_feed(
     source: str, *, max_chars: int = 200_000, fetch_links: bool = False,
     timeout_s: float | None = None,
@@ -491,10 +524,8 @@ def read_feed(
         text = _detail_text(value, kind)
         url = _entry_url(e, base)
         if fetch_links and len(text) < 200 and url:
-            import trafilatura
-
-            page = trafilatura.fetch_url(url)
-            text = (trafilatura.extract(page) if page else None) or text
+            text = _linked_text(
+                url, FEED_TIMEOUT_S if timeout_s is None else timeout_s) or text
         title = e.get("title")
         if isinstance(title, str):
             title = _detail_text(title, (e.get("title_detail") or {}).get("type"), title=True)

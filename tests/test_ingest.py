@@ -386,6 +386,39 @@ def test_a_feed_url_over_the_size_cap_is_refused(
         list(read_source(f"{url}/big.xml"))
 
 
+def test_a_feed_entrys_linked_page_is_fetched_with_the_feeds_limits(
+    www: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import storyline.service.ingest as ingest
+
+    url, root = www
+    (root / "news").mkdir()
+    body = "The council approved the new transit budget after a long debate. " * 12
+    (root / "news" / "1.html").write_text(
+        f"<html><head><title>T</title></head><body><article><p>{body}</p></article>"
+        "</body></html>", encoding="utf-8")
+    (root / "news" / "big.html").write_text("<html><body>" + "<p>x</p>" * 2000
+                                            + "</body></html>", encoding="utf-8")
+    _feed(root / "feed.xml", f"""<rss version="2.0"><channel><title>Local</title>
+<link>{url}/</link>
+<item><guid>n1</guid><link>news/1.html</link><description>Short teaser.</description></item>
+<item><guid>n2</guid><link>news/missing.html</link><description>Kept teaser.</description></item>
+<item><guid>n3</guid><link>news/big.html</link><description>Big teaser.</description></item>
+</channel></rss>""")
+    # an intranet host's address: trafilatura's own fetcher refused it, so the
+    # linked text never came in
+    monkeypatch.setattr(ingest, "PAGE_MAX_BYTES", 4096)
+    with caplog.at_level(logging.WARNING, logger="storyline.service.ingest"):
+        arts = _articles(f"{url}/feed.xml")
+    assert arts["n1"].text.startswith("The council approved the new transit budget")
+    # a page that cannot be read (404, over the cap) leaves the entry its own text
+    assert arts["n2"].text == "Kept teaser."
+    assert arts["n3"].text == "Big teaser."
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("missing.html: cannot read (HTTP 404" in m for m in warned)
+    assert any("big.html: cannot read (over 4,096 bytes)" in m for m in warned)
+
+
 @pytest.mark.parametrize(("field", "limit"), [("source", 300), ("url", 8192), ("lang", 35),
                                               ("lean", 64), ("title", 2000)])
 def test_label_fields_have_length_limits(field: str, limit: int) -> None:
