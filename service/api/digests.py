@@ -10,8 +10,9 @@ A key may end in ``.html``, ``.md`` or ``.json``, as the files ``storyline diges
 writes do, so the HTML page's links to earlier digests (``<key>.html#story-…``) work both
 between files and when the page is served from here. The format is, by precedence: the
 ``format`` query parameter; else the key's suffix; else the Accept header (media ranges with
-their q-values, the most specific range deciding each type; ``q=0`` refuses a type); else,
-when Accept names none of the three (or refuses all, or is malformed), JSON.
+their q-values, the most specific range deciding each type; ``q=0`` refuses a type; a range
+with parameters other than ``charset=utf-8`` is about another representation); else, when
+Accept names none of the three (or refuses all, or is malformed), JSON.
 """
 
 from __future__ import annotations
@@ -73,39 +74,90 @@ def parse_key(key: str) -> tuple[str, str | None]:
 _ALIASES = {"json": "json", "html": "html", "md": "md", "markdown": "md"}
 #: the media types served, in the order that breaks ties (JSON first: the default)
 _BY_ACCEPT = {"application/json": "json", "text/html": "html", "text/markdown": "md"}
+#: the parameters of what is served: a range naming others ("text/html;level=1") is about
+#: another representation. JSON has no charset parameter but is always UTF-8 (RFC 8259).
+_SERVED_PARAMS = {"charset": "utf-8"}
+_ESCAPE = re.compile(r"\\(.)")
 
 
-def _accept_ranges(header: str) -> list[tuple[str, str, float]] | None:
-    """``(type, subtype, q)`` of each media range of an Accept header; None when it is
-    malformed (a q-value that is not a number in 0…1, a range that is not ``type/sub``)."""
+def _split(text: str, sep: str) -> list[str] | None:
+    """``text`` cut at each ``sep`` outside a quoted string (a parameter value may hold
+    commas and semicolons); None when a quoted string is left open."""
+    parts: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for k, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append(text[start:k])
+            start = k + 1
+    if quoted:
+        return None
+    parts.append(text[start:])
+    return parts
+
+
+def _accept_ranges(header: str) -> list[tuple[str, str, float, dict[str, str]]] | None:
+    """``(type, subtype, q, parameters)`` of each media range of an Accept header (names
+    lowercased); None when it is malformed (a q-value that is not a number in 0…1, a range
+    that is not ``type/sub``, a parameter that is not ``name=value``, an open quote)."""
+    items = _split(header, ",")
+    if items is None:
+        return None
     out = []
-    for item in header.split(","):
+    for item in items:
         if not item.strip():
             continue
-        media, *params = (x.strip() for x in item.split(";"))
+        # quotes balance within an element, as the header was cut outside them
+        media, *params = (x.strip() for x in _split(item, ";") or [item])
         main, slash, sub = media.lower().partition("/")
         if not slash or not main or not sub or (main == "*" and sub != "*"):
             return None
         q = 1.0
+        named: dict[str, str] = {}
         for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
+            if not param:
+                continue  # "text/html;" is allowed: parameters may be empty
+            name, eq, value = (x.strip() for x in param.partition("="))
+            if not name or not eq or not value:
+                return None
+            if name.lower() == "q":
                 try:
-                    q = float(value.strip())
+                    q = float(value)
                 except ValueError:
                     return None
                 if not (math.isfinite(q) and 0.0 <= q <= 1.0):
                     return None
-        out.append((main, sub, q))
+            elif value.startswith('"'):
+                if len(value) < 2 or not value.endswith('"'):
+                    return None
+                named[name.lower()] = _ESCAPE.sub(r"\1", value[1:-1])
+            else:
+                named[name.lower()] = value
+        out.append((main, sub, q, named))
     return out
+
+
+def _params_match(params: dict[str, str]) -> bool:
+    # charset values are case-insensitive (RFC 9110 8.3.2); a parameter we do not serve
+    # makes the range about another representation
+    return all(
+        _SERVED_PARAMS.get(name) == (value.lower() if name == "charset" else value)
+        for name, value in params.items()
+    )
 
 
 def negotiate(header: str | None) -> str:
     """The format an Accept header asks for (RFC 9110 12.5.1): each served type takes the
-    q-value of the most specific range matching it (``q=0``: not acceptable); the highest
-    q wins, ties going to the more specific range, then to the range named first, then to
-    JSON, HTML, Markdown in that order. JSON when nothing acceptable is served or the
-    header is missing or malformed."""
+    q-value of the most specific range matching it (``q=0``: not acceptable; a range with
+    parameters is more specific than one without and matches only when they are those of
+    what is served, ``charset=utf-8``); the highest q wins, ties going to the more specific
+    range, then to the range named first, then to JSON, HTML, Markdown in that order. JSON
+    when nothing acceptable is served or the header is missing or malformed."""
     ranges = _accept_ranges(header or "")
     if not ranges:
         return "json"
@@ -114,17 +166,21 @@ def negotiate(header: str | None) -> str:
     for order, (media, fmt) in enumerate(_BY_ACCEPT.items()):
         main, sub = media.split("/")
         match: tuple[int, int, float] | None = None  # (specificity, -position, q)
-        for pos, (r_main, r_sub, q) in enumerate(ranges):
+        for pos, (r_main, r_sub, q, params) in enumerate(ranges):
             if r_main == "*":
                 spec = 0
             elif r_main != main:
                 continue
             elif r_sub == "*":
-                spec = 1
-            elif r_sub == sub:
                 spec = 2
+            elif r_sub == sub:
+                spec = 4
             else:
                 continue
+            if params:
+                if not _params_match(params):
+                    continue
+                spec += 1  # "text/html;charset=utf-8" is more specific than "text/html"
             if match is None or (spec, -pos) > match[:2]:
                 match = (spec, -pos, q)
         if match is None or match[2] <= 0.0:
@@ -147,7 +203,9 @@ def choose_format(request: Request[Any, Any, Any], fmt: str | None,
         return key
     if suffix is not None:
         return suffix
-    return negotiate(request.headers.get("accept"))
+    # one header sent as several field lines is one comma-separated list (RFC 9110 5.3)
+    accept = request.headers.getall("accept", [])
+    return negotiate(", ".join(accept) if accept else None)
 
 
 #: the OpenAPI example of a digest: a complete document (tests validate it against the schema)
