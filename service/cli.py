@@ -119,16 +119,51 @@ def open_pipeline(data_dir: Path | None = None) -> Any:
 
 
 # -- models -----------------------------------------------------------------------------
+#: Joined texts added to the embedder self-check, and the words each has at least.
+CHECK_LONG_TEXTS = 64
+CHECK_LONG_WORDS = 320
+
+
 def check_texts(limit: int | None = None) -> list[str]:
-    """Texts for the embedder self-check: the AllSides articles if present, else seeds/."""
+    """Texts for the embedder self-check: the AllSides articles if present, else seeds/.
+
+    The articles are excerpts of at most ~230 tokens, short of the embedder's 256-token
+    window, so :func:`long_check_texts` joins consecutive ones into texts that reach it
+    (appended after them; the build times its graph variants on the first texts only).
+    ``limit``: the first N articles only, and the joined texts made of them.
+    """
     from storyline.service.ingest import read_source
     from storyline.service.pipeline import article_text
 
     for cand in (_shared_data() / "allsides" / "articles.jsonl", Path("seeds")):
         if cand.exists():
             arts = [p.article for p in read_source(cand) if p.article is not None]
-            return [article_text(a) for a in arts][:limit]
+            texts = [article_text(a) for a in arts][:limit]
+            return texts + long_check_texts(texts)
     return []
+
+
+def long_check_texts(
+    texts: list[str], *, n: int = CHECK_LONG_TEXTS, min_words: int = CHECK_LONG_WORDS
+) -> list[str]:
+    """Up to ``n`` texts of ``texts`` joined in order, a blank line apart, each taking the
+    next ones until it has ``min_words`` whitespace-separated words.
+
+    Every word is at least one word piece, so 320 words pass 256 tokens in any language
+    the tokenizer splits on spaces, with no tokenizer needed here.
+    """
+    out: list[str] = []
+    run: list[str] = []
+    words = 0
+    for text in texts:
+        if len(out) == n:
+            break
+        run.append(text)
+        words += len(text.split())
+        if words >= min_words:
+            out.append("\n\n".join(run))
+            run, words = [], 0
+    return out
 
 
 def _shared_data() -> Path:
