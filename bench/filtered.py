@@ -32,10 +32,14 @@ index searches and briefs read per call (how far a filtered call widened).
     HF_HUB_OFFLINE=1 .venv/bin/python bench/filtered.py --articles 100000 --json
 
 ``--store-dir DIR`` keeps the built store there and reuses it on the next run with the
-same ``--articles``/``--days``/``--seed``. With ``--json`` the last line is one JSON
-object: ``articles``, ``queries``, ``k``, ``filter_direct_max``, ``cases`` (name ->
-matches) and ``results`` (list of {kind, case, op, matches, ms_p50, ms_p99, recall,
-searches, briefs}).
+same ``--articles``/``--days``/``--seed``. ``--listings`` times only the store's listing of
+each case's matches (``Store.matching_ids`` with the direct path's cap, ``--queries``
+calls; with ``--database-url`` on a PostgreSQL copy of the store) and skips the pipeline.
+With ``--json`` the last line is one JSON object: ``articles``, ``queries``, ``k``,
+``filter_direct_max``, ``cases`` (name -> matches) and ``results`` (list of {kind, case,
+op, matches, ms_p50, ms_p99, recall, searches, briefs}); with ``--listings``,
+``articles``, ``queries``, ``cases`` and ``listings`` (list of {backend, case, matches,
+listed, ms_p50, ms_p99}).
 """
 
 from __future__ import annotations
@@ -124,6 +128,69 @@ def build_store(path: Path, n: int, nq: int, days: float, seed: int, text_chars:
     np.save(path / "queries.npy", queries)
 
 
+def time_listings(path: Path, cases: dict[str, dict[str, Any]], matches: dict[str, int],
+                  repeat: int, limit: int, database_url: str | None) -> list[dict[str, Any]]:
+    """p50/p99 ms of ``matching_ids`` per case, as the filtered search lists its candidates
+    (SQLite, and PostgreSQL when ``database_url`` is given)."""
+    from storyline.index.store import SQLiteStore
+
+    stores: list[tuple[str, Any]] = [("sqlite", SQLiteStore(path))]
+    if database_url:
+        stores.append(("postgres", _postgres_copy(stores[0][1], database_url)))
+    rows: list[dict[str, Any]] = []
+    try:
+        for backend, st in stores:
+            for c, f in cases.items():
+                args = (f.get("since"), f.get("until"), f.get("source"), limit)
+                got = st.matching_ids(*args)  # untimed warm-up
+                lat = []
+                for _ in range(repeat):
+                    t1 = time.perf_counter()
+                    st.matching_ids(*args)
+                    lat.append((time.perf_counter() - t1) * 1000)
+                row = {"backend": backend, "case": c, "matches": matches[c],
+                       "listed": len(got), "ms_p50": round(_p(lat, 0.5), 2),
+                       "ms_p99": round(_p(lat, 0.99), 2)}
+                rows.append(row)
+                log(f"{backend:>8} {c:>16} ({matches[c]:>6} match, {len(got):>6} listed): "
+                    f"p50 {row['ms_p50']:>8.2f} ms  p99 {row['ms_p99']:>8.2f} ms")
+    finally:
+        for _, st in stores:
+            st.close()
+    return rows
+
+
+def _postgres_copy(src: Any, url: str) -> Any:
+    """A PostgresStore at ``url`` holding ``src``'s articles (their rows only: listings
+    read nothing else), analysed so the planner knows their spread."""
+    import sqlalchemy as sa
+
+    from storyline.index.pg import PostgresStore, articles
+
+    st = PostgresStore(url)
+    cols = [c.name for c in articles.columns]
+    with st._engine.begin() as conn:
+        if conn.execute(sa.select(sa.func.count()).select_from(articles)).scalar_one() == 0:
+            t0 = time.perf_counter()
+            last = ""
+            while True:
+                batch = src._query(f"SELECT {', '.join(cols)} FROM articles WHERE id > ?"
+                                   " ORDER BY id LIMIT 5000", (last,))
+                if not batch:
+                    break
+                conn.execute(articles.insert(), [
+                    {**dict(r), "entities": json.loads(r["entities"]),
+                     "published_at": datetime.fromisoformat(r["published_at"])
+                     if r["published_at"] else None,
+                     "ingested_at": datetime.fromisoformat(r["ingested_at"]),
+                     "updated_at": datetime.fromisoformat(r["updated_at"])} for r in batch])
+                last = batch[-1]["id"]
+            log(f"postgres copy written in {time.perf_counter() - t0:.0f} s")
+    with st._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE articles"))
+    return st
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--articles", type=int, default=100_000)
@@ -138,6 +205,11 @@ def main() -> None:
     ap.add_argument("--store-dir", type=Path, default=None)
     ap.add_argument("--direct-max", type=int, default=None,
                     help="override FILTER_DIRECT_MAX (small stores, experiments)")
+    ap.add_argument("--listings", action="store_true",
+                    help="time only Store.matching_ids per case (no index, no pipeline)")
+    ap.add_argument("--database-url", default=None,
+                    help="with --listings: copy the store's articles into this (empty)"
+                    " PostgreSQL database and time PostgresStore too")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -213,6 +285,14 @@ def main() -> None:
         matches = {c: int(m.sum()) for c, m in masks.items()}
         log("cases: " + ", ".join(f"{c} {matches[c]}" for c in cases))
 
+        if args.listings:
+            store.close()
+            out = time_listings(base / key / "storyline.db", cases, matches, args.queries,
+                                pl.FILTER_DIRECT_MAX + 1, args.database_url)
+            if args.json:
+                print(json.dumps({"articles": n, "queries": args.queries, "cases": matches,
+                                  "listings": out}))
+            return
         rng = np.random.default_rng(args.seed + 2)
         rel_q = [ids[j] for j in rng.choice(n, size=args.queries, replace=False).tolist()]
         texts = {f"q{i}": qvecs[i] for i in range(len(qvecs))}

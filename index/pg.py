@@ -34,6 +34,8 @@ try:
     import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
     from sqlalchemy.dialects import postgresql as pgd
 except ImportError as _exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -142,7 +144,8 @@ digests = sa.Table(
 )
 
 _CHUNK = 5000
-#: a POSIX regex for text holding a character outside ASCII (see ``matching_ids``)
+#: a POSIX regex for text holding a character outside ASCII (see ``matching_ids``; the
+#: partial index ``articles_source_non_ascii`` of revision 0005 is defined by it)
 _NON_ASCII_RE = "[^\x01-\x7f]"
 
 
@@ -208,6 +211,21 @@ def migrate(engine: sa.Engine) -> None:
     cfg.set_main_option("path_separator", "os")
     with engine.begin() as conn:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
+        # A database a newer version migrated: Alembic cannot upgrade from a revision it
+        # does not know and failed with its own error (an internal error, not a store
+        # one); say which versions are involved instead.
+        at = MigrationContext.configure(
+            conn, opts={"version_table": "storyline_alembic_version"}
+        ).get_current_heads()
+        script = ScriptDirectory.from_config(cfg)
+        known = {r.revision for r in script.walk_revisions()}
+        newer = sorted(set(at) - known)
+        if newer:
+            raise StoreError(
+                f"the database schema is at revision {', '.join(newer)}, newer than this"
+                f" version of storyline knows (up to {script.get_current_head()}):"
+                " upgrade storyline to use it"
+            )
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
@@ -248,6 +266,9 @@ class PostgresStore:
             # As ``SQLiteStore``: outputs of stories retired before retiring dropped them.
             with self._engine.begin() as conn:
                 conn.execute(_prune_retired_outputs())
+        except StoreError:
+            self._finalizer()
+            raise
         except sa.exc.SQLAlchemyError as exc:
             self._finalizer()
             raise StoreError(
@@ -478,13 +499,23 @@ class PostgresStore:
         if until is not None:
             q = q.where(articles.c.published_ts < until.timestamp())
         if source is None:
-            return [r["id"] for r in self._rows(q.limit(limit))]
-        q = q.where(articles.c.source.is_not(None))
-        if source.isascii():  # narrows; Python's casefold decides (as SQLiteStore's)
-            q = q.where(sa.or_(sa.func.lower(articles.c.source) == source.lower(),
-                               articles.c.source.regexp_match(_NON_ASCII_RE)))
-        out = [r["id"] for r in self._rows(q)
-               if r["source"].casefold() == source.casefold()]
+            # (ids alone: a time window is read from the index articles_published_id)
+            return [r["id"] for r in self._rows(q.with_only_columns(articles.c.id).limit(limit))]
+        # Two disjoint parts as SQLiteStore's, each written as its index in revision 0005
+        # is defined (the pattern a literal, not a parameter, which a generic plan could
+        # not match to the partial index). COLLATE "C": lower() folds ASCII only, as
+        # SQLite's, in a database of any locale (in a Turkish one lower('POLITICO') is
+        # 'polıtıco', and 'POLITICO' was no match for 'politico').
+        key = source.casefold()
+        non_ascii = q.where(
+            articles.c.source.regexp_match(sa.literal_column(f"'{_NON_ASCII_RE}'")))
+        stmt: sa.Executable = non_ascii
+        if key.isascii():
+            ascii_part = q.with_only_columns(articles.c.id, sa.null().label("source")).where(
+                sa.func.lower(articles.c.source.collate("C")) == key).limit(limit)
+            stmt = sa.union_all(ascii_part, non_ascii)
+        out = [r["id"] for r in self._rows(stmt)
+               if r["source"] is None or r["source"].casefold() == key]
         return out[:limit]
 
     def _update_metadata(self, db: sa.Connection, a: Article, now: datetime) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+#: the newest revision of our migrations: where a store's database is after it opens
+HEAD = "0005"
+
 
 def upgrade_to(url: str, revision: str, then: Callable[[Any], None] | None = None) -> None:
     """Bring the empty database at ``url`` to ``revision`` of our migrations, then run
