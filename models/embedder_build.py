@@ -7,25 +7,17 @@ fp32 vectors before it is recorded in the manifest; a build that drifts is refus
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: abandoned work folders stay
-    fcntl = None  # type: ignore[assignment]
 
 from storyline.models.errors import ModelBuildError
 from storyline.models.registry import (
@@ -578,7 +570,7 @@ def build_embedder(
     folder = models_dir / EMBEDDER.folder
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with _work_dir(manifest) as tmp:
+    with manifest.work_dir(_WORK_PREFIX) as tmp:
         log("exporting all-MiniLM-L6-v2 to ONNX (fp32)")
         _export_fp32(src, tmp / "fp32.onnx")
         log("fusing transformer subgraphs")
@@ -653,45 +645,6 @@ def build_embedder(
 
 #: Each build works in a folder of the models dir named so, locked while the build runs.
 _WORK_PREFIX = ".embedder-build-"
-
-
-@contextlib.contextmanager
-def _work_dir(manifest: Manifest) -> Iterator[Path]:
-    """A scratch folder for one build, removed afterwards.
-
-    A build killed before its cleanup (SIGTERM from a CI timeout or `docker stop`, the OOM
-    killer) left its folder behind, about 700 MB, and every retry left another: the next
-    build removes those nobody holds. Creating and locking happen under the models dir's
-    lock, so a folder is never seen between the two.
-    """
-    with manifest.locked():
-        if fcntl is not None:
-            for old in manifest.models_dir.glob(f"{_WORK_PREFIX}*"):
-                _remove_if_abandoned(old)
-        tmp = tempfile.TemporaryDirectory(dir=manifest.models_dir, prefix=_WORK_PREFIX)
-        fd = os.open(tmp.name, os.O_RDONLY)
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        with tmp:
-            yield Path(tmp.name)
-    finally:
-        os.close(fd)
-
-
-def _remove_if_abandoned(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return  # a running build holds it
-    else:
-        shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        os.close(fd)
 
 
 def _time_variants(folder: Path, texts: Sequence[str]) -> dict[str, float]:

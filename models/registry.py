@@ -200,6 +200,31 @@ class Manifest:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def work_dir(self, prefix: str) -> Iterator[Path]:
+        """A scratch folder in the models dir for one build, removed afterwards.
+
+        Each build gets its own folder, locked while it runs: with one fixed folder per
+        model, a second build of it at the same time deleted the first one's work. A
+        build killed before its cleanup (SIGTERM from a CI timeout or `docker stop`, the
+        OOM killer) leaves its folder behind (the embedder's is about 700 MB), so the
+        next build removes those with ``prefix`` that nobody holds. Creating and locking
+        happen under the models dir's lock, so a folder is never seen between the two.
+        """
+        with self.locked():
+            if fcntl is not None:
+                for old in self.models_dir.glob(f"{prefix}*"):
+                    _remove_if_abandoned(old)
+            tmp = tempfile.TemporaryDirectory(dir=self.models_dir, prefix=prefix)
+            fd = os.open(tmp.name, os.O_RDONLY)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with tmp:
+                yield Path(tmp.name)
+        finally:
+            os.close(fd)
+
     def put(self, record: ArtefactRecord) -> None:
         self._update(lambda records: records.__setitem__(record.name, record))
 
@@ -298,3 +323,20 @@ def _parse(body: bytes) -> dict[str, ArtefactRecord]:
             raise ValueError(f"record {key!r}: 'meta' must be an object")
         out[key] = ArtefactRecord(name=rec["name"], files=files, meta=meta)
     return out
+
+
+def _remove_if_abandoned(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # a running build holds it
+    else:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)

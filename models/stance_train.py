@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -477,6 +476,10 @@ def build_key(
     return h.hexdigest()
 
 
+#: Each build trains in a folder of the models dir named so (``Manifest.work_dir``).
+_WORK_PREFIX = ".stance-build-"
+
+
 def build_stance(
     models_dir: Path,
     *,
@@ -498,26 +501,24 @@ def build_stance(
     # Train into a side folder and move the finished files in, so a crash mid-training
     # leaves the previous (still manifest-verified) model in place.
     final = models_dir / STANCE.folder
-    work = models_dir / f".{STANCE.folder}.building"
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        info = train_target_sentiment(
-            work,
-            data_dir=data_dir,
-            epochs=epochs,
-            seed=seed,
-            threads=threads,
-            log=log,
-            recipe=recipe,
-        )
-    except ModelBuildError:
-        raise
-    except Exception as exc:
-        raise ModelBuildError(f"building {STANCE.name} failed: {exc}") from exc
-    final.mkdir(parents=True, exist_ok=True)
-    for name in (STANCE.file, *STANCE.extra_files, "training.json"):
-        os.replace(work / name, final / name)
-    shutil.rmtree(work, ignore_errors=True)
+    with manifest.work_dir(_WORK_PREFIX) as work:
+        try:
+            info = train_target_sentiment(
+                work,
+                data_dir=data_dir,
+                epochs=epochs,
+                seed=seed,
+                threads=threads,
+                log=log,
+                recipe=recipe,
+            )
+        except ModelBuildError:
+            raise
+        except Exception as exc:
+            raise ModelBuildError(f"building {STANCE.name} failed: {exc}") from exc
+        final.mkdir(parents=True, exist_ok=True)
+        for name in (STANCE.file, *STANCE.extra_files, "training.json"):
+            os.replace(work / name, final / name)
     meta = {
         "build_key": key,
         "epochs": epochs,

@@ -29,7 +29,6 @@ import itertools
 import json
 import math
 import platform
-import shutil
 import time
 import warnings
 from collections import Counter
@@ -849,10 +848,7 @@ def train_summariser(
     prior = build_prior(stories)
     model = fit_scorer(stories, prior, cfg, seed)
     final = models_dir / SUMMARISER.folder
-    work = models_dir / f".{SUMMARISER.folder}.building"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with manifest.work_dir(".summariser-build-") as work:
         export_onnx(model, prior, params, work / SUMMARISER.file)
         _check_export(work / SUMMARISER.file, model, prior, stories[:20])
         info = {
@@ -884,8 +880,6 @@ def train_summariser(
         final.mkdir(parents=True, exist_ok=True)
         for name in (SUMMARISER.file, "training.json"):
             (work / name).replace(final / name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     meta = {k: info[k] for k in ("build_key", "seed", "scorer", "selection", "holdout",
                                  "articles_sha256", "stories_sha256", "versions",
                                  "build_seconds")}

@@ -197,3 +197,33 @@ def test_the_summary_scorer_key_follows_every_embedder_file(tmp_path: Path) -> N
     manifest[EMBEDDER.name]["files"][f"{EMBEDDER.folder}/tokenizer.json"] = "0" * 64
     (md / "manifest.json").write_text(json.dumps(manifest))
     assert summariser_train.build_key(md, data, data, seed=13) != key
+
+
+def test_two_stance_builds_at_once_keep_their_own_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, newsmtsc: Path
+) -> None:
+    """Both trained in one fixed `.stance.building` folder, which each build emptied when it
+    started: a second build started while the first trained deleted the first one's
+    files, and the first failed. Training is the seam here (it takes ~15 min)."""
+    from storyline.models.registry import STANCE, Manifest
+
+    models = tmp_path / "models"
+    runs: list[Path] = []
+
+    def fake_train(out_dir: Path, **kw: object) -> dict[str, object]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in (STANCE.file, *STANCE.extra_files, "training.json"):
+            (out_dir / name).write_text(f"{name} of run {len(runs)}", encoding="utf-8")
+        runs.append(out_dir)
+        if len(runs) == 1:  # a second build starts while the first is training
+            st.build_stance(models, data_dir=newsmtsc, force=True, log=lambda _: None)
+        return {"recipe": {}, "train_sha256": "", "holdout": {}, "selection": {"chosen": ""},
+                "versions": {}}
+
+    monkeypatch.setattr(st, "train_target_sentiment", fake_train)
+    st.build_stance(models, data_dir=newsmtsc, force=True, log=lambda _: None)
+    assert len(runs) == 2 and runs[0] != runs[1]
+    # the first build finished last: its files are the ones recorded
+    assert (models / STANCE.folder / STANCE.file).read_text() == f"{STANCE.file} of run 0"
+    assert Manifest(models).get(STANCE.name) is not None
+    assert [p.name for p in models.iterdir() if p.name.startswith(".")] == []

@@ -115,10 +115,10 @@ def test_unloadable_weights_without_recorded_hashes_are_a_build_error(
 
 def test_work_folders_are_locked_while_the_build_uses_them(tmp_path: Path) -> None:
     manifest = Manifest(tmp_path / "models")
-    with eb._work_dir(manifest) as work:
+    with manifest.work_dir(eb._WORK_PREFIX) as work:
         (work / "big.onnx").write_bytes(b"x")
         # A second build starting now must not take this one's folder for abandoned.
-        with eb._work_dir(manifest) as other:
+        with manifest.work_dir(eb._WORK_PREFIX) as other:
             assert work.is_dir() and (work / "big.onnx").exists()
             assert other != work
         assert not other.exists()
