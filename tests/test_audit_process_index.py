@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from processes import gone
 
 from storyline.index.vectors import VectorIndex
 from storyline.models.errors import ModelUnavailable
@@ -30,17 +31,6 @@ def _echo_after(value: str, delay: float) -> str:
     """Runs in the worker: a call that answers late (pickled by reference)."""
     time.sleep(delay)
     return value
-
-
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture()
@@ -70,7 +60,7 @@ def test_a_wedged_call_times_out_and_its_worker_is_killed_and_replaced(proc: Mod
     assert time.monotonic() - t0 < TIMEOUT_S + 5
     # the HTTP mapping makes it a 503 with Retry-After: waiting helps, it is not lasting
     assert err.value.status_code == 503 and not err.value.extra.get("lasting")
-    assert _gone(wedged), "the wedged worker was left running"
+    assert gone(wedged), "the wedged worker was left running"
     assert proc.embedder.embed(["hello"]).shape == (1, proc.dim)  # a fresh worker
     assert proc.call_info()["pid"] != wedged
     assert proc.unservable() is None  # it had answered calls before: not a crash loop
