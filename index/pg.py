@@ -4,7 +4,10 @@ processes (replicas) sharing one database.
 Same behaviour and return types as :class:`~storyline.index.store.SQLiteStore`; built on
 SQLAlchemy 2 Core with the psycopg 3 driver. The schema is owned by Alembic (migrations in
 ``storyline/index/migrations``) and is brought to the latest revision when a store opens,
-under an advisory lock so that replicas starting together migrate once.
+under an advisory lock so that replicas starting together migrate once. A database a newer
+version migrated is used as it is when that version's migrations recorded that this
+version's code still works on it (``compatible_from``, see ``record_schema_compat``), so
+that replicas left at the older version can restart during a rolling upgrade.
 
 Every public write method is one transaction. Writers of the change feed (ingest, delete)
 take a transaction-level advisory lock first: ``changes.seq`` (an identity sequence) is
@@ -19,6 +22,7 @@ numbers (SQLite's does not); it stays strictly increasing and in commit order.
 from __future__ import annotations
 
 import json
+import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -67,13 +71,19 @@ from storyline.index.types import (
 from storyline.models.errors import InvalidArticle, NotFound, StoreError
 from storyline.models.types import Article
 
-__all__ = ["MIGRATIONS", "PostgresStore", "migrate", "normalise_url"]
+__all__ = ["MIGRATIONS", "PostgresStore", "migrate", "normalise_url", "record_schema_compat"]
+
+log = logging.getLogger(__name__)
 
 #: the Alembic script directory, shipped as package data
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: pg_advisory_xact_lock keys (arbitrary 63-bit constants private to storyline)
 _MIGRATE_LOCK = 0x5354_4F52_594C_0001
 _FEED_LOCK = 0x5354_4F52_594C_0002
+#: one row: the oldest code revision that works on the database (``oldest_code``) and the
+#: Alembic head(s) that was worked out for (``at_revision``). Outside the migrations: a
+#: revision that created it would be one that released versions refuse.
+_COMPAT_TABLE = "storyline_schema_compat"
 
 # -- table descriptions for query building (the schema itself is the migrations') -----------
 _md = sa.MetaData()
@@ -201,10 +211,70 @@ def normalise_url(url: str) -> sa.URL:
     return u
 
 
+def _oldest_code(script: ScriptDirectory, heads: Sequence[str]) -> str:
+    """The strictest ``compatible_from`` of the revisions up to ``heads``: the oldest code
+    revision that works on a database at ``heads``."""
+    applied = list(script.iterate_revisions(tuple(heads), "base"))
+    age = {s.revision: i for i, s in enumerate(applied)}  # newest first
+    oldest = applied[-1].revision  # the base: code at any revision
+    for s in applied:
+        declared = getattr(s.module, "compatible_from", s.revision)
+        # one that names no revision before it is a slip: only its own code is safe
+        c = declared if declared in age and age[declared] >= age[s.revision] else s.revision
+        if age[c] < age[oldest]:
+            oldest = c
+    return oldest
+
+
+def record_schema_compat(conn: sa.Connection, script: ScriptDirectory) -> None:
+    """Record which code works on the database at its current revision (in
+    ``_COMPAT_TABLE``). Called by the migration environment after every online upgrade or
+    downgrade, in its transaction."""
+    heads = MigrationContext.configure(
+        conn, opts={"version_table": "storyline_alembic_version"}
+    ).get_current_heads()
+    # looked up first: CREATE TABLE IF NOT EXISTS needs the right to create, every start
+    if not _has_compat_table(conn):
+        conn.execute(
+            sa.text(
+                f"CREATE TABLE {_COMPAT_TABLE}"
+                " (at_revision text NOT NULL, oldest_code text NOT NULL)"
+            )
+        )
+    want = [(",".join(sorted(heads)), _oldest_code(script, heads))] if heads else []
+    have = [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {_COMPAT_TABLE}"))]
+    if have != want:  # most starts find it written: no write then
+        conn.execute(sa.text(f"DELETE FROM {_COMPAT_TABLE}"))
+        for at, oldest in want:
+            conn.execute(
+                sa.text(f"INSERT INTO {_COMPAT_TABLE} VALUES (:at, :oldest)"),
+                {"at": at, "oldest": oldest},
+            )
+
+
+def _has_compat_table(conn: sa.Connection) -> bool:
+    return conn.execute(sa.text(f"SELECT to_regclass('{_COMPAT_TABLE}')")).scalar() is not None
+
+
+def _recorded_oldest_code(conn: sa.Connection, heads: Sequence[str]) -> str | None:
+    """What the migrations to ``heads`` recorded as the oldest code that works on them;
+    None when nothing was recorded for ``heads`` (a version without the record migrated,
+    or the schema changed since without one)."""
+    if not _has_compat_table(conn):
+        return None
+    rows = list(conn.execute(sa.text(f"SELECT at_revision, oldest_code FROM {_COMPAT_TABLE}")))
+    if len(rows) == 1 and rows[0][0] == ",".join(sorted(heads)):
+        return str(rows[0][1])
+    return None
+
+
 def migrate(engine: sa.Engine) -> None:
     """Bring the schema to the latest revision (creates it in an empty database).
 
-    Serialised by an advisory lock: replicas opening together migrate once.
+    Serialised by an advisory lock: replicas opening together migrate once. A database at
+    a revision this version does not know (a newer version migrated it) is left as it is
+    and used when its recorded oldest compatible code revision is one this version has;
+    else refused.
     """
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -221,9 +291,23 @@ def migrate(engine: sa.Engine) -> None:
         known = {r.revision for r in script.walk_revisions()}
         newer = sorted(set(at) - known)
         if newer:
+            ours = script.get_current_head()
+            oldest = _recorded_oldest_code(conn, at)
+            if oldest in known:
+                # Replicas still at this version must restart during a rolling upgrade.
+                log.warning(
+                    "the database schema is at revision %s, newer than this version of"
+                    " storyline knows (up to %s); its migrations record that code from"
+                    " revision %s on works on it: using it without migrating",
+                    ", ".join(newer),
+                    ours,
+                    oldest,
+                )
+                return
+            needs = f", and it needs storyline at revision {oldest} or later" if oldest else ""
             raise StoreError(
                 f"the database schema is at revision {', '.join(newer)}, newer than this"
-                f" version of storyline knows (up to {script.get_current_head()}):"
+                f" version of storyline knows (up to {ours}){needs}:"
                 " upgrade storyline to use it"
             )
         cfg.attributes["connection"] = conn

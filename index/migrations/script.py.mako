@@ -14,6 +14,9 @@ revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
+# The oldest revision whose code works on a database at this one (see env.py): this one
+# unless it only adds nullable columns, tables or indexes.
+compatible_from = ${repr(up_revision)}
 
 
 def upgrade() -> None:

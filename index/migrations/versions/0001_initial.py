@@ -21,6 +21,7 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+compatible_from = "0001"
 
 
 def _key() -> sa.Text:

@@ -18,6 +18,9 @@ revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+# code before it does not bump the stories generation: it would overwrite another
+# process's story work unseen
+compatible_from = "0002"
 
 
 def upgrade() -> None:

@@ -20,6 +20,8 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+# a nullable column and an index: older code works on it (see above)
+compatible_from = "0002"
 
 
 def upgrade() -> None:

@@ -21,6 +21,8 @@ revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
+# nullable columns: older code works on it (see above)
+compatible_from = "0002"
 
 _COLUMNS = ("title", "text", "lang", "lean", "gold_story_id")
 

@@ -27,6 +27,8 @@ revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+# indexes only
+compatible_from = "0002"
 
 #: as ``storyline.index.pg._NON_ASCII_RE`` (a migration does not import the code it
 #: outlives)
