@@ -102,6 +102,8 @@ def _agglomerative(
 ) -> npt.NDArray[np.int64]:
     from sklearn.cluster import AgglomerativeClustering  # eval-time dependency
 
+    if len(sims) < 2:  # scikit-learn refuses a single sample; it is its own cluster
+        return np.zeros(len(sims), dtype=np.int64)
     dist = np.clip(1.0 - sims.astype(np.float64), 0.0, None)
     if window_h is not None and hours is not None:
         dist = np.where(hours > window_h, 2.0, dist)  # beyond the window: never the same story
@@ -255,6 +257,7 @@ def evaluate_clustering(
     models_dir: Path,
     seed: int = 0,
     robustness: bool = True,
+    max_chars: int = 200_000,
 ) -> dict[str, Any]:
     """Cluster ``articles_file`` through the pipeline and score it against gold story ids.
 
@@ -265,15 +268,18 @@ def evaluate_clustering(
     """
     t0 = time.perf_counter()
     arts: list[Article] = []
-    for parsed in read_articles_jsonl(articles_file):
+    for parsed in read_articles_jsonl(articles_file, max_chars=max_chars):
         if parsed.error is not None:
             raise InvalidInput(f"{articles_file}: {parsed.error.detail}")
         if parsed.article is not None:
             arts.append(parsed.article)
-    gold = {a.id: a.story_id for a in arts if a.story_id is not None}
+    # The same id twice: the later line is the stored article (ingest's rule), gold too.
+    arts = list({a.id: a for a in arts}.values())
+    # A blank story_id is no gold label (as a blank optional field is absent elsewhere in
+    # the format), not one gold story of every article that has it.
+    gold = {a.id: a.story_id for a in arts if a.story_id is not None and a.story_id.strip()}
     if not gold:
         raise InvalidInput(f"{articles_file}: no article has a story_id; nothing to evaluate")
-    arts = list({a.id: a for a in arts}.values())
     ids = sorted(gold)
     splits = _read_splits(articles_file)
     with tempfile.TemporaryDirectory(prefix="storyline-eval-") as tmp_s:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,18 @@ KS = (1, 2, 5)
 _BATCH = 64  # articles per ingest call, as a feed poller sends them
 
 
-def load_gold_articles(path: Path) -> list[Article]:
+def load_gold_articles(path: Path, *, max_chars: int = 200_000) -> list[Article]:
+    """The articles of ``path``; a blank ``story_id`` is no gold label (as a blank optional
+    field is absent elsewhere in the format), not one story of every such article."""
     arts = []
-    for p in read_articles_jsonl(path):
+    for p in read_articles_jsonl(path, max_chars=max_chars):
         if p.error is not None:
             raise InvalidInput(f"{path}: {p.error.detail}")
         if p.article is not None:
-            arts.append(p.article)
+            a = p.article
+            if a.story_id is not None and not a.story_id.strip():
+                a = replace(a, story_id=None)
+            arts.append(a)
     return arts
 
 
@@ -47,9 +54,12 @@ def throwaway_pipeline(
     return Pipeline(Settings(data_dir=tmp, **overrides), clusterer=None if clusterer else False)
 
 
-def rank_metrics(ranked: dict[str, list[str]], gold: dict[str, str | None]) -> dict[str, float]:
+def rank_metrics(
+    ranked: dict[str, list[str]], gold: dict[str, str | None]
+) -> dict[str, float | None]:
     """recall@k (share of each query's same-story siblings in its top k, averaged over
-    queries that have siblings), MRR and P@1."""
+    queries that have siblings), MRR and P@1; ``None`` when no query has a sibling (a
+    mean over nothing, which 0.0 would report as a total miss)."""
     by_story: dict[str, set[str]] = {}
     for aid, sid in gold.items():
         if sid is not None:
@@ -68,11 +78,19 @@ def rank_metrics(ranked: dict[str, list[str]], gold: dict[str, str | None]) -> d
         first = next((i for i, h in enumerate(hits) if h in sibs), None)
         rr.append(0.0 if first is None else 1.0 / (first + 1))
         p1.append(1.0 if hits and hits[0] in sibs else 0.0)
-    out = {f"recall@{k}": float(np.mean(v)) if v else 0.0 for k, v in rec.items()}
-    out["mrr"] = float(np.mean(rr)) if rr else 0.0
-    out["p@1"] = float(np.mean(p1)) if p1 else 0.0
+    out: dict[str, float | None] = {
+        f"recall@{k}": float(np.mean(v)) if v else None for k, v in rec.items()
+    }
+    out["mrr"] = float(np.mean(rr)) if rr else None
+    out["p@1"] = float(np.mean(p1)) if p1 else None
     out["queries"] = len(rr)
     return out
+
+
+def _any_query(gold: dict[str, str | None]) -> bool:
+    """Whether some gold story has two articles, so that there is a query to score."""
+    sizes = Counter(sid for sid in gold.values() if sid is not None)
+    return any(n > 1 for n in sizes.values())
 
 
 def _run(
@@ -90,10 +108,11 @@ def _run(
         ranked[q] = [h.id for h in hits]
     res: dict[str, Any] = rank_metrics(ranked, gold)
     if splits:
-        # The same rankings scored on each split's queries (the pool is always everything).
+        # The same rankings scored on each split's queries (the pool is always everything);
+        # a split none of whose articles has a gold story has nothing to score.
         res["by_split"] = {
             name: rank_metrics({q: r for q, r in ranked.items() if splits.get(q) == name}, gold)
-            for name in sorted(set(splits.values()))
+            for name in sorted({splits[q] for q in ranked if q in splits})
         }
     res["query_ms_p50"] = float(np.median(lat)) if lat else 0.0
     res["query_ms_p99"] = float(np.percentile(lat, 99)) if lat else 0.0
@@ -101,12 +120,17 @@ def _run(
 
 
 def evaluate_retrieval(
-    articles_file: Path, *, models_dir: Path, k: int = 10, baseline: bool = True
+    articles_file: Path, *, models_dir: Path, k: int = 10, baseline: bool = True,
+    max_chars: int = 200_000,
 ) -> dict[str, Any]:
-    arts = load_gold_articles(articles_file)
+    arts = load_gold_articles(articles_file, max_chars=max_chars)
     if not any(a.story_id for a in arts):
         raise InvalidInput(f"{articles_file}: no article has a story_id; nothing to evaluate")
-    gold = {a.id: a.story_id for a in arts}
+    labelled = {a.id: a.story_id for a in arts}
+    nothing = (f"nothing to evaluate: no gold story in {articles_file} has two stored "
+               "articles (a query needs a same-story sibling)")
+    if not _any_query(labelled):  # before the ingest, which is most of the run
+        raise InvalidInput(nothing)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="storyline-eval-") as tmp_s:
         # As in production: articles arrive in published order, in feed-sized batches,
@@ -118,8 +142,15 @@ def evaluate_retrieval(
         if pipe.clusterer is not None:
             pipe.clusterer.refine()
         ingest_s = time.perf_counter() - t0
-        # Duplicates are not stored twice: evaluate the ids that were stored.
-        stored = [a.id for a in arts if pipe.store.canonical_id(a.id) == a.id]
+        # Duplicates are not stored twice: evaluate the ids that were stored. A duplicate
+        # (the same text under another id) is never a hit either, as related coverage
+        # answers with stored articles only, so it is no relevant item: kept as a sibling
+        # it counted as a miss of every query of its story.
+        stored = list(dict.fromkeys(a.id for a in arts if pipe.store.canonical_id(a.id) == a.id))
+        gold = {i: labelled[i] for i in stored}
+        if not _any_query(gold):  # duplicates were all that made the pairs
+            pipe.store.close()
+            raise InvalidInput(nothing)
         from storyline.service.evaluation.clustering import _read_splits
 
         splits = _read_splits(articles_file)

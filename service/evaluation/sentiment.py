@@ -54,6 +54,23 @@ def classification_metrics(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> dict
     }
 
 
+def _mention_mismatches(path: Path) -> list[int]:
+    """Line numbers, one per target, whose optional ``mention`` is not the sentence's text at
+    its offsets. The offsets are what is scored; a file whose offsets count something else
+    (UTF-16 units, bytes, another normalisation of the sentence) would otherwise be scored
+    on the wrong words without a sign."""
+    from storyline.models.jsonl import jsonl_objects
+
+    out: list[int] = []
+    for n, row in jsonl_objects(path):  # load_newsmtsc has checked every line already
+        sentence = row["sentence_normalized"]
+        for t in row["targets"]:
+            mention = t.get("mention")
+            if isinstance(mention, str) and sentence[int(t["from"]) : int(t["to"])] != mention:
+                out.append(n)
+    return out
+
+
 def evaluate_target_sentiment(
     newsmtsc_file: Path,
     models_dir: Path,
@@ -66,10 +83,13 @@ def evaluate_target_sentiment(
 
     Without ``train_file`` VADER uses the shipped ``VADER_THRESHOLDS`` (tuned on NewsMTSC
     train). ``ms_per_target`` is wall time of ``predict`` (tokenising included) per target.
+    ``mention_mismatches`` counts targets whose ``mention`` differs from the sentence at the
+    offsets (``mention_mismatch_lines``: the first five lines); they are scored as given.
     """
     items, y = load_newsmtsc(newsmtsc_file)
     if not items:
         raise InvalidInput(f"nothing to evaluate: {newsmtsc_file} has no targets")
+    mismatched = _mention_mismatches(newsmtsc_file)
     train: tuple[list[tuple[str, int, int]], npt.NDArray[np.int64]] | None = None
     if train_file is not None:  # checked before the model loads
         train = load_newsmtsc(train_file)
@@ -83,6 +103,8 @@ def evaluate_target_sentiment(
     result["ms_per_target"] = round(1000 * elapsed / max(1, len(items)), 3)
     result["examples_per_s"] = round(len(items) / elapsed, 1) if elapsed > 0 else None
     result["model_id"] = model.model_id
+    result["mention_mismatches"] = len(mismatched)
+    result["mention_mismatch_lines"] = mismatched[:5]
 
     thresholds = tune_vader_thresholds(*train) if train is not None else VADER_THRESHOLDS
     vader = classification_metrics(y, vader_predict(items, thresholds))

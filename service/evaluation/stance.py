@@ -23,10 +23,10 @@ whose actor matches the target.
 
 Scoring maps predicted stance labels to gold polarity: supportive -> positive, critical ->
 negative, neutral and mixed -> neutral (a mixed portrayal is not one-sidedly either).
-``coverage`` is the share of gold items matched; ``macro_f1`` is over matched items only (the
-misses are already counted by coverage), unweighted over the classes present in gold or
-prediction, and ``None`` when nothing matched; ``edge_coverage`` / ``edge_macro_f1`` likewise
-for speaker->target items.
+``coverage`` is the share of gold items matched, ``None`` when the gold file has no such item;
+``macro_f1`` is over matched items only (the misses are already counted by coverage),
+unweighted over the classes present in gold or prediction, and ``None`` when nothing matched;
+``edge_coverage`` / ``edge_macro_f1`` likewise for speaker->target items.
 """
 
 from __future__ import annotations
@@ -98,11 +98,11 @@ def read_gold(path: Path) -> list[GoldItem]:
     return items
 
 
-def _read_articles(path: Path) -> dict[str, Article]:
+def _read_articles(path: Path, max_chars: int) -> dict[str, Article]:
     from storyline.service.ingest import read_articles_jsonl
 
     out: dict[str, Article] = {}
-    for parsed in read_articles_jsonl(path):
+    for parsed in read_articles_jsonl(path, max_chars=max_chars):
         if parsed.error is not None:
             raise InvalidInput(f"{path}: {parsed.error.detail}")
         if parsed.article is not None:
@@ -154,9 +154,10 @@ def evaluate_stance(
     extractor: ActorExtractor,
     tagger: StanceTagger,
     chunk_size: int = 64,
+    max_chars: int = 200_000,
 ) -> dict[str, Any]:
     """Coverage and macro-F1 of portrayal and speaker->target stance (see module doc)."""
-    articles = _read_articles(articles_file)
+    articles = _read_articles(articles_file, max_chars)
     gold = read_gold(gold_file)
     if not gold:
         raise InvalidInput(f"nothing to evaluate: {gold_file} has no gold lines")
@@ -200,9 +201,10 @@ def evaluate_stance(
     n_gold = sum(not g.is_edge for g in gold)
     n_edges = sum(g.is_edge for g in gold)
     return {
-        "coverage": round(len(portrayal_gold) / n_gold, 4) if n_gold else 0.0,
+        # A share of no items is undefined: 0.0 read as "every item missed".
+        "coverage": round(len(portrayal_gold) / n_gold, 4) if n_gold else None,
         "macro_f1": _f1(portrayal_gold, portrayal_pred),
-        "edge_coverage": round(len(edge_gold) / n_edges, 4) if n_edges else 0.0,
+        "edge_coverage": round(len(edge_gold) / n_edges, 4) if n_edges else None,
         "edge_macro_f1": _f1(edge_gold, edge_pred),
         "n_gold": n_gold,
         "n_edges": n_edges,

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 BASELINES = ("lead", "lexrank", "textrank", "centroid")
+#: the split names AllSides uses, and ``all`` (any other name a stories file gives works too)
 SPLITS = ("dev", "train", "all")
 _SUMY_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
@@ -192,18 +193,25 @@ def evaluate_summaries(
 ) -> dict[str, Any]:
     """Score the served summariser on the ``split`` stories; baselines in the same run.
 
-    ``split="all"`` uses every story. Stories without articles or reference are skipped;
-    ``InvalidInput`` when none is left (or ``split`` is not one of ``SPLITS``).
+    ``split="all"`` uses every story, any other name the stories whose ``split`` it is
+    (``dev`` / ``train`` in AllSides; a held-out file may name its own, e.g. ``test``).
+    Stories without articles or reference are skipped; ``InvalidInput`` when none is left.
     """
-    if split not in SPLITS:
-        raise InvalidInput(f"split must be dev, train or all, got '{split}'")
+    if not split.strip():
+        raise InvalidInput("--split: must not be empty (dev, train or all)")
     # dates as ingest reads them (named zones, RFC 2822), so an eval file takes what the
     # service takes
-    in_split = [s for s in load_allsides(articles_file, stories_file, parse_time=parse_datetime)
-                if split == "all" or s.split == split]
+    every = load_allsides(articles_file, stories_file, parse_time=parse_datetime)
+    in_split = [s for s in every if split == "all" or s.split == split]
     which = "" if split == "all" else f"{split} "
+    if not every:
+        raise InvalidInput(f"nothing to evaluate: no story in {stories_file}")
     if not in_split:
-        raise InvalidInput(f"nothing to evaluate: no {which}story in {stories_file}")
+        names = sorted({s.split for s in every if s.split})
+        has = f"its splits: {', '.join(names)}" if names else "no story in it has a split"
+        raise InvalidInput(
+            f"nothing to evaluate: no {which}story in {stories_file} ({has}; --split takes "
+            "dev, train or all, or a split the file names)")
     stories: list[AllSidesStory] = [
         s for s in in_split
         if any(a.text.strip() for a in s.articles) and s.summary.strip()
