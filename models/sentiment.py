@@ -178,6 +178,17 @@ def pad_batch(
     return ids, mask
 
 
+def _offset(value: object) -> int:
+    """A character offset as NewsMTSC writes it: an integer (3, 3.0 or "3"); int() would
+    quietly cut 3.7 to 3 and score another span."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"an offset must be an integer, got {value!r}")
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"an offset must be an integer, got {value!r}")
+    return int(number)
+
+
 def load_newsmtsc(path: Path) -> tuple[list[tuple[str, int, int]], npt.NDArray[np.int64]]:
     """One (sentence, start, end) item and label index per target of a NewsMTSC JSONL file."""
     from storyline.models.jsonl import jsonl_objects
@@ -188,10 +199,15 @@ def load_newsmtsc(path: Path) -> tuple[list[tuple[str, int, int]], npt.NDArray[n
         try:
             sentence = row["sentence_normalized"]
             for t in row["targets"]:
-                start, end = int(t["from"]), int(t["to"])
+                start, end = _offset(t["from"]), _offset(t["to"])
                 validate_span(sentence, start, end)
+                polarity = float(t["polarity"])
+                if polarity not in POLARITY_TO_INDEX:
+                    raise ValueError(
+                        f"polarity must be 2.0, 4.0 or 6.0 (negative, neutral, positive), "
+                        f"got {t['polarity']!r}")
                 items.append((sentence, start, end))
-                labels.append(POLARITY_TO_INDEX[float(t["polarity"])])
+                labels.append(POLARITY_TO_INDEX[polarity])
         except (ValueError, KeyError, TypeError, InvalidInput) as exc:
             raise InvalidInput(f"{path}:{lineno}: not a NewsMTSC line ({exc})") from exc
     return items, np.asarray(labels, dtype=np.int64)

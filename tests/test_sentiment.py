@@ -167,6 +167,35 @@ def test_load_newsmtsc_refuses_spans_outside_the_sentence(tmp_path: Path) -> Non
         load_newsmtsc(bad)
 
 
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        # int() cut 3.7 to 3: another span was scored, with no word
+        ({"from": 0, "to": 3.7, "polarity": 2.0}, r"offset must be an integer, got 3\.7"),
+        ({"from": True, "to": 3, "polarity": 2.0}, r"offset must be an integer, got True"),
+        # was "not a NewsMTSC line (3.0)"
+        ({"from": 0, "to": 5, "polarity": 3.0}, r"polarity must be 2\.0, 4\.0 or 6\.0 .*got 3\.0"),
+    ],
+)
+def test_load_newsmtsc_names_what_is_wrong_with_a_target(
+    tmp_path: Path, target: dict[str, object], error: str
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"sentence_normalized": "Biden spoke.", "targets": [target]})
+                   + "\n", encoding="utf-8")
+    with pytest.raises(InvalidInput, match=rf"bad\.jsonl:1: .*{error}"):
+        load_newsmtsc(bad)
+
+
+def test_load_newsmtsc_reads_integral_offsets_however_written(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.jsonl"
+    targets = [{"from": 0, "to": 5.0, "polarity": 2}, {"from": "0", "to": "5", "polarity": "6.0"}]
+    ok.write_text(json.dumps({"sentence_normalized": "Biden spoke.", "targets": targets})
+                  + "\n", encoding="utf-8")
+    items, labels = load_newsmtsc(ok)
+    assert items == [("Biden spoke.", 0, 5)] * 2 and labels.tolist() == [0, 2]
+
+
 # --- metrics and the VADER floor -----------------------------------------------------------
 
 
