@@ -112,8 +112,14 @@ phrase) whose subject is an actor: the subject itself, the actor inside the subj
 subject inherited through coordination or an adverbial clause ("..., adding that"; the
 subject of a passive for a verb coordinated with it: "was asked ... and said"), or a
 resolved pronoun. A name in apposition is the speaker rather than an owner in the phrase
-("Russia's foreign minister, Sergei Lavrov, said"); a passive speech verb without an agent
-has none ("When Scott was announced for the role", "Asked about it, Trump said").
+("Russia's foreign minister, Sergei Lavrov, said"), also where the parser hangs it on an
+organisation or place in the phrase ("A spokesperson for the Kremlin, Dmitry Peskov, told");
+a passive speech verb without an agent has none ("When Scott was announced for the role",
+"Asked about it, Trump said"), nor does one set off by commas that the parser made the main
+verb ("Trump, asked about the deal, said": no "Trump ask"; see
+``_parenthetical_participle``). Statements name speaker and targets as the actors they were
+attributed to, and carry those actors' indexes (``speaker_index``, ``actor_index``), since
+two actors may share a display name.
 "According to X" attributes the rest of the sentence to X. "attack", "defend" and "slam"
 in their physical sense report nothing ("Russia attacked Ukraine", "attacked the
 facility", "slammed Gaza with airstrikes"; a town the NER tags ORG counts as a place
@@ -129,9 +135,11 @@ sentences back) of a compatible gender (from a gendered title, else a common fir
 one candidate, or exactly one of them in subject position, else the statement is dropped as
 ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. ``quoted`` is true when the
 content contains or is enclosed by quotation marks, or lies inside a running quotation.
-Quotation marks are “ ” « » " and the British ‘ ’; ’ is also the apostrophe ("Putin’s",
-"the voters’ choice"), so it closes only a ‘ opened before it in its paragraph. A
-quotation nested in one of the other kind does not close it.
+Quotation marks are “ ” « » ", the British ‘ ’ and the low „…“ (or „…”) and ‚…‘ (or
+‚…’); ’ is also the apostrophe ("Putin’s", "the voters’ choice"), so it closes only a ‘ or
+‚ opened before it in its paragraph, and “ and ‘ close a „ or ‚ opened so rather than open
+a quotation. A quotation nested in one of the other kind does not close it. ‹…› are not
+read: the tokenizer leaves them glued to the words they enclose.
 Content in pieces (“A,” Putin said, “B.”) is joined with " … "; its offsets then run from
 the first piece to the last.
 """
@@ -424,9 +432,12 @@ _INSTITUTION_HEADS = _words(
 _ADDRESSEE_VERBS = frozenset({"tell", "inform", "assure", "remind"})
 _ON_VERBS = frozenset({"call", "insist", "comment", "remark", "elaborate", "urge"})
 _SUBJECT_PRONOUNS = {"he": "m", "she": "f", "they": "group", "it": "group"}
-_OPEN_QUOTES = frozenset({"“", "«", '"', "‘‘", "``"})
+_OPEN_QUOTES = frozenset({"“", "«", '"', "‘‘", "``", "„"})
 _CLOSE_QUOTES = frozenset({"”", "»", '"', "’’", "''"})
-_QUOTE_CHARS = frozenset('“”«»"')
+_QUOTE_CHARS = frozenset('“”«»"„')
+#: the closing marks of „, ‚ and ‘, which elsewhere open a quotation (“, ‘) or are the
+#: apostrophe (’)
+_CLOSERS_OF = {"„": frozenset("“”"), "‚": frozenset("‘’"), "‘": frozenset("’")}
 _KEEP_LABELS = frozenset({"PERSON", "ORG", "GPE", "NORP", "FAC", "EVENT", "LOC"})
 _FUNCTION_WORDS = frozenset({"of", "the", "and", "for", "on", "in", "de", "des", "du", "la", "&"})
 _AGENTIVE_DEPS = frozenset({"nsubj", "nsubjpass", "dobj", "obj", "dative", "iobj", "poss"})
@@ -438,33 +449,50 @@ _OBJECT_DEPS = frozenset({"dobj", "obj", "dative", "iobj", "pobj", "attr"})
 
 
 def _opens_quote(t: Token) -> bool:
-    """``t`` opens a quotation: a double mark, or a British single ‘ (not the elision
-    of "‘90s")."""
+    """``t`` opens a quotation: a double mark, a low „ or ‚, or a British single ‘ (not the
+    elision of "‘90s"). “ and ‘ close rather than open a „ or ‚ quotation (German „…“)."""
+    if t.text in {"“", "‘"} and _innermost_open(t) == {"“": "„", "‘": "‚"}[t.text]:
+        return False
     if t.text in _OPEN_QUOTES:
         return True
     nxt = t.i + 1
-    return t.text == "‘" and not (nxt < len(t.doc) and t.doc[nxt].text[:1].isdigit())
+    return t.text in {"‘", "‚"} and not (nxt < len(t.doc) and t.doc[nxt].text[:1].isdigit())
 
 
 def _closes_quote(t: Token) -> bool:
     """``t`` closes a quotation. A lone ’ is also the apostrophe of "the voters’ choice"
-    (spaCy splits it off as its own token), so it closes only a ‘ opened before it in the
-    same paragraph and not closed yet, and never as a possessive."""
+    (spaCy splits it off as its own token), so it closes only a ‘ or ‚ opened before it in
+    the same paragraph and not closed yet, and never as a possessive; “ and ‘ close only a
+    „ or ‚ opened so."""
     if t.text in _CLOSE_QUOTES:
         return True
-    if t.text != "’" or t.dep_ == "case" or t.tag_ == "POS":
+    if t.text not in {"’", "“", "‘"} or (t.text == "’" and _apostrophe(t)):
         return False
+    opener = _innermost_open(t)
+    return opener in _CLOSERS_OF and t.text in _CLOSERS_OF[opener]
+
+
+def _apostrophe(t: Token) -> bool:
+    return t.text == "’" and (t.dep_ == "case" or t.tag_ == "POS")
+
+
+def _innermost_open(t: Token) -> str:
+    """The mark („, ‚ or ‘) of the innermost quotation of those kinds still open before
+    ``t`` in its paragraph, or ""; a ‘ does not nest in a ‘."""
     doc = t.doc
     start = t.i
     while start > 0 and not (doc[start - 1].is_space and "\n" in doc[start - 1].text):
         start -= 1
-    open_ = False
+    stack: list[str] = []
     for x in doc[start : t.i]:
-        if x.text == "‘" and _opens_quote(x):
-            open_ = True
-        elif open_ and x.text == "’" and x.dep_ != "case" and x.tag_ != "POS":
-            open_ = False
-    return open_
+        s = x.text
+        if stack and s in _CLOSERS_OF[stack[-1]] and not _apostrophe(x):
+            stack.pop()
+        elif s in {"„", "‚", "‘"} and not (s == "‘" and stack[-1:] == ["‘"]):
+            nxt = x.i + 1
+            if s == "„" or not (nxt < len(doc) and doc[nxt].text[:1].isdigit()):
+                stack.append(s)
+    return stack[-1] if stack else ""
 
 
 def _quote_mark(t: Token) -> bool:
@@ -483,7 +511,7 @@ _INVISIBLE = re.compile(
     "\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
 )
 _POSSESSIVE = re.compile(r"(?:'s|')$", re.IGNORECASE)
-_EDGE_PUNCT = ' \t\n,;:!?"“”«»()[]{}'
+_EDGE_PUNCT = ' \t\n,;:!?"“”«»„‚‹›()[]{}'
 
 
 def _clean_surface(text: str) -> str:
@@ -709,6 +737,9 @@ class StatementTarget:
     #: the target is the verb's object or prepositional object ("accused X of", "praised X"),
     #: so the verb's own polarity applies to it
     direct: bool
+    #: which actor: its index in the actors the statements were attributed to (see
+    #: :attr:`AttributedStatement.speaker_index`)
+    actor_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,12 +753,21 @@ class AttributedStatement:
     content_end: int
     targets: tuple[StatementTarget, ...] = ()
     negated: bool = False
+    #: which actor speaks: its index in the ``actors`` given to
+    #: :meth:`SpacyActorExtractor.attribute` (in :meth:`~SpacyActorExtractor.analyse`, in
+    #: the story's own actors); None when no actors were given or the speaker is none of
+    #: them. Names alone cannot tell two actors of one display name apart.
+    speaker_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StoryAnalysis:
     actors: list[Actor]
     statements: list[AttributedStatement]
+
+
+#: group id -> (the name statements give the actor, its index in the actors named after)
+_Naming = dict[str, tuple[str, int | None]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -941,7 +981,8 @@ class SpacyActorExtractor:
     def extract(self, articles: Sequence[Article]) -> list[Actor]:
         """Actors of the story made of ``articles``, most salient first."""
         story = self._story(articles)
-        return self._actors(story, self._spoken(self._statements(story, None)))
+        raw = self._statements(story, self._naming(story, None))
+        return self._actors(story, self._ranked(story, self._spoken(raw)))
 
     def extract_batch(self, stories: Sequence[Sequence[Article]]) -> list[list[Actor]]:
         """:meth:`extract` for many stories, with every article parsed in one ``nlp.pipe``."""
@@ -951,9 +992,13 @@ class SpacyActorExtractor:
     def analyse(self, articles: Sequence[Article]) -> StoryAnalysis:
         """Actors and attributed statements from one parse."""
         story = self._story(articles)
-        raw = self._statements(story, None)
-        actors = self._actors(story, self._spoken(raw))
-        return StoryAnalysis(actors=actors, statements=[st for _, st in raw])
+        raw = self._statements(story, self._naming(story, None))
+        ranked = self._ranked(story, self._spoken(raw))
+        if raw:
+            # speakers rank by how much they say, so only now are the actors' indexes
+            # known; naming is all that differs between the two passes
+            raw = self._statements(story, {g.key: (g.name, n) for n, g in enumerate(ranked)})
+        return StoryAnalysis(actors=self._actors(story, ranked), statements=[st for _, st in raw])
 
     def extract_statements(
         self, articles: Sequence[Article], actors: Sequence[Actor] | None = None
@@ -970,7 +1015,8 @@ class SpacyActorExtractor:
         extractor), speakers and targets are named after those actors where a mention or
         alias matches; otherwise after this extractor's own resolution.
         """
-        return [st for _, st in self._statements(self._story(articles), actors)]
+        story = self._story(articles)
+        return [st for _, st in self._statements(story, self._naming(story, actors))]
 
     # -- actors -------------------------------------------------------------------------------
 
@@ -1042,11 +1088,18 @@ class SpacyActorExtractor:
 
         The small model reads "Ursula von der Leyen" as PERSON "Ursula von der" and GPE
         "Leyen": a PERSON ending in a lowercase particle takes the capitalised word after it,
-        and the entity made of that word alone is dropped. The cached doc is left as parsed.
+        and the entity made of that word alone is dropped. The tagger reads a low quotation
+        mark as a word ("‚Putin’s war"): the entity starts after it. The cached doc is left
+        as parsed.
         """
         from spacy.tokens import Span
 
-        ents = list(doc.ents)
+        ents = [
+            Span(doc, e.start + 1, e.end, label=e.label_)
+            if doc[e.start].text in {"„", "‚"} and len(e) > 1
+            else e
+            for e in doc.ents
+        ]
         out: list[Span] = []
         i = 0
         while i < len(ents):
@@ -1865,15 +1918,20 @@ class SpacyActorExtractor:
         g.score = score * (1.0 + g.share)
 
     @staticmethod
-    def _actors(story: _Story, spoken: dict[str, int]) -> list[Actor]:
+    def _ranked(story: _Story, spoken: dict[str, int]) -> list[_Group]:
+        """The story's groups, most salient first."""
+
         def salience(g: _Group) -> float:
             # speaking makes an actor central: each statement counts as one more subject
             # mention (weight 2) before the article-share factor
             return g.score + _SPEAKER_WEIGHT * spoken.get(g.key, 0) * (1.0 + g.share)
 
-        groups = sorted(
+        return sorted(
             story.groups.values(), key=lambda g: (-salience(g), min(m.order for m in g.mentions))
         )
+
+    @staticmethod
+    def _actors(story: _Story, groups: list[_Group]) -> list[Actor]:
         outlets_of = {a.id: a.source for a in story.articles}
         actors: list[Actor] = []
         for rank, g in enumerate(groups, start=1):
@@ -1889,6 +1947,7 @@ class SpacyActorExtractor:
                     start=m.in_sentence[0],
                     end=m.in_sentence[1],
                     text=m.text,
+                    in_title=m.sent.in_title,
                 )
                 for m in sorted(g.mentions, key=lambda m: m.order)
             )
@@ -1919,11 +1978,8 @@ class SpacyActorExtractor:
             counts[gid] += 1
         return counts
 
-    def _statements(
-        self, story: _Story, actors: Sequence[Actor] | None
-    ) -> list[tuple[str, AttributedStatement]]:
+    def _statements(self, story: _Story, name_of: _Naming) -> list[tuple[str, AttributedStatement]]:
         """(speaker group id, statement) pairs in text order."""
-        name_of = self._naming(story, actors)
         out: list[tuple[str, AttributedStatement]] = []
         for d, doc in enumerate(story.docs):
             # speaker of a quotation in the previous sentence, for quotes running on
@@ -1971,7 +2027,7 @@ class SpacyActorExtractor:
         return out
 
     def _run_on(
-        self, story: _Story, d: int, sents: list[_Sent], gid: str, name_of: dict[str, str]
+        self, story: _Story, d: int, sents: list[_Sent], gid: str, name_of: _Naming
     ) -> list[tuple[str, AttributedStatement]]:
         """Sentences of a quotation that runs over several sentences, as ``gid``'s."""
         out = []
@@ -1982,7 +2038,7 @@ class SpacyActorExtractor:
         return out
 
     def _whole_sentence(
-        self, story: _Story, d: int, sent: _Sent, gid: str, name_of: dict[str, str]
+        self, story: _Story, d: int, sent: _Sent, gid: str, name_of: _Naming
     ) -> tuple[str, AttributedStatement] | None:
         """A sentence of a quotation that runs over several sentences, as ``gid``'s."""
         doc = story.docs[d]
@@ -2016,7 +2072,7 @@ class SpacyActorExtractor:
                 outer = None
             closed = False
             for t in sent.span:
-                kind = "single" if t.text in {"‘", "’"} else "double"
+                kind = "single" if t.text in {"‘", "’", "‚"} else "double"
                 if outer is None:
                     if _opens_quote(t):
                         outer = kind
@@ -2026,32 +2082,34 @@ class SpacyActorExtractor:
         return out
 
     @staticmethod
-    def _naming(story: _Story, actors: Sequence[Actor] | None) -> dict[str, str]:
-        """group id -> the name statements use (given actors' names where they match)."""
-        names = {gid: g.name for gid, g in story.groups.items()}
+    def _naming(story: _Story, actors: Sequence[Actor] | None) -> _Naming:
+        """group id -> (the name statements use, the index of the given actor it is): the
+        given actor whose mentions or aliases match, else the group's own name and None."""
+        names: _Naming = {gid: (g.name, None) for gid, g in story.groups.items()}
         if not actors:
             return names
-        by_pos: dict[tuple[str, str, int, int], str] = {}
-        by_alias: dict[str, str] = {}
-        for a in actors:
+        by_pos: dict[tuple[str, str, int, int], int] = {}
+        by_alias: dict[str, int] = {}
+        for n, a in enumerate(actors):
             for am in a.mentions:
-                by_pos[(am.article_id, am.sentence, am.start, am.end)] = a.name
+                by_pos[(am.article_id, am.sentence, am.start, am.end)] = n
             for alias in (a.name, *a.aliases):
                 for k in alias_keys(alias):
-                    by_alias.setdefault(k, a.name)
+                    by_alias.setdefault(k, n)
         for gid, g in story.groups.items():
-            votes: dict[str, int] = defaultdict(int)
+            votes: dict[int, int] = defaultdict(int)
             for m in g.mentions:
                 s, e = m.in_sentence
                 hit = by_pos.get((m.article_id, m.sent.text, s, e))
-                if hit:
+                if hit is not None:
                     votes[hit] += 1
             if votes:
-                names[gid] = max(votes, key=lambda n: votes[n])
+                best = max(votes, key=lambda n: votes[n])
+                names[gid] = (actors[best].name, best)
                 continue
             for k in alias_keys(g.name) | {m.key for m in g.mentions}:
                 if k in by_alias:
-                    names[gid] = by_alias[k]
+                    names[gid] = (actors[by_alias[k]].name, by_alias[k])
                     break
         return names
 
@@ -2065,7 +2123,7 @@ class SpacyActorExtractor:
         return _opens_quote(first) or not _opens_quote(first_mark)
 
     def _sentence_statements(
-        self, story: _Story, d: int, doc: Doc, sent: _Sent, name_of: dict[str, str]
+        self, story: _Story, d: int, doc: Doc, sent: _Sent, name_of: _Naming
     ) -> list[tuple[str, AttributedStatement]]:
         found: list[tuple[str, AttributedStatement]] = []
         if len(sent.span) > MAX_STATEMENT_SENTENCE_TOKENS:
@@ -2080,7 +2138,7 @@ class SpacyActorExtractor:
         return found
 
     def _according_to(
-        self, story: _Story, d: int, doc: Doc, sent: _Sent, tok: Token, name_of: dict[str, str]
+        self, story: _Story, d: int, doc: Doc, sent: _Sent, tok: Token, name_of: _Naming
     ) -> list[tuple[str, AttributedStatement]]:
         to = next(c for c in tok.children if c.lower_ == "to")
         pobj = next((c for c in to.children if c.dep_ == "pobj"), None)
@@ -2098,7 +2156,7 @@ class SpacyActorExtractor:
         return [made] if made is not None else []
 
     def _speech_verb(
-        self, story: _Story, d: int, doc: Doc, sent: _Sent, verb: Token, name_of: dict[str, str]
+        self, story: _Story, d: int, doc: Doc, sent: _Sent, verb: Token, name_of: _Naming
     ) -> list[tuple[str, AttributedStatement]]:
         lemma = verb.lemma_.casefold()
         if lemma == "call" and not any(
@@ -2339,6 +2397,14 @@ class SpacyActorExtractor:
     def _speakers(self, story: _Story, d: int, sent: _Sent, verb: Token) -> list[Token]:
         """Subject tokens of ``verb`` (coordinated subjects each speak)."""
         subj = self._direct_subject(verb)
+        if subj is not None and self._parenthetical_participle(verb, subj):
+            return []
+        if subj is None and verb.dep_ == "dep":
+            # "Donald Trump, asked about it on Monday, said": the parser may leave "said"
+            # as an unlabelled dependent of the participle it made the main verb
+            head_subj = self._direct_subject(verb.head)
+            if head_subj is not None and self._parenthetical_participle(verb.head, head_subj):
+                subj = head_subj
         if subj is None:
             if self._passive(verb):
                 # "When Scott was announced for the role, he said", "Trump, asked about it,
@@ -2350,6 +2416,31 @@ class SpacyActorExtractor:
         out = [subj]
         out.extend(c for c in subj.children if c.dep_ == "conj")
         return out
+
+    @staticmethod
+    def _parenthetical_participle(verb: Token, subj: Token) -> bool:
+        """"Trump, asked about the deal, said ...": the parser may make "asked" the main verb
+        of "Trump" and "said" its conjunct. A verb set off from its whole subject by a
+        comma, with a conjunct after a comma that has no subject of its own, is a participle
+        about the subject, which it does not say (``_passive``)."""
+        doc = verb.doc
+        if not (
+            subj.i < verb.i
+            and subj.right_edge.i in {verb.i - 2, verb.i - 1}  # the comma may be the subject's
+            and doc[verb.i - 1].text == ","
+            and verb.tag_ in {"VBD", "VBN"}
+            and not any(c.dep_ in {"aux", "auxpass", "neg"} for c in verb.children)
+        ):
+            return False
+        return any(
+            c.dep_ in {"conj", "dep"}
+            and c.pos_ in {"VERB", "AUX"}
+            and c.i > verb.i
+            and c.left_edge.i > 0
+            and doc[c.left_edge.i - 1].text == ","
+            and not any(x.dep_ in _SUBJECT_DEPS for x in c.children)
+            for c in verb.children
+        )
 
     @staticmethod
     def _direct_subject(verb: Token) -> Token | None:
@@ -2452,6 +2543,13 @@ class SpacyActorExtractor:
                     and t.head.lemma_.casefold() not in _INSTITUTION_HEADS
                 ):
                     continue
+                if t.dep_ == "pobj" and m.label != "PERSON":
+                    # "A spokesperson for the Kremlin, Dmitry Peskov, told": the parser hangs
+                    # the name on the Kremlin, but no person is an organisation or a place;
+                    # the name is the head's
+                    for c in t.children:
+                        if c.dep_ == "appos" and by_tok.get(c.i, m).label == "PERSON":
+                            return by_tok[c.i]
                 return m
             if depth < (4 if deep else 3):
                 queue.extend((c, depth + 1) for c in t.children)
@@ -2633,7 +2731,7 @@ class SpacyActorExtractor:
         pieces: list[tuple[int, int]],
         exclude: set[int],
         negated: bool,
-        name_of: dict[str, str],
+        name_of: _Naming,
         *,
         verb: Token | None = None,
         quoted: bool = False,
@@ -2664,22 +2762,27 @@ class SpacyActorExtractor:
                 continue
             seen.add((m.start, m.end))
             s, e = m.in_sentence
+            name, index = name_of[m.group]
             targets.append(
                 StatementTarget(
-                    actor=name_of[m.group],
-                    mention=ActorMention(m.article_id, sent.text, s, e, m.text),
+                    actor=name,
+                    mention=ActorMention(m.article_id, sent.text, s, e, m.text, sent.in_title),
                     direct=verb is not None and self._is_direct(doc[m.start : m.end].root, verb),
+                    actor_index=index,
                 )
             )
+        speaker, speaker_index = name_of[speaker_gid]
         statement = Statement(
-            speaker=name_of[speaker_gid],
+            speaker=speaker,
             text=text,
             article_id=story.articles[d].id,
             sentence=sent.text,
             verb=verb_lemma,
             quoted=quoted,
         )
-        return speaker_gid, AttributedStatement(statement, c0, c1, tuple(targets), negated)
+        return speaker_gid, AttributedStatement(
+            statement, c0, c1, tuple(targets), negated, speaker_index
+        )
 
     @staticmethod
     def _is_direct(t: Token, verb: Token) -> bool:

