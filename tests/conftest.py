@@ -182,3 +182,11 @@ def _torch_not_kept_out() -> Iterator[None]:
     yield
     if "torch" in sys.modules and sys.modules["torch"] is None:
         del sys.modules["torch"]
+
+
+@pytest.fixture(scope="session")
+def ex():  # type: ignore[no-untyped-def]
+    """The real spaCy actor and statement extractor, loaded once for every test file."""
+    from storyline.models.actors import SpacyActorExtractor
+
+    return SpacyActorExtractor()

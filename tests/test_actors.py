@@ -18,11 +18,6 @@ from storyline.models.types import Actor, Article, Statement
 SEEDS = Path(__file__).resolve().parents[1] / "seeds"
 
 
-@pytest.fixture(scope="module")
-def ex() -> SpacyActorExtractor:
-    return SpacyActorExtractor()
-
-
 def _art(text: str, aid: str = "a1", title: str = "", source: str | None = "Outlet") -> Article:
     return Article(id=aid, title=title, text=text, source=source)
 

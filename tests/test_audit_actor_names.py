@@ -4,27 +4,11 @@ news sentences (real spaCy pipeline, no mocks)."""
 from __future__ import annotations
 
 import pytest
+from statement_helpers import analyse as _analyse
+from statement_helpers import pairs as _pairs
+from statement_helpers import people as _people
 
-from storyline.models.actors import AttributedStatement, SpacyActorExtractor, StoryAnalysis
-from storyline.models.types import Article
-
-
-@pytest.fixture(scope="module")
-def ex() -> SpacyActorExtractor:
-    return SpacyActorExtractor()
-
-
-def _analyse(ex: SpacyActorExtractor, text: str) -> StoryAnalysis:
-    return ex.analyse([Article(id="a1", title="", text=text)])
-
-
-def _pairs(sts: list[AttributedStatement]) -> list[tuple[str, str]]:
-    return [(s.statement.speaker, s.statement.text) for s in sts]
-
-
-def _people(an: StoryAnalysis) -> list[str]:
-    return sorted(a.name for a in an.actors if a.type == "PERSON")
-
+from storyline.models.actors import SpacyActorExtractor
 
 # -- name particles ------------------------------------------------------------------------------
 

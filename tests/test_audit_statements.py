@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from statement_helpers import pairs as _pairs
+from statement_helpers import said as _said
 
-from storyline.models.actors import AttributedStatement, SpacyActorExtractor
+from storyline.models.actors import SpacyActorExtractor
 from storyline.models.types import Article
-
-
-@pytest.fixture(scope="module")
-def ex() -> SpacyActorExtractor:
-    return SpacyActorExtractor()
-
-
-def _said(ex: SpacyActorExtractor, text: str, title: str = "") -> list[AttributedStatement]:
-    out: list[AttributedStatement] = ex.attribute([Article(id="a1", title=title, text=text)])
-    return out
-
-
-def _pairs(sts: list[AttributedStatement]) -> list[tuple[str, str]]:
-    return [(s.statement.speaker, s.statement.text) for s in sts]
-
 
 # -- quotations over several sentences ----------------------------------------------------------
 

@@ -8,23 +8,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from statement_helpers import analyse as _analyse
+from statement_helpers import pairs as _pairs
 
-from storyline.models.actors import AttributedStatement, SpacyActorExtractor, StoryAnalysis
+from storyline.models.actors import AttributedStatement, SpacyActorExtractor
 from storyline.models.stance import ActorStanceTagger, VaderTargetScorer
 from storyline.models.types import Article
-
-
-@pytest.fixture(scope="module")
-def ex() -> SpacyActorExtractor:
-    return SpacyActorExtractor()
-
-
-def _analyse(ex: SpacyActorExtractor, text: str) -> StoryAnalysis:
-    return ex.analyse([Article(id="a1", title="", text=text)])
-
-
-def _pairs(sts: list[AttributedStatement]) -> list[tuple[str, str]]:
-    return [(s.statement.speaker, s.statement.text) for s in sts]
 
 
 def _verbs(sts: list[AttributedStatement]) -> list[tuple[str, str]]:
