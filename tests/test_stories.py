@@ -145,6 +145,11 @@ def test_bcubed_and_pairwise_on_hand_computed_partitions() -> None:
     # one article moved: pairs true {ab, ac, bc, de}; predicted {ab, cd, ce, de}
     moved = {"a": "1", "b": "1", "c": "2", "d": "2", "e": "2"}
     assert pairwise_f1(moved, gold) == pytest.approx(0.5)
+    # no two articles share a gold story: no pair to recall, so no pairwise F1 (it was
+    # 0.0, a total miss, for keeping every article apart as the gold does)
+    apart = {k: k for k in gold}
+    assert pairwise_f1(apart, apart) is None and pairwise_f1(one, apart) is None
+    assert clustering_metrics(apart, apart)["pairwise_f1"] is None
     m = clustering_metrics(moved, gold)
     assert m["n_predicted"] == 2 and m["n_gold"] == 2 and m["n_articles"] == 5
     with pytest.raises(InvalidInput):

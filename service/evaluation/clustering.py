@@ -66,8 +66,10 @@ def bcubed(
 
 def pairwise_f1(
     pred: Mapping[str, str], gold: Mapping[str, str], items: Sequence[str] | None = None
-) -> float:
-    """F1 over item pairs: a pair is positive when both items share a cluster."""
+) -> float | None:
+    """F1 over item pairs: a pair is positive when both items share a cluster. ``None``
+    when no two items share a gold story: recall over no pairs is undefined, and 0.0
+    would report a clustering that keeps every article apart, rightly, as a total miss."""
     keys = list(gold) if items is None else list(items)
 
     def pairs(counts: Counter[Any]) -> int:
@@ -76,6 +78,8 @@ def pairwise_f1(
     both = pairs(Counter((pred[k], gold[k]) for k in keys))
     in_pred = pairs(Counter(pred[k] for k in keys))
     in_gold = pairs(Counter(gold[k] for k in keys))
+    if in_gold == 0:
+        return None
     if both == 0:
         return 0.0
     prec, rec = both / in_pred, both / in_gold
@@ -89,7 +93,7 @@ def clustering_metrics(
     p, r, f = bcubed(pred, gold, keys)
     return {
         "bcubed_precision": round(p, 4), "bcubed_recall": round(r, 4), "bcubed_f1": round(f, 4),
-        "pairwise_f1": round(pairwise_f1(pred, gold, keys), 4),
+        "pairwise_f1": None if (pf := pairwise_f1(pred, gold, keys)) is None else round(pf, 4),
         "n_predicted": len({pred[k] for k in keys}), "n_gold": len({gold[k] for k in keys}),
         "n_articles": len(keys),
     }
