@@ -37,6 +37,7 @@ __all__ = [
     "load_newsmtsc",
     "macro_f1",
     "mark_target",
+    "newsmtsc_offset",
     "pad_batch",
     "tune_vader_thresholds",
     "vader_compound",
@@ -178,7 +179,7 @@ def pad_batch(
     return ids, mask
 
 
-def _offset(value: object) -> int:
+def newsmtsc_offset(value: object) -> int:
     """A character offset as NewsMTSC writes it: an integer (3, 3.0 or "3"); int() would
     quietly cut 3.7 to 3 and score another span."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -199,7 +200,7 @@ def load_newsmtsc(path: Path) -> tuple[list[tuple[str, int, int]], npt.NDArray[n
         try:
             sentence = row["sentence_normalized"]
             for t in row["targets"]:
-                start, end = _offset(t["from"]), _offset(t["to"])
+                start, end = newsmtsc_offset(t["from"]), newsmtsc_offset(t["to"])
                 validate_span(sentence, start, end)
                 polarity = float(t["polarity"])
                 if polarity not in POLARITY_TO_INDEX:

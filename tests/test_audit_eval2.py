@@ -284,6 +284,16 @@ def test_target_sentiment_warns_when_mentions_disagree_with_offsets(
     assert "warning:" in r_bad.stderr and "line 2, 5" in r_bad.stderr
 
 
+def test_mention_check_reads_offsets_as_the_loader_does(tmp_path: Path) -> None:
+    # "0.0" passes load_newsmtsc; the mention check's int("0.0") raised a traceback
+    from storyline.service.evaluation.sentiment import _mention_mismatches
+
+    row = {"sentence_normalized": "Trump spoke.", "targets": [
+        {"from": "0.0", "to": "5", "polarity": 4.0, "mention": "Trump"},
+        {"from": 1.0, "to": 6.0, "polarity": 4.0, "mention": "Trump"}]}
+    assert _mention_mismatches(_write(tmp_path / "n.jsonl", [row])) == [1]
+
+
 # -- stance ----------------------------------------------------------------------------------
 def test_stance_coverage_of_an_absent_kind_is_null(tmp_path: Path) -> None:
     arts = _write(

@@ -21,6 +21,7 @@ from storyline.models.sentiment import (
     TargetSentimentModel,
     load_newsmtsc,
     macro_f1,
+    newsmtsc_offset,
     tune_vader_thresholds,
     vader_predict,
 )
@@ -66,7 +67,8 @@ def _mention_mismatches(path: Path) -> list[int]:
         sentence = row["sentence_normalized"]
         for t in row["targets"]:
             mention = t.get("mention")
-            if isinstance(mention, str) and sentence[int(t["from"]) : int(t["to"])] != mention:
+            span = sentence[newsmtsc_offset(t["from"]) : newsmtsc_offset(t["to"])]
+            if isinstance(mention, str) and span != mention:
                 out.append(n)
     return out
 
