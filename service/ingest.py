@@ -13,7 +13,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import Message
@@ -413,20 +415,30 @@ def _feed_published(e: Mapping[str, Any], line: int) -> datetime | None:
     return None
 
 
-def _fetch(url: str, *, timeout_s: float, max_bytes: int) -> tuple[bytes, dict[str, str], str]:
-    """GET a feed URL: (body, response headers, final URL after redirects). Every failure
-    (refused, timed out, HTTP error, too large) is :class:`InvalidInput` naming the URL."""
-    import urllib.error
-    import urllib.request
+_FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, "
+                "text/xml;q=0.9, */*;q=0.5")
+_PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
+
+
+def _fetch(
+    url: str, *, timeout_s: float, max_bytes: int, accept: str = _FEED_ACCEPT,
+    allow_host: Callable[[str], bool] | None = None,
+) -> tuple[bytes, dict[str, str], str]:
+    """GET a URL: (body, response headers, final URL after redirects). Every failure
+    (refused, timed out, HTTP error, too large) is :class:`InvalidInput` naming the URL.
+    ``allow_host``: the hosts it, and every redirect, may go to."""
 
     req = urllib.request.Request(url, headers={
-        "User-Agent": "storyline feed reader",
-        "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
-                  "text/xml;q=0.9, */*;q=0.5",
-    })
+        "User-Agent": "storyline feed reader", "Accept": accept})
     deadline = time.monotonic() + max(timeout_s, FEED_DEADLINE_S)
+    handlers: list[urllib.request.BaseHandler] = []
+    if allow_host is not None:
+        host = urlsplit(url).hostname or ""
+        if not allow_host(host):
+            raise InvalidInput(f"{url}: not fetched ({host} is a private address)")
+        handlers.append(_GuardedRedirects(allow_host))
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.build_opener(*handlers).open(req, timeout=timeout_s) as resp:
             chunks: list[bytes] = []
             size = 0
             while chunk := resp.read1(65536):
@@ -453,13 +465,51 @@ def _fetch(url: str, *, timeout_s: float, max_bytes: int) -> tuple[bytes, dict[s
         raise InvalidInput(f"{url}: cannot read ({exc})") from None
 
 
-def _linked_text(url: str, timeout_s: float) -> str | None:
-    """The article text of the page an entry links to, or None (the entry keeps its own
-    text). Fetched as the feed itself is, with its timeout and a size cap: trafilatura's
-    own fetcher ignores both and refuses addresses such as an intranet host's IP, which
-    an intranet feed's links are."""
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects only to hosts ``allow_host`` accepts: a public page must not bounce the
+    fetch to an internal one."""
+
+    def __init__(self, allow_host: Callable[[str], bool]) -> None:
+        self._allow = allow_host
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> Any:
+        host = urlsplit(newurl).hostname or ""
+        if not self._allow(host):
+            raise urllib.error.URLError(f"redirected to {host}, a private address")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _public_host(host: str) -> bool:
+    """Whether every address ``host`` resolves to is public (not loopback, private,
+    link-local, reserved). One that does not resolve counts as public: fetching it then
+    fails with its own error."""
+    import ipaddress
+    import socket
+
     try:
-        body, headers, _ = _fetch(url, timeout_s=timeout_s, max_bytes=PAGE_MAX_BYTES)
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return True
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_global for info in infos)
+
+
+def _link_host_rule(feed_url: str) -> Callable[[str], bool]:
+    """The hosts an entry's link may be fetched from: the feed's own host, and public ones.
+    A feed's publisher writes its links, and a fetched page is stored and served, so a link
+    to another internal address (cloud metadata, an admin page) would be a request forgery;
+    an intranet feed's links are on its own host."""
+    own = (urlsplit(feed_url).hostname or "").lower()
+    return lambda host: host.lower() == own or _public_host(host)
+
+
+def _linked_text(url: str, timeout_s: float, allow_host: Callable[[str], bool]) -> str | None:
+    """The article text of the page an entry links to, or None (the entry keeps its own
+    text). Fetched as the feed itself is, with its timeout and a size cap (trafilatura's
+    own fetcher ignores both), from the hosts ``allow_host`` accepts."""
+    try:
+        body, headers, _ = _fetch(url, timeout_s=timeout_s, max_bytes=PAGE_MAX_BYTES,
+                                  accept=_PAGE_ACCEPT, allow_host=allow_host)
     except InvalidInput as exc:
         log.warning("%s; the feed entry's own text is used", exc)
         return None
@@ -525,7 +575,8 @@ def read_feed(
         url = _entry_url(e, base)
         if fetch_links and len(text) < 200 and url:
             text = _linked_text(
-                url, FEED_TIMEOUT_S if timeout_s is None else timeout_s) or text
+                url, FEED_TIMEOUT_S if timeout_s is None else timeout_s,
+                _link_host_rule(source)) or text
         title = e.get("title")
         if isinstance(title, str):
             title = _detail_text(title, (e.get("title_detail") or {}).get("type"), title=True)

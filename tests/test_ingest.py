@@ -419,6 +419,54 @@ def test_a_feed_entrys_linked_page_is_fetched_with_the_feeds_limits(
     assert any("big.html: cannot read (over 4,096 bytes)" in m for m in warned)
 
 
+class _Redirecting(_QuietHandler):
+    """Serves files, and answers /away with a redirect to the ``to`` query's URL."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/away?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+def test_a_feed_entrys_link_to_another_internal_host_is_not_fetched(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The feed's publisher writes its links, and a fetched page is stored and served: a
+    # link to an internal address other than the feed's own host (cloud metadata, an
+    # admin page) was fetched and its text ingested.
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "admin.html").write_text(
+        "<html><body><article><p>" + "INTERNAL SECRET token=abc123. " * 20
+        + "</p></article></body></html>", encoding="utf-8")
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(_Redirecting, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        url = f"http://127.0.0.1:{port}"
+        other = f"http://localhost:{port}"  # the same server, by another (loopback) name
+        _feed(root / "feed.xml", f"""<rss version="2.0"><channel><title>Ext</title>
+<item><guid>own</guid><link>{url}/admin.html</link><description>Own.</description></item>
+<item><guid>x1</guid><link>{other}/admin.html</link><description>One.</description></item>
+<item><guid>x2</guid><link>{url}/away?to={other}/admin.html</link>
+<description>Two.</description></item>
+</channel></rss>""")
+        with caplog.at_level(logging.WARNING, logger="storyline.service.ingest"):
+            arts = _articles(f"{url}/feed.xml")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert arts["own"].text.startswith("INTERNAL SECRET")  # the feed's own host
+    assert (arts["x1"].text, arts["x2"].text) == ("One.", "Two.")
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "not fetched (localhost is a private address)" in warned
+    assert "redirected to localhost, a private address" in warned
+
+
 @pytest.mark.parametrize(("field", "limit"), [("source", 300), ("url", 8192), ("lang", 35),
                                               ("lean", 64), ("title", 2000)])
 def test_label_fields_have_length_limits(field: str, limit: int) -> None:
