@@ -5,6 +5,7 @@ waits for a step running on a pool thread before the shutdown closes what it use
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -178,3 +179,34 @@ def test_the_index_saver_stop_waits_for_its_running_write(
     asyncio.run(run())
     assert events == ["saver wrote", "stopped", "close wrote"]
     assert vectors.VectorIndex.load(pipe.settings.index_path).ids == {"a", "b"}
+
+
+def test_a_step_failing_after_stop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The loop that logs a failed step is cancelled by stop(), and the shield marks the
+    step's exception retrieved: a step that failed while stop() waited for it vanished."""
+    from storyline.service.api.background import PeriodicTask
+
+    in_step, release = threading.Event(), threading.Event()
+
+    class Failing(PeriodicTask):
+        task_name = "audit-failing"
+
+        def step(self, pipe: Any) -> None:
+            in_step.set()
+            assert release.wait(20)
+            raise RuntimeError("the disk went away")
+
+    rt = FakeRuntime(object(), "audit-failing")
+    task = Failing(rt, 0.01)
+
+    async def run() -> None:
+        task.start()
+        await wait_until(in_step.is_set)
+        _release_in(release, 0.2)
+        await task.stop()
+        await asyncio.to_thread(rt.io.shutdown)
+
+    with caplog.at_level(logging.ERROR, logger="storyline.service.api.background"):
+        asyncio.run(run())
+    failed = [r for r in caplog.records if "the step running at stop failed" in r.getMessage()]
+    assert failed and "the disk went away" in str(failed[0].exc_info)

@@ -88,6 +88,10 @@ class PeriodicTask(BackgroundTask):
         if not done:
             log.warning("%s: a step still runs %g s after stop; shutting down without it",
                         self.task_name, self.stop_wait_s)
+        elif not step.cancelled() and not isinstance(step.exception(), Overloaded | None):
+            # the cancelled loop no longer logs it, and the shield marked it retrieved
+            log.error("%s: the step running at stop failed", self.task_name,
+                      exc_info=step.exception())
 
     def should_run(self) -> bool:
         return self.interval_s > 0
