@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -152,6 +153,10 @@ class ArtefactRecord:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: the fixed work folders of builds before ``Manifest.work_dir``
+_LEGACY_WORK_DIRS = (".stance.building", ".summariser.building")
+
+
 class Manifest:
     """``<models_dir>/manifest.json``: one record per built model."""
 
@@ -215,6 +220,10 @@ class Manifest:
             if fcntl is not None:
                 for old in self.models_dir.glob(f"{prefix}*"):
                     _remove_if_abandoned(old)
+            for legacy in _LEGACY_WORK_DIRS:
+                # versions before Manifest.work_dir trained in one fixed, unlocked folder
+                # per model; a killed build left it behind, and nothing else removes it
+                shutil.rmtree(self.models_dir / legacy, ignore_errors=True)
             tmp = tempfile.TemporaryDirectory(dir=self.models_dir, prefix=prefix)
             fd = os.open(tmp.name, os.O_RDONLY)
             if fcntl is not None:
@@ -335,8 +344,6 @@ def _remove_if_abandoned(folder: Path) -> None:
     except OSError:
         return  # a running build holds it
     else:
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
     finally:
         os.close(fd)

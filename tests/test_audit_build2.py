@@ -204,3 +204,17 @@ def test_two_stance_builds_at_once_keep_their_own_work(
     assert (models / STANCE.folder / STANCE.file).read_text() == f"{STANCE.file} of run 0"
     assert Manifest(models).get(STANCE.name) is not None
     assert [p.name for p in models.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_older_versions_abandoned_work_folder_is_removed(tmp_path: Path) -> None:
+    """Builds before Manifest.work_dir trained in `.stance.building` / `.summariser.building`;
+    one killed mid-training left it behind for good (the new sweep matched only its own
+    prefix)."""
+    from storyline.models.registry import Manifest
+
+    models = tmp_path / "models"
+    for name in (".stance.building", ".summariser.building"):
+        (models / name).mkdir(parents=True)
+        (models / name / "checkpoint.bin").write_bytes(b"x" * 1024)
+    with Manifest(models).work_dir(".stance-build-") as work:
+        assert sorted(p.name for p in models.iterdir()) == [work.name]
