@@ -149,6 +149,7 @@ from __future__ import annotations
 import importlib
 import re
 import threading
+import weakref
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
@@ -476,15 +477,30 @@ def _apostrophe(t: Token) -> bool:
     return t.text == "’" and (t.dep_ == "case" or t.tag_ == "POS")
 
 
+#: per doc, ``_innermost_open`` of every token, with the doc's length. Worked out once in
+#: one pass: a walk back to the paragraph start for each mark is quadratic, and a 200k-char
+#: article is often one paragraph. Weakly keyed, so an entry lives exactly as long as its
+#: doc (in the parse cache or one call) and never rides along in the doc's bytes (shared
+#: cache); the length check recomputes for a doc retokenised since.
+_OPEN_BEFORE: weakref.WeakKeyDictionary[Doc, tuple[int, list[str]]] = weakref.WeakKeyDictionary()
+
+
 def _innermost_open(t: Token) -> str:
     """The mark („, ‚ or ‘) of the innermost quotation of those kinds still open before
     ``t`` in its paragraph, or ""; a ‘ does not nest in a ‘."""
     doc = t.doc
-    start = t.i
-    while start > 0 and not (doc[start - 1].is_space and "\n" in doc[start - 1].text):
-        start -= 1
+    known = _OPEN_BEFORE.get(doc)
+    if known is None or known[0] != len(doc):
+        known = (len(doc), _open_before(doc))
+        _OPEN_BEFORE[doc] = known
+    return known[1][t.i]
+
+
+def _open_before(doc: Doc) -> list[str]:
+    out: list[str] = []
     stack: list[str] = []
-    for x in doc[start : t.i]:
+    for x in doc:
+        out.append(stack[-1] if stack else "")
         s = x.text
         if stack and s in _CLOSERS_OF[stack[-1]] and not _apostrophe(x):
             stack.pop()
@@ -492,7 +508,9 @@ def _innermost_open(t: Token) -> str:
             nxt = x.i + 1
             if s == "„" or not (nxt < len(doc) and doc[nxt].text[:1].isdigit()):
                 stack.append(s)
-    return stack[-1] if stack else ""
+        if x.is_space and "\n" in s:
+            stack = []  # a quotation does not stay open past its paragraph
+    return out
 
 
 def _quote_mark(t: Token) -> bool:
