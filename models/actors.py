@@ -146,6 +146,7 @@ the first piece to the last.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import re
 import threading
@@ -1076,9 +1077,11 @@ class SpacyActorExtractor:
 
     @staticmethod
     def _sent_of(sents: list[_Sent], token_i: int) -> _Sent | None:
-        for s in sents:
-            if s.span.start <= token_i < s.span.end:
-                return s
+        # sents are the doc's sentences in order, without overlap: a scan per mention was
+        # quadratic in a long article
+        k = bisect.bisect_right(sents, token_i, key=lambda s: s.span.start) - 1
+        if k >= 0 and token_i < sents[k].span.end:
+            return sents[k]
         return None
 
     def _mentions(self, art: Article, doc_idx: int, doc: Doc, sents: list[_Sent]) -> list[_Mention]:
@@ -1471,12 +1474,13 @@ class SpacyActorExtractor:
         for m in mentions:
             covered[m.doc_idx].update(range(m.start, m.end))
         out: list[_Mention] = []
+        skip_of = [self._title_case_headline_end(ss) for ss in sents]
         for m in mentions:
             if m.label != "PERSON":
                 out.append(m)
                 continue
             doc = docs[m.doc_idx]
-            skip_to = self._title_case_headline_end(sents[m.doc_idx])
+            skip_to = skip_of[m.doc_idx]
             inside = set(range(m.start, m.end))
             start = first = m.start
             while first > max(skip_to, m.sent.span.start, m.start - 3):
