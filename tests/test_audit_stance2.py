@@ -22,11 +22,6 @@ from storyline.service.api.app import create_app
 from storyline.service.pipeline import Pipeline
 
 
-@pytest.fixture(scope="module")
-def ex() -> SpacyActorExtractor:
-    return SpacyActorExtractor()
-
-
 def _by_type(stances: list[ActorStance], name: str) -> dict[str, ActorStance]:
     return {s.actor.type: s for s in stances if s.actor.name == name}
 

@@ -46,11 +46,6 @@ def _model_built() -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def ex() -> SpacyActorExtractor:
-    return SpacyActorExtractor()
-
-
 @pytest.fixture(scope="module", params=["model", "vader"])
 def scorer(request: pytest.FixtureRequest) -> TargetScorer:
     if request.param == "vader":
