@@ -210,3 +210,44 @@ def test_a_step_failing_after_stop_is_logged(caplog: pytest.LogCaptureFixture) -
         asyncio.run(run())
     failed = [r for r in caplog.records if "the step running at stop failed" in r.getMessage()]
     assert failed and "the disk went away" in str(failed[0].exc_info)
+
+
+def test_the_lifespan_stops_its_tasks_together() -> None:
+    """The saver, the follower and the warmer were stopped one after another, each
+    waiting up to its stop_wait_s for a step that hangs (a store gone away): the waits
+    added up at shutdown."""
+    from storyline.service.api.background import PeriodicTask, stop_all
+
+    started = [threading.Event(), threading.Event()]
+    release = threading.Event()
+
+    class Hung(PeriodicTask):
+        stop_wait_s = 1.0
+
+        def __init__(self, rt: Any, n: int) -> None:
+            super().__init__(rt, 0.01)
+            self.task_name = f"audit-hung-{n}"
+            self.n = n
+
+        def step(self, pipe: Any) -> None:
+            started[self.n].set()
+            assert release.wait(20)
+
+    # as in the app, the tasks' steps run on pools of their own
+    rts = [FakeRuntime(object(), f"audit-hung-{n}") for n in range(2)]
+    tasks = [Hung(rt, n) for n, rt in enumerate(rts)]
+
+    async def run() -> float:
+        for t in tasks:
+            t.start()
+        await wait_until(lambda: all(e.is_set() for e in started))
+        t0 = time.monotonic()
+        await stop_all(*tasks)
+        took = time.monotonic() - t0
+        release.set()
+        for rt in rts:
+            await asyncio.to_thread(rt.io.shutdown)
+        return took
+
+    took = asyncio.run(run())
+    assert 0.9 <= took < 1.7, f"stops took {took:.2f} s: one wait after another"

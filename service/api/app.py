@@ -27,6 +27,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig
 
 from storyline.service.api.articles import ArticlesController
+from storyline.service.api.background import stop_all
 from storyline.service.api.digests import DigestsController
 from storyline.service.api.health import HealthController
 from storyline.service.api.metrics import MODEL_INFO, MetricsController
@@ -134,9 +135,7 @@ def _lifespan(runtime: Runtime) -> Any:
         try:
             yield
         finally:
-            await runtime.index_saver.stop()
-            await runtime.follower.stop()
-            await runtime.warmer.stop()
+            await stop_all(runtime.index_saver, runtime.follower, runtime.warmer)
             if task is not None and not task.done():
                 await task  # a half-loaded pipeline must not be left writing
             await asyncio.to_thread(runtime.inference.shutdown)

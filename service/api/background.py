@@ -15,7 +15,7 @@ from typing import Any
 from storyline.models.errors import Overloaded
 from storyline.service.api.runtime import PRIORITY_READ
 
-__all__ = ["BackgroundTask", "PeriodicTask"]
+__all__ = ["BackgroundTask", "PeriodicTask", "stop_all"]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,9 @@ class PeriodicTask(BackgroundTask):
             finally:
                 if step.done():
                     self._step = None
+
+
+async def stop_all(*tasks: BackgroundTask) -> None:
+    """Stop ``tasks`` together: each may wait up to its ``stop_wait_s`` for a running step,
+    and one after another those waits would add up."""
+    await asyncio.gather(*(t.stop() for t in tasks))
