@@ -15,7 +15,7 @@ per 100k articles.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-12
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
