@@ -8,7 +8,7 @@ sequence.
 
 Revision ID: 0001
 Revises:
-Create Date: 2025-11-25
+Create Date: 2026-11-25
 """
 
 from __future__ import annotations

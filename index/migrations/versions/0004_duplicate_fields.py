@@ -9,7 +9,7 @@ version's writes (which do not name them) still go in.
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-05
+Create Date: 2026-11-27
 """
 
 from __future__ import annotations
