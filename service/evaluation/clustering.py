@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "clustering_metrics",
     "evaluate_clustering",
     "format_table",
+    "load_gold_articles",
     "pairwise_f1",
 ]
 
@@ -239,6 +240,23 @@ def _run_pipeline(
     return out
 
 
+def load_gold_articles(path: Path, *, max_chars: int = 200_000) -> list[Article]:
+    """The articles of an eval file in the article format, read as ingest reads them (its
+    length limit; a bad line is ``InvalidInput``). A blank ``story_id`` is no gold label (as
+    a blank optional field is absent elsewhere in the format), not one story of every
+    such article."""
+    arts = []
+    for p in read_articles_jsonl(path, max_chars=max_chars):
+        if p.error is not None:
+            raise InvalidInput(f"{path}: {p.error.detail}")
+        if p.article is not None:
+            a = p.article
+            if a.story_id is not None and not a.story_id.strip():
+                a = replace(a, story_id=None)
+            arts.append(a)
+    return arts
+
+
 def _read_splits(path: Path) -> dict[str, str]:
     """The optional ``split`` field per article id (the Article type does not keep it)."""
     out: dict[str, str] = {}
@@ -271,17 +289,9 @@ def evaluate_clustering(
     the two final partitions (1.0 = ingest order made no difference).
     """
     t0 = time.perf_counter()
-    arts: list[Article] = []
-    for parsed in read_articles_jsonl(articles_file, max_chars=max_chars):
-        if parsed.error is not None:
-            raise InvalidInput(f"{articles_file}: {parsed.error.detail}")
-        if parsed.article is not None:
-            arts.append(parsed.article)
     # The same id twice: the later line is the stored article (ingest's rule), gold too.
-    arts = list({a.id: a for a in arts}.values())
-    # A blank story_id is no gold label (as a blank optional field is absent elsewhere in
-    # the format), not one gold story of every article that has it.
-    gold = {a.id: a.story_id for a in arts if a.story_id is not None and a.story_id.strip()}
+    arts = list({a.id: a for a in load_gold_articles(articles_file, max_chars=max_chars)}.values())
+    gold = {a.id: a.story_id for a in arts if a.story_id is not None}
     if not gold:
         raise InvalidInput(f"{articles_file}: no article has a story_id; nothing to evaluate")
     ids = sorted(gold)

@@ -6,42 +6,24 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from storyline.models.errors import InvalidInput
-from storyline.models.types import Article
-from storyline.service.ingest import read_articles_jsonl
+from storyline.service.evaluation.clustering import _read_splits, load_gold_articles
 from storyline.service.settings import Settings
 
 __all__ = [
     "evaluate_retrieval",
     "format_table",
-    "load_gold_articles",
     "rank_metrics",
     "throwaway_pipeline",
 ]
 
 KS = (1, 2, 5)
 _BATCH = 64  # articles per ingest call, as a feed poller sends them
-
-
-def load_gold_articles(path: Path, *, max_chars: int = 200_000) -> list[Article]:
-    """The articles of ``path``; a blank ``story_id`` is no gold label (as a blank optional
-    field is absent elsewhere in the format), not one story of every such article."""
-    arts = []
-    for p in read_articles_jsonl(path, max_chars=max_chars):
-        if p.error is not None:
-            raise InvalidInput(f"{path}: {p.error.detail}")
-        if p.article is not None:
-            a = p.article
-            if a.story_id is not None and not a.story_id.strip():
-                a = replace(a, story_id=None)
-            arts.append(a)
-    return arts
 
 
 def throwaway_pipeline(
@@ -151,8 +133,6 @@ def evaluate_retrieval(
         if not _any_query(gold):  # duplicates were all that made the pairs
             pipe.store.close()
             raise InvalidInput(nothing)
-        from storyline.service.evaluation.clustering import _read_splits
-
         splits = _read_splits(articles_file)
         ours = _run(pipe, stored, gold, k, splits)
         s = pipe.settings

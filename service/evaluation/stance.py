@@ -99,15 +99,9 @@ def read_gold(path: Path) -> list[GoldItem]:
 
 
 def _read_articles(path: Path, max_chars: int) -> dict[str, Article]:
-    from storyline.service.ingest import read_articles_jsonl
+    from storyline.service.evaluation.clustering import load_gold_articles
 
-    out: dict[str, Article] = {}
-    for parsed in read_articles_jsonl(path, max_chars=max_chars):
-        if parsed.error is not None:
-            raise InvalidInput(f"{path}: {parsed.error.detail}")
-        if parsed.article is not None:
-            out[parsed.article.id] = parsed.article
-    return out
+    return {a.id: a for a in load_gold_articles(path, max_chars=max_chars)}
 
 
 def _keys(stance: ActorStance) -> set[str]:
