@@ -423,7 +423,7 @@ _PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
 def _fetch(
     url: str, *, timeout_s: float, max_bytes: int, accept: str = _FEED_ACCEPT,
     allow_host: Callable[[str], bool] | None = None,
-) -> tuple[bytes, dict[str, str], str]:
+) -> tuple[bytes, Message, str]:
     """GET a URL: (body, response headers, final URL after redirects). Every failure
     (refused, timed out, HTTP error, too large) is :class:`InvalidInput` naming the URL.
     ``allow_host``: the hosts it, and every redirect, may go to."""
@@ -450,7 +450,7 @@ def _fetch(
                         f"{url}: cannot read (timed out: still downloading after "
                         f"{max(timeout_s, FEED_DEADLINE_S):g} s)")
                 chunks.append(chunk)
-            return b"".join(chunks), dict(resp.headers.items()), resp.geturl()
+            return b"".join(chunks), resp.headers, resp.geturl()
     except urllib.error.HTTPError as exc:
         raise InvalidInput(f"{url}: cannot read (HTTP {exc.code} {exc.reason})") from None
     except TimeoutError:
@@ -513,11 +513,8 @@ def _linked_text(url: str, timeout_s: float, allow_host: Callable[[str], bool]) 
     except InvalidInput as exc:
         log.warning("%s; the feed entry's own text is used", exc)
         return None
-    ctype = Message()
-    ctype["content-type"] = next(
-        (v for k, v in headers.items() if k.lower() == "content-type"), "")
     page: str | bytes = body
-    charset = ctype.get_content_charset()
+    charset = headers.get_content_charset()
     if charset:
         # the charset the server names; without one trafilatura guesses from the bytes
         with contextlib.suppress(LookupError, UnicodeDecodeError):
@@ -547,14 +544,13 @@ def read_feed(
     """
     import feedparser
 
+    timeout_s = FEED_TIMEOUT_S if timeout_s is None else timeout_s
     if source.startswith(("http://", "https://")):
-        data, headers, base = _fetch(
-            source, timeout_s=FEED_TIMEOUT_S if timeout_s is None else timeout_s,
-            max_bytes=FEED_MAX_BYTES)
+        data, headers, base = _fetch(source, timeout_s=timeout_s, max_bytes=FEED_MAX_BYTES)
         # the charset the server names still counts; no content-location: feedparser
         # would resolve guids against it, and ids would differ from the same feed's file
         feed = feedparser.parse(data, response_headers={
-            k.lower(): v for k, v in headers.items() if k.lower() == "content-type"})
+            "content-type": headers["content-type"]} if "content-type" in headers else {})
     else:
         feed = feedparser.parse(Path(source).read_bytes())
         base = None
@@ -564,6 +560,7 @@ def read_feed(
     if base is None and _is_web_url(feed.feed.get("link")):
         base = feed.feed.get("link")
     outlet = feed.feed.get("title")
+    allow_link = _link_host_rule(source)
     _quiet_trafilatura()
     for n, e in enumerate(feed.entries, start=1):
         value, kind = "", None
@@ -574,9 +571,7 @@ def read_feed(
         text = _detail_text(value, kind)
         url = _entry_url(e, base)
         if fetch_links and len(text) < 200 and url:
-            text = _linked_text(
-                url, FEED_TIMEOUT_S if timeout_s is None else timeout_s,
-                _link_host_rule(source)) or text
+            text = _linked_text(url, timeout_s, allow_link) or text
         title = e.get("title")
         if isinstance(title, str):
             title = _detail_text(title, (e.get("title_detail") or {}).get("type"), title=True)
