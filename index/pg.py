@@ -53,8 +53,10 @@ from storyline.index.store import (
     _at_least,
     _check_items,
     _check_story,
+    _kept_by_trigger,
     _refuse_unstorable,
     _shown,
+    _source_key,
     _storable,
     _storable_ids,
     resolve_successors,
@@ -99,6 +101,8 @@ articles = sa.Table(
     sa.Column("lang", sa.Text), sa.Column("lean", sa.Text), sa.Column("gold_story_id", sa.Text),
     sa.Column("content_hash", _KEY), sa.Column("entities", pgd.JSONB),
     sa.Column("ingested_at", _TS), sa.Column("updated_at", _TS),
+    # source.casefold(), as SQLite's (revision 0006)
+    sa.Column("source_key", _KEY),
 )
 duplicates = sa.Table(
     "duplicates", _md,
@@ -154,9 +158,10 @@ digests = sa.Table(
 )
 
 _CHUNK = 5000
-#: a POSIX regex for text holding a character outside ASCII (see ``matching_ids``; the
-#: partial index ``articles_source_non_ascii`` of revision 0005 is defined by it)
-_NON_ASCII_RE = "[^\x01-\x7f]"
+#: as ``storyline.index.store._UNKEYED``: a row a version before revision 0006 wrote (or
+#: whose source it changed: see the trigger of revision 0006). Written as the partial
+#: index ``articles_source_unkeyed`` is defined, which the planner then reads.
+_UNKEYED = sa.and_(articles.c.source_key.is_(None), articles.c.source.is_not(None))
 
 
 def _utcnow() -> datetime:
@@ -347,9 +352,12 @@ class PostgresStore:
             else:
                 with self._engine.connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
-            # As ``SQLiteStore``: outputs of stories retired before retiring dropped them.
+            # As ``SQLiteStore``: outputs of stories retired before retiring dropped them;
+            # and the articles older replicas wrote during a rolling upgrade get their
+            # source key (usually none: read from the partial index).
             with self._engine.begin() as conn:
                 conn.execute(_prune_retired_outputs())
+                _key_unkeyed(conn)
         except StoreError:
             self._finalizer()
             raise
@@ -501,7 +509,8 @@ class PostgresStore:
                     if promoted is not None:
                         promoted.extend(new)
                 values = {
-                    "title": a.title, "text": a.text, "source": a.source, "url": a.url,
+                    "title": a.title, "text": a.text, "source": a.source,
+                    "source_key": _source_key(a.source), "url": a.url,
                     "published_at": _utc(a.published_at), "published_ts": _ts(a.published_at),
                     "lang": a.lang, "lean": a.lean, "gold_story_id": a.story_id,
                     "content_hash": h, "entities": list(item.entities), "updated_at": now,
@@ -511,6 +520,7 @@ class PostgresStore:
                     outcome: str = "inserted"
                 else:
                     db.execute(sa.update(articles).where(articles.c.id == a.id).values(**values))
+                    _rekey(db, a.id, a.source)
                     outcome = "updated"
                 emb = {"model": model, "vector": vec.tobytes()}
                 db.execute(
@@ -585,19 +595,12 @@ class PostgresStore:
         if source is None:
             # (ids alone: a time window is read from the index articles_published_id)
             return [r["id"] for r in self._rows(q.with_only_columns(articles.c.id).limit(limit))]
-        # Two disjoint parts as SQLiteStore's, each written as its index in revision 0005
-        # is defined (the pattern a literal, not a parameter, which a generic plan could
-        # not match to the partial index). COLLATE "C": lower() folds ASCII only, as
-        # SQLite's, in a database of any locale (in a Turkish one lower('POLITICO') is
-        # 'polıtıco', and 'POLITICO' was no match for 'politico').
+        # Two disjoint parts as SQLiteStore's, each read from its index of revision 0006:
+        # the rows keyed as the filter, and the unkeyed ones, which Python decides.
         key = source.casefold()
-        non_ascii = q.where(
-            articles.c.source.regexp_match(sa.literal_column(f"'{_NON_ASCII_RE}'")))
-        stmt: sa.Executable = non_ascii
-        if key.isascii():
-            ascii_part = q.with_only_columns(articles.c.id, sa.null().label("source")).where(
-                sa.func.lower(articles.c.source.collate("C")) == key).limit(limit)
-            stmt = sa.union_all(ascii_part, non_ascii)
+        keyed = q.with_only_columns(articles.c.id, sa.null().label("source")).where(
+            articles.c.source_key == key).limit(limit)
+        stmt = sa.union_all(keyed, q.where(_UNKEYED))
         out = [r["id"] for r in self._rows(stmt)
                if r["source"] is None or r["source"].casefold() == key]
         return out[:limit]
@@ -618,10 +621,11 @@ class PostgresStore:
             text=sa.func.nullif(sa.func.coalesce(d.text, old_text), sa.literal(a.text, sa.Text)),
         ))
         db.execute(sa.update(articles).where(articles.c.id == a.id).values(
-            title=a.title, text=a.text, source=a.source, url=a.url,
-            published_at=_utc(a.published_at), published_ts=_ts(a.published_at),
+            title=a.title, text=a.text, source=a.source, source_key=_source_key(a.source),
+            url=a.url, published_at=_utc(a.published_at), published_ts=_ts(a.published_at),
             lang=a.lang, lean=a.lean, gold_story_id=a.story_id, updated_at=now,
         ))
+        _rekey(db, a.id, a.source)
         _drop_outputs_of(db, a.id)
         db.execute(sa.insert(changes).values(article_id=a.id, op="upsert", at=now))
 
@@ -642,11 +646,12 @@ class PostgresStore:
         title = c["title"] if d["title"] is None else d["title"]
         text = c["text"] if d["text"] is None else d["text"]
         db.execute(sa.insert(articles).from_select(
-            ["id", "title", "text", "source", "url", "published_at", "published_ts", "lang",
-             "lean", "gold_story_id", "content_hash", "entities", "ingested_at", "updated_at"],
+            ["id", "title", "text", "source", "source_key", "url", "published_at",
+             "published_ts", "lang", "lean", "gold_story_id", "content_hash", "entities",
+             "ingested_at", "updated_at"],
             sa.select(
                 sa.literal(d["id"], _KEY), sa.literal(title, sa.Text), sa.literal(text, sa.Text),
-                sa.literal(d["source"], sa.Text),
+                sa.literal(d["source"], sa.Text), sa.literal(_source_key(d["source"]), _KEY),
                 sa.literal(d["url"], sa.Text), sa.literal(d["published_at"], _TS),
                 sa.literal(_ts(d["published_at"]), _F8), sa.literal(mine["lang"], sa.Text),
                 sa.literal(mine["lean"], sa.Text), sa.literal(mine["gold_story_id"], sa.Text),
@@ -1088,6 +1093,34 @@ _STORY_SELECT = sa.select(
     .where(story_members.c.story_id == stories.c.id)
     .scalar_subquery().label("members"),
 )
+
+
+def _rekey(db: sa.Connection, article_id: str, source: str | None) -> None:
+    """As ``storyline.index.store._rekey``: the key back where revision 0006's trigger
+    took it from an update that changed between spellings of one key."""
+    if not _kept_by_trigger(source):
+        db.execute(sa.update(articles).where(articles.c.id == article_id, _UNKEYED)
+                   .values(source_key=_source_key(source)))
+
+
+def _key_unkeyed(db: sa.Connection) -> None:
+    """Key the rows older replicas wrote (see ``PostgresStore.__init__``), each once, in id
+    order. A row only if its source is still the one its key was computed from: nothing
+    holds off a concurrent update."""
+    last = ""
+    while True:
+        rows = db.execute(sa.select(articles.c.id, articles.c.source)
+                          .where(_UNKEYED, articles.c.id > last)
+                          .order_by(articles.c.id).limit(_CHUNK)).all()
+        if not rows:
+            return
+        db.execute(
+            sa.update(articles).where(
+                articles.c.id == sa.bindparam("b_id"),
+                articles.c.source == sa.bindparam("b_source"), _UNKEYED)
+            .values(source_key=sa.bindparam("b_key")),
+            [{"b_id": i, "b_source": src, "b_key": _source_key(src)} for i, src in rows])
+        last = rows[-1][0]
 
 
 def _drop_outputs_of(db: sa.Connection, article_id: str) -> None:

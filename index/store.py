@@ -44,9 +44,11 @@ __all__ = ["IngestItem", "SQLiteStore", "Store", "StoriesChanged"]
 
 #: 2: ``changes.story_id`` (the story a deleted article left); 3: a duplicate's own title,
 #: text, lang, lean and story id (``duplicates.title`` .. ``own_meta``); 4: the indexes of
-#: filtered listings (``_ADDED_INDEXES``). ``_migrate`` brings an older file to it (its old
-#: rows keep NULL: "as the stored article")
-SCHEMA_VERSION = 4
+#: filtered listings (``_ADDED_INDEXES``); 5: ``articles.source_key``, the source's
+#: ``str.casefold()``, so that a source filter is one index range for any source.
+#: ``_migrate`` brings an older file to it (old duplicate rows keep NULL: "as the stored
+#: article"; old articles get their key)
+SCHEMA_VERSION = 5
 
 #: columns added since version 1, with their type: (table, column, type)
 _ADDED_COLUMNS: Final = (
@@ -57,29 +59,68 @@ _ADDED_COLUMNS: Final = (
     ("duplicates", "lean", "TEXT"),
     ("duplicates", "gold_story_id", "TEXT"),
     ("duplicates", "own_meta", "INTEGER"),
+    ("articles", "source_key", "TEXT"),
 )
 
+#: a row whose source has no key: written by a version before 5, which still works on
+#: the file (see ``_migrate``); ``matching_ids`` lets Python's casefold decide it. The
+#: planner uses the partial index ``articles_source_unkeyed`` only for a query that
+#: spells this condition.
+_UNKEYED: Final = "source_key IS NULL AND source IS NOT NULL"
 
-#: a GLOB pattern for text holding a character outside ASCII (SQLite has no regex; see
-#: ``matching_ids``)
-_NON_ASCII_GLOB: Final = "*[^\x01-\x7f]*"
-
-#: indexes added since version 3: (name, what it indexes). The planner uses an expression
-#: or partial index only for a query that spells its expression exactly as here, so
-#: ``matching_ids`` writes ``lower(source)`` and the GLOB literal as these do. At 100k
-#: articles they took a source-filtered listing from a whole-table scan (~150-370 ms) to
-#: an index range, and a time window's ids to a covering index (``bench/filtered.py
-#: --listings``). ``(published_ts, id)`` replaces the old ``articles_published``.
+#: indexes added since version 3: (name, what it indexes). ``(source_key, published_ts,
+#: id)``: a source filter, ASCII or not, is one covering index range (version 4 compared
+#: ``lower(source)`` and read every source outside ASCII in the window as a candidate).
+#: ``(published_ts, id)``: a time window's ids from a covering index; it replaces the
+#: old ``articles_published``.
 _ADDED_INDEXES: Final = (
-    # (source too: SQLite before 3.41 reads an index as covering only if it holds the
-    # columns inside its expressions)
-    ("articles_source", "articles(lower(source), published_ts, id, source)"),
-    # sources outside ASCII: every one is a candidate of a source filter (see
-    # ``matching_ids``); covering, so that listing them reads no article row
-    ("articles_source_non_ascii",
-     f"articles(published_ts, source, id) WHERE source GLOB '{_NON_ASCII_GLOB}'"),
+    # (not the rows without a source: a filter never lists them, and the unkeyed part of
+    # a filter, ``source_key IS NULL``, must not be read from here)
+    ("articles_source_key",
+     "articles(source_key, published_ts, id) WHERE source_key IS NOT NULL"),
+    # (usually empty; covering, so that listing it reads no article row: source_key too,
+    # as SQLite before 3.41 covers with an index only the columns it holds)
+    ("articles_source_unkeyed",
+     f"articles(published_ts, id, source, source_key) WHERE {_UNKEYED}"),
     ("articles_published_id", "articles(published_ts, id)"),
 )
+#: indexes of older versions that nothing here reads, dropped by the upgrade
+_DROPPED_INDEXES: Final = ("articles_published", "articles_source", "articles_source_non_ascii")
+
+#: An older version keeps working on an upgraded file, and its updates of ``source`` do
+#: not know the key: this clears a key such an update left behind, so the row becomes
+#: unkeyed rather than listed under its old source. Kept: an unchanged key that is the
+#: new source's ASCII lowering (``lower()``), which then is its casefold too (casefold
+#: is per character and idempotent). This version writes the key itself and restores it
+#: after the rare change the trigger cannot tell from an old one (``_rekey``).
+_KEY_TRIGGER: Final = (
+    "articles_source_key_stale",
+    "CREATE TRIGGER articles_source_key_stale AFTER UPDATE OF source ON articles"
+    " WHEN NEW.source IS NOT OLD.source AND NEW.source_key IS OLD.source_key"
+    " AND NEW.source_key IS NOT lower(NEW.source)"
+    " BEGIN UPDATE articles SET source_key = NULL WHERE id = NEW.id; END",
+)
+
+#: rows keyed per statement while an upgrade fills in ``source_key``
+_KEY_BATCH: Final = 5000
+
+
+def _source_key(source: str | None) -> str | None:
+    """What ``source_key`` holds for ``source``: what a source filter compares."""
+    return None if source is None else source.casefold()
+
+
+def _ascii_lower(s: str) -> str:
+    return s.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _kept_by_trigger(source: str | None) -> bool:
+    """Whether the stale-key trigger leaves this source's key alone when an update keeps
+    the key: when its key is its ASCII lowering (see ``_KEY_TRIGGER``)."""
+    return source is None or source.casefold() == _ascii_lower(source)
 
 
 def _missing_columns(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -93,6 +134,28 @@ def _missing_columns(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
 def _missing_indexes(db: sqlite3.Connection) -> list[tuple[str, str]]:
     have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     return [i for i in _ADDED_INDEXES if i[0] not in have]
+
+
+def _has_key_trigger(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                      (_KEY_TRIGGER[0],)).fetchone() is not None
+
+
+def _key_unkeyed(db: sqlite3.Connection) -> None:
+    """Give every unkeyed row its key, a batch at a time (inside the caller's
+    transaction)."""
+    last = 0
+    while True:
+        # in rowid order: each batch goes on where the last stopped (before the partial
+        # index exists, starting over would read the keyed rows again each time)
+        rows = db.execute(
+            f"SELECT rowid, source FROM articles WHERE rowid > ? AND {_UNKEYED}"
+            " ORDER BY rowid LIMIT ?", (last, _KEY_BATCH)).fetchall()
+        if not rows:
+            return
+        db.executemany("UPDATE articles SET source_key = ? WHERE rowid = ?",
+                       [(_source_key(src), rid) for rid, src in rows])
+        last = rows[-1][0]
 
 
 class StoriesChanged(ConflictError):
@@ -116,7 +179,9 @@ CREATE TABLE IF NOT EXISTS articles (
     content_hash TEXT NOT NULL,
     entities TEXT NOT NULL DEFAULT '[]',
     ingested_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    -- source.casefold() (see _UNKEYED)
+    source_key TEXT
 );
 CREATE INDEX IF NOT EXISTS articles_hash ON articles(content_hash);
 CREATE TABLE IF NOT EXISTS duplicates (
@@ -360,10 +425,15 @@ class SQLiteStore:
         """Bring a file an older version wrote to ``SCHEMA_VERSION`` (``_SCHEMA`` creates a
         new one at it). One transaction under the write lock that looks before it changes
         anything, so processes opening an old file together migrate it once; an older
-        version keeps working on the migrated file (the new columns are nullable, and
-        SQLite keeps the new indexes up to date under any version's writes)."""
+        version keeps working on the migrated file (the new columns are nullable, SQLite
+        keeps the new indexes up to date under any version's writes, and its articles are
+        unkeyed: see ``_UNKEYED`` and ``_KEY_TRIGGER``). The next open of this version
+        keys the rows it wrote."""
         db = self._db
-        if not _missing_columns(db) and not _missing_indexes(db):
+        if (not _missing_columns(db) and not _missing_indexes(db) and _has_key_trigger(db)
+                # rows an older version wrote since (read from articles_source_unkeyed)
+                and db.execute(f"SELECT 1 FROM articles WHERE {_UNKEYED} LIMIT 1").fetchone()
+                is None):
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                        (str(SCHEMA_VERSION),))
             return
@@ -371,12 +441,21 @@ class SQLiteStore:
         try:
             for table, column, kind in _missing_columns(db):
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            # before the indexes: one write per row now, not one per row and index. In
+            # the same transaction as the rest: an upgrade cut short leaves the file as
+            # it was, and the next open does it all again.
+            _key_unkeyed(db)
             missing = _missing_indexes(db)
             for name, what in missing:
                 db.execute(f"CREATE INDEX {name} ON {what}")
             if missing:
-                # a prefix of articles_published_id: kept, it would only cost every write
-                db.execute("DROP INDEX IF EXISTS articles_published")
+                # Only with the upgrade: an older version that opens the file again may
+                # recreate them (harmless, it keeps them up to date); each open of this
+                # version dropping them again would only cost that version's next open.
+                for name in _DROPPED_INDEXES:
+                    db.execute(f"DROP INDEX IF EXISTS {name}")
+            if not _has_key_trigger(db):
+                db.execute(_KEY_TRIGGER[1])
             db.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
                 " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),))
@@ -571,24 +650,26 @@ class SQLiteStore:
                     if promoted is not None:
                         promoted.extend(new)
                 values = (
-                    a.title, a.text, a.source, a.url, _iso(a.published_at), _ts(a.published_at),
-                    a.lang, a.lean, a.story_id, h, json.dumps(list(item.entities)), now,
+                    a.title, a.text, a.source, _source_key(a.source), a.url,
+                    _iso(a.published_at), _ts(a.published_at), a.lang, a.lean, a.story_id, h,
+                    json.dumps(list(item.entities)), now,
                 )
                 if row is None:
                     db.execute(
-                        "INSERT INTO articles(title, text, source, url, published_at, published_ts,"
-                        " lang, lean, gold_story_id, content_hash, entities, updated_at,"
-                        " ingested_at, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO articles(title, text, source, source_key, url, published_at,"
+                        " published_ts, lang, lean, gold_story_id, content_hash, entities,"
+                        " updated_at, ingested_at, id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (*values, now, a.id),
                     )
                     outcome: str = "inserted"
                 else:
                     db.execute(
-                        "UPDATE articles SET title=?, text=?, source=?, url=?, published_at=?,"
-                        " published_ts=?, lang=?, lean=?, gold_story_id=?, content_hash=?,"
-                        " entities=?, updated_at=? WHERE id=?",
+                        "UPDATE articles SET title=?, text=?, source=?, source_key=?, url=?,"
+                        " published_at=?, published_ts=?, lang=?, lean=?, gold_story_id=?,"
+                        " content_hash=?, entities=?, updated_at=? WHERE id=?",
                         (*values, a.id),
                     )
+                    _rekey(db, a.id, a.source)
                     outcome = "updated"
                 db.execute(
                     "INSERT OR REPLACE INTO embeddings(article_id, model, vector) VALUES (?,?,?)",
@@ -676,24 +757,17 @@ class SQLiteStore:
                                 [*params, limit])
             return [r[0] for r in rows]
         # Two disjoint parts, each read from its index (an OR of the two would scan the
-        # table). SQLite's lower() folds ASCII only, so ``lower(source) = key`` (key ASCII)
-        # holds exactly for the ASCII sources that casefold to the key: no check needed. A
-        # source with other letters is a candidate that Python's casefold decides: some
-        # casefold to ASCII ('ſ', the Kelvin sign K), which lower() keeps apart.
+        # table): the rows whose stored key is the filter's, exact for any source; and
+        # the unkeyed rows an older version wrote (usually none), which Python decides.
         key = source.casefold()
-        parts: list[str] = []
-        part_params: list[Any] = []
-        if key.isascii():
-            parts.append("SELECT * FROM (SELECT id, NULL AS src FROM articles"
-                         f" WHERE {window} AND lower(source) = ? LIMIT ?)")
-            part_params += [*params, key, limit]
-        # the literal pattern, as the partial index articles_source_non_ascii is defined
-        parts.append(f"SELECT id, source AS src FROM articles WHERE {window}"
-                     f" AND source GLOB '{_NON_ASCII_GLOB}'")
-        part_params += params
         out: list[str] = []
-        for i, src in self._packed("id, src", f"FROM ({' UNION ALL '.join(parts)})",
-                                   part_params):
+        for i, src in self._packed(
+            "id, src",
+            f"FROM (SELECT * FROM (SELECT id, NULL AS src FROM articles WHERE {window}"
+            " AND source_key = ? LIMIT ?) UNION ALL SELECT id, source AS src FROM articles"
+            f" WHERE {window} AND {_UNKEYED})",
+            [*params, key, limit, *params],
+        ):
             if len(out) >= limit:
                 break
             if src is None or src.casefold() == key:
@@ -716,11 +790,12 @@ class SQLiteStore:
             (a.id, a.title, a.id, a.text, a.id),
         )
         db.execute(
-            "UPDATE articles SET title=?, text=?, source=?, url=?, published_at=?,"
+            "UPDATE articles SET title=?, text=?, source=?, source_key=?, url=?, published_at=?,"
             " published_ts=?, lang=?, lean=?, gold_story_id=?, updated_at=? WHERE id=?",
-            (a.title, a.text, a.source, a.url, _iso(a.published_at), _ts(a.published_at),
-             a.lang, a.lean, a.story_id, now, a.id),
+            (a.title, a.text, a.source, _source_key(a.source), a.url, _iso(a.published_at),
+             _ts(a.published_at), a.lang, a.lean, a.story_id, now, a.id),
         )
+        _rekey(db, a.id, a.source)
         _drop_outputs_of(db, a.id)
         db.execute("INSERT INTO changes(article_id, op, at) VALUES (?, 'upsert', ?)", (a.id, now))
 
@@ -743,11 +818,12 @@ class SQLiteStore:
         title = c["title"] if d["title"] is None else d["title"]
         text = c["text"] if d["text"] is None else d["text"]
         db.execute(
-            "INSERT INTO articles(id, title, text, source, url, published_at, published_ts,"
-            " lang, lean, gold_story_id, content_hash, entities, ingested_at, updated_at)"
-            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, content_hash, entities, ?, ?"
+            "INSERT INTO articles(id, title, text, source, source_key, url, published_at,"
+            " published_ts, lang, lean, gold_story_id, content_hash, entities, ingested_at,"
+            " updated_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, content_hash, entities, ?, ?"
             " FROM articles WHERE id=?",
-            (d["id"], title, text, d["source"], d["url"], d["published_at"],
+            (d["id"], title, text, d["source"], _source_key(d["source"]), d["url"],
+             d["published_at"],
              _ts(_parse(d["published_at"])), mine["lang"], mine["lean"], mine["gold_story_id"],
              d["recorded_at"], now, article_id),
         )
@@ -1259,6 +1335,15 @@ def _drop_outputs_of(db: sqlite3.Connection, article_id: str) -> None:
         "DELETE FROM story_outputs WHERE story_id IN"
         " (SELECT story_id FROM story_members WHERE article_id=?)", (article_id,),
     )
+
+
+def _rekey(db: sqlite3.Connection, article_id: str, source: str | None) -> None:
+    """After an update that wrote ``source`` and its key: put the key back where the
+    stale-key trigger took it (a change between spellings of one key, 'STRASSE' to
+    'Straße', looks to it like an older version's update)."""
+    if not _kept_by_trigger(source):
+        db.execute(f"UPDATE articles SET source_key = ? WHERE id = ? AND {_UNKEYED}",
+                   (_source_key(source), article_id))
 
 
 def _qs(items: Sequence[Any]) -> str:

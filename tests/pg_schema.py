@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 #: the newest revision of our migrations: where a store's database is after it opens
-HEAD = "0005"
+HEAD = "0006"
 
 
 def upgrade_to(

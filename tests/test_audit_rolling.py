@@ -31,8 +31,11 @@ for _mod in ("sqlalchemy", "alembic", "psycopg"):
     pytest.importorskip(_mod, reason="needs the postgres extra: pip install 'storyline[postgres]'")
 
 #: what the migrations record at each of our revisions: 0002 is the last that older code
-#: cannot work on (its stories generation), 0003-0005 only add
-RECORDED = {"0001": "0001", "0002": "0002", "0003": "0002", "0004": "0002", "0005": "0002"}
+#: cannot work on (its stories generation), 0003-0006 only add
+RECORDED = {
+    "0001": "0001", "0002": "0002", "0003": "0002", "0004": "0002", "0005": "0002",
+    "0006": "0002",
+}
 
 _FAKE = '''"""A later version's revision (test only)."""
 
@@ -118,14 +121,14 @@ def test_a_newer_revision_compatible_with_this_version_is_used_as_it_is(
 
     url = pg_databases.create()
     PostgresStore(url).close()
-    upgrade_to(url, "0006", migrations=_newer(tmp_path, {"0006": HEAD}))
-    assert _record(url) == [("0006", HEAD)]
+    upgrade_to(url, "0007", migrations=_newer(tmp_path, {"0007": HEAD}))
+    assert _record(url) == [("0007", HEAD)]
     with caplog.at_level(logging.WARNING, logger="storyline.index.pg"):
-        st = PostgresStore(url)  # refused before: "revision 0006, newer than ..."
+        st = PostgresStore(url)  # refused before: "revision 0007, newer than ..."
     try:
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any(
-            f"revision 0006, newer than this version of storyline knows (up to {HEAD})" in m
+            f"revision 0007, newer than this version of storyline knows (up to {HEAD})" in m
             and f"from revision {HEAD} on works on it" in m
             for m in warned
         ), warned
@@ -139,39 +142,39 @@ def test_a_newer_revision_compatible_with_this_version_is_used_as_it_is(
     finally:
         st.close()
     # left as it was: not downgraded, not re-recorded
-    assert _query(url, "SELECT version_num FROM storyline_alembic_version") == [("0006",)]
-    assert _record(url) == [("0006", HEAD)]
+    assert _query(url, "SELECT version_num FROM storyline_alembic_version") == [("0007",)]
+    assert _record(url) == [("0007", HEAD)]
 
 
 @pytest.mark.parametrize("how", ["declared", "unrecorded"])
 def test_a_newer_revision_older_code_cannot_use_is_refused_clearly(
     pg_databases: Any, tmp_path: Path, how: str
 ) -> None:
-    """0006 works with this version's code, 0007 does not: declared by 0007, or not
+    """0007 works with this version's code, 0008 does not: declared by 0008, or not
     recorded at all (moved there by something that writes no record, e.g. an offline SQL
-    script) so that 0006's record no longer applies."""
+    script) so that 0007's record no longer applies."""
     import sqlalchemy as sa
 
     from storyline.index.pg import PostgresStore
 
     url = pg_databases.create()
-    newer = _newer(tmp_path, {"0006": HEAD, "0007": "0007"})
-    upgrade_to(url, "0006", migrations=newer)
+    newer = _newer(tmp_path, {"0007": HEAD, "0008": "0008"})
+    upgrade_to(url, "0007", migrations=newer)
     PostgresStore(url).close()
     if how == "declared":
-        upgrade_to(url, "0007", migrations=newer)
-        assert _record(url) == [("0007", "0007")]
-        needs = ", and it needs storyline at revision 0007 or later"
+        upgrade_to(url, "0008", migrations=newer)
+        assert _record(url) == [("0008", "0008")]
+        needs = ", and it needs storyline at revision 0008 or later"
     else:
         engine = sa.create_engine(url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE storyline_alembic_version SET version_num = '0007'"))
+            conn.execute(sa.text("UPDATE storyline_alembic_version SET version_num = '0008'"))
         engine.dispose()
         needs = ""
     with pytest.raises(StoreError) as caught:
         PostgresStore(url)
     assert str(caught.value) == (
-        f"the database schema is at revision 0007, newer than this version of storyline"
+        f"the database schema is at revision 0008, newer than this version of storyline"
         f" knows (up to {HEAD}){needs}: upgrade storyline to use it"
     )
 
@@ -204,13 +207,13 @@ def test_an_older_process_starting_while_a_newer_one_migrates_waits_for_it(
         time.sleep(0.5)
         assert older.is_alive() and not opened
 
-    upgrade_to(url, "0006", while_migrating, migrations=_newer(tmp_path, {"0006": HEAD}))
+    upgrade_to(url, "0007", while_migrating, migrations=_newer(tmp_path, {"0007": HEAD}))
     older.join(30)
     assert len(opened) == 1 and isinstance(opened[0], PostgresStore), opened
     opened[0].close()
 
 
-@pytest.mark.parametrize("start", [None, "0001", "0002", "0003", "0004", HEAD])
+@pytest.mark.parametrize("start", [None, "0001", "0002", "0003", "0004", "0005", HEAD])
 def test_the_record_is_written_on_every_upgrade(pg_databases: Any, start: str | None) -> None:
     """From an empty database, or one at each of our revisions that a version before the
     record migrated (no record); each migration records its own revision too."""
