@@ -53,7 +53,10 @@ Alias resolution (within one story):
   ends a longer one is its surname, not a full name of its own: "López Obrador" and
   "Mr. Levine Cava" join "Andrés Manuel López Obrador" and "Daniella Levine Cava" (unless
   the words before it are ones the story also writes in lowercase: "Whistleblower Frances
-  Haugen" does not rename Frances Haugen).
+  Haugen" does not rename Frances Haugen). In a headline, a person's first word that is a
+  common noun of spaCy's lexicon and no common first name is a descriptor, not a name,
+  when the text (not a headline) names the rest as a person and never writes it with that
+  word: "Accuser Brittany Commisso" is Brittany Commisso (see ``_headline_descriptors``).
 * Name particles (von, van, der, de, del, da, di, le, la, bin, ibn, ...) inside a full name
   belong to its surname: "de Blasio", "Mr. de Blasio", "Von der Leyen" and "Le Pen" join
   "Bill de Blasio", "Ursula von der Leyen" and "Marine Le Pen"; "Salman" never joins
@@ -123,7 +126,9 @@ two actors may share a display name.
 "According to X" attributes the rest of the sentence to X. "attack", "defend" and "slam"
 in their physical sense report nothing ("Russia attacked Ukraine", "attacked the
 facility", "slammed Gaza with airstrikes"; a town the NER tags ORG counts as a place
-when the story names it as one elsewhere; see ``_physical``), nor does
+when the story names it as one elsewhere; a state or an armed group defending or
+attacking anything but a common noun against or from armed forces or weapons fights:
+"Ukraine defended Bakhmut against Russian troops"; see ``_physical``), nor does
 "maintain" without a clause ("Hawaii has maintained a requirement"), nor "claim" with an
 object that is taken, not said ("claimed victory", "claimed responsibility"; see
 ``_claims_a_thing``). A quotation
@@ -135,11 +140,13 @@ sentences back) of a compatible gender (from a gendered title, else a common fir
 one candidate, or exactly one of them in subject position, else the statement is dropped as
 ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. ``quoted`` is true when the
 content contains or is enclosed by quotation marks, or lies inside a running quotation.
-Quotation marks are “ ” « » ", the British ‘ ’ and the low „…“ (or „…”) and ‚…‘ (or
-‚…’); ’ is also the apostrophe ("Putin’s", "the voters’ choice"), so it closes only a ‘ or
-‚ opened before it in its paragraph, and “ and ‘ close a „ or ‚ opened so rather than open
-a quotation. A quotation nested in one of the other kind does not close it. ‹…› are not
-read: the tokenizer leaves them glued to the words they enclose.
+Quotation marks are “ ” « » ", the British ‘ ’, the single guillemets ‹…› (alone or
+nested in «…») and the low „…“ (or „…”) and ‚…‘ (or ‚…’); ’ is also the apostrophe
+("Putin’s", "the voters’ choice"), so it closes only a ‘ or ‚ opened before it in its
+paragraph, › likewise closes only a ‹ (else it is a separator: "Home › News"), and “ and ‘
+close a „ or ‚ opened so rather than open a quotation. A quotation nested in one of another
+kind does not close it. The pipeline splits ‹ and › off the words they touch and reads them
+as it reads “ and ” (see ``_read_single_guillemets``).
 Content in pieces (“A,” Putin said, “B.”) is joined with " … "; its offsets then run from
 the first piece to the last.
 """
@@ -437,9 +444,14 @@ _SUBJECT_PRONOUNS = {"he": "m", "she": "f", "they": "group", "it": "group"}
 _OPEN_QUOTES = frozenset({"“", "«", '"', "‘‘", "``", "„"})
 _CLOSE_QUOTES = frozenset({"”", "»", '"', "’’", "''"})
 _QUOTE_CHARS = frozenset('“”«»"„')
-#: the closing marks of „, ‚ and ‘, which elsewhere open a quotation (“, ‘) or are the
-#: apostrophe (’)
-_CLOSERS_OF = {"„": frozenset("“”"), "‚": frozenset("‘’"), "‘": frozenset("’")}
+#: the closing marks of „, ‚, ‘ and ‹, which elsewhere open a quotation (“, ‘), are the
+#: apostrophe (’) or a separator (›)
+_CLOSERS_OF = {
+    "„": frozenset("“”"),
+    "‚": frozenset("‘’"),
+    "‘": frozenset("’"),
+    "‹": frozenset("›"),
+}
 _KEEP_LABELS = frozenset({"PERSON", "ORG", "GPE", "NORP", "FAC", "EVENT", "LOC"})
 _FUNCTION_WORDS = frozenset({"of", "the", "and", "for", "on", "in", "de", "des", "du", "la", "&"})
 _AGENTIVE_DEPS = frozenset({"nsubj", "nsubjpass", "dobj", "obj", "dative", "iobj", "poss"})
@@ -451,11 +463,12 @@ _OBJECT_DEPS = frozenset({"dobj", "obj", "dative", "iobj", "pobj", "attr"})
 
 
 def _opens_quote(t: Token) -> bool:
-    """``t`` opens a quotation: a double mark, a low „ or ‚, or a British single ‘ (not the
-    elision of "‘90s"). “ and ‘ close rather than open a „ or ‚ quotation (German „…“)."""
+    """``t`` opens a quotation: a double mark, a low „ or ‚, a single guillemet ‹, or a
+    British single ‘ (not the elision of "‘90s"). “ and ‘ close rather than open a „ or ‚
+    quotation (German „…“)."""
     if t.text in {"“", "‘"} and _innermost_open(t) == {"“": "„", "‘": "‚"}[t.text]:
         return False
-    if t.text in _OPEN_QUOTES:
+    if t.text in _OPEN_QUOTES or t.text == "‹":
         return True
     nxt = t.i + 1
     return t.text in {"‘", "‚"} and not (nxt < len(t.doc) and t.doc[nxt].text[:1].isdigit())
@@ -465,10 +478,10 @@ def _closes_quote(t: Token) -> bool:
     """``t`` closes a quotation. A lone ’ is also the apostrophe of "the voters’ choice"
     (spaCy splits it off as its own token), so it closes only a ‘ or ‚ opened before it in
     the same paragraph and not closed yet, and never as a possessive; “ and ‘ close only a
-    „ or ‚ opened so."""
+    „ or ‚ opened so, and › only a ‹ (elsewhere it is a separator: "Home › News")."""
     if t.text in _CLOSE_QUOTES:
         return True
-    if t.text not in {"’", "“", "‘"} or (t.text == "’" and _apostrophe(t)):
+    if t.text not in {"’", "“", "‘", "›"} or (t.text == "’" and _apostrophe(t)):
         return False
     opener = _innermost_open(t)
     return opener in _CLOSERS_OF and t.text in _CLOSERS_OF[opener]
@@ -487,7 +500,7 @@ _OPEN_BEFORE: weakref.WeakKeyDictionary[Doc, tuple[int, list[str]]] = weakref.We
 
 
 def _innermost_open(t: Token) -> str:
-    """The mark („, ‚ or ‘) of the innermost quotation of those kinds still open before
+    """The mark („, ‚, ‹ or ‘) of the innermost quotation of those kinds still open before
     ``t`` in its paragraph, or ""; a ‘ does not nest in a ‘."""
     doc = t.doc
     known = _OPEN_BEFORE.get(doc)
@@ -505,9 +518,9 @@ def _open_before(doc: Doc) -> list[str]:
         s = x.text
         if stack and s in _CLOSERS_OF[stack[-1]] and not _apostrophe(x):
             stack.pop()
-        elif s in {"„", "‚", "‘"} and not (s == "‘" and stack[-1:] == ["‘"]):
+        elif s in {"„", "‚", "‘", "‹"} and not (s == "‘" and stack[-1:] == ["‘"]):
             nxt = x.i + 1
-            if s == "„" or not (nxt < len(doc) and doc[nxt].text[:1].isdigit()):
+            if s in {"„", "‹"} or not (nxt < len(doc) and doc[nxt].text[:1].isdigit()):
                 stack.append(s)
         if x.is_space and "\n" in s:
             stack = []  # a quotation does not stay open past its paragraph
@@ -634,7 +647,7 @@ def _initials(key: str, skip_function_words: bool) -> str:
 # ---------------------------------------------------------------------------------------------
 
 #: revision of storyline's additions to the spaCy pipeline (part of the shared doc cache key)
-_PIPELINE_REV = "p2"
+_PIPELINE_REV = "p3"
 _NLP_LOCK = threading.Lock()
 _NLPS: dict[str, Language] = {}
 _RULER_PATTERNS: list[dict[str, Any]] = [
@@ -712,9 +725,32 @@ def _paragraph_boundaries(doc: Doc) -> Doc:
     return doc
 
 
+def _read_single_guillemets(nlp: Language) -> None:
+    """Make ‹ and › quotation marks to the pipeline, as « and » are already.
+
+    The tokenizer left them glued to the words they touch ("‹We", "retreat,›"): they are
+    split off, and "." after one too (spaCy splits a final period only after a letter, a
+    digit or a known quotation mark). The model has not seen them: as words of their own
+    it tagged them nouns, cut sentences before "›" and even read "›" as an organisation,
+    so the features it reads of them (norm, shape, prefix, suffix) are those of “ and ”.
+    """
+    for mark, like in (("‹", "“"), ("›", "”")):
+        lex, known = nlp.vocab[mark], nlp.vocab[like]
+        lex.norm_, lex.shape_ = known.norm_, known.shape_
+        lex.prefix_, lex.suffix_ = known.prefix_, known.suffix_
+    tok: Any = nlp.tokenizer
+    prefix, suffix = tok.prefix_search, tok.suffix_search
+    if prefix is None or suffix is None:
+        return
+    # the searches are bound methods of compiled patterns (the model's own rules, kept)
+    tok.prefix_search = re.compile(prefix.__self__.pattern + "|^[‹›]").search
+    tok.suffix_search = re.compile(suffix.__self__.pattern + r"|[‹›]$|(?<=[‹›])\.$").search
+
+
 def load_spacy(name: str = SPACY_MODEL) -> Language:
-    """The spaCy pipeline ``name`` with storyline's two additions (paragraph breaks before
-    the parser, entity patterns after the NER), loaded once per process."""
+    """The spaCy pipeline ``name`` with storyline's additions (paragraph breaks before the
+    parser, entity patterns after the NER, ‹ and › split off words), loaded once per
+    process."""
     with _NLP_LOCK:
         nlp = _NLPS.get(name)
         if nlp is not None:
@@ -738,6 +774,7 @@ def load_spacy(name: str = SPACY_MODEL) -> Language:
             ) from exc
         nlp.add_pipe("storyline_paragraphs", before="parser")
         nlp.add_pipe("storyline_entity_patterns", after="ner")
+        _read_single_guillemets(nlp)
         _NLPS[name] = nlp
         return nlp
 
@@ -913,6 +950,7 @@ class SpacyActorExtractor:
         self._cache: OrderedDict[tuple[str, str], Doc] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache
         self._parse_lock = threading.Lock()
+        self._noun_set: frozenset[str] | None = None
 
     @property
     def nlp(self) -> Language:
@@ -1046,6 +1084,7 @@ class SpacyActorExtractor:
         mentions: list[_Mention] = []
         for i, (art, doc) in enumerate(zip(arts, docs, strict=True)):
             mentions.extend(self._mentions(art, i, doc, sents[i]))
+        mentions = self._headline_descriptors(docs, arts, sents, mentions)
         mentions.extend(self._propagate(docs, arts, sents, mentions))
         mentions = self._person_shapes(docs, arts, sents, mentions)
         mentions = self._given_names(docs, arts, sents, mentions)
@@ -1334,6 +1373,77 @@ class SpacyActorExtractor:
                     out.append(found)
                 i += n
         return out
+
+    def _headline_descriptors(
+        self,
+        docs: list[Doc],
+        arts: list[Article],
+        sents: list[list[_Sent]],
+        mentions: list[_Mention],
+    ) -> list[_Mention]:
+        """A headline's person cut after a role noun the NER kept in the name.
+
+        Headlines capitalise a descriptor before a name ("Andrew Cuomo: Accuser Brittany
+        Commisso says ...", "Cuomo Accuser Brittany Commisso Speaks Up"), and the NER takes
+        it in; the longer form then named the person. Its first word is dropped when it is a
+        common noun of spaCy's lexicon (the lemmatizer's noun index) and no common first
+        name, the rest is a full name the story's text (not a headline) names a person, and
+        the text never writes the name with that word. Given names that are nouns too
+        ("Bill", "Hunter", "Brittany") are kept by the last two conditions: the body writes
+        a person's full name whole.
+        """
+        from spacy.tokens import Span
+
+        body: set[str] = set()
+        for m in mentions:
+            if not m.sent.in_title and m.label == "PERSON":
+                body.add(m.key)
+        nouns = self._nouns
+        first_names = _MALE_NAMES | _FEMALE_NAMES
+        out: list[_Mention] = []
+        for m in mentions:
+            words = m.key.split()
+            doc = docs[m.doc_idx]
+            if (
+                m.label == "PERSON"
+                and m.sent.in_title
+                and len(words) > 2
+                and m.key not in body
+                and " ".join(words[1:]) in body
+                and m.end - m.start == len(words)
+                and doc[m.start].lower_ == words[0]
+                and doc[m.start].is_title
+                and words[0] in nouns
+                and words[0] not in first_names | _PARTICLES
+            ):
+                found = self._mention(
+                    arts[m.doc_idx],
+                    m.doc_idx,
+                    doc,
+                    Span(doc, m.start + 1, m.end, label="PERSON"),
+                    "PERSON",
+                    sents[m.doc_idx],
+                    propagated=True,
+                )
+                if found is not None:
+                    out.append(found)
+                    continue
+            out.append(m)
+        return out
+
+    @property
+    def _nouns(self) -> Container[str]:
+        """Common nouns of the pipeline's lexicon (lowercase), empty without a lemmatizer."""
+        nouns = self._noun_set
+        if nouns is None:
+            nouns = frozenset()
+            # a stand-in pipeline (tests count parses through one) may have no pipe names
+            if "lemmatizer" in getattr(self.nlp, "pipe_names", ()):
+                lookups = getattr(self.nlp.get_pipe("lemmatizer"), "lookups", None)
+                if lookups is not None and lookups.has_table("lemma_index"):
+                    nouns = frozenset(lookups.get_table("lemma_index").get("noun", ()))
+            self._noun_set = nouns
+        return nouns
 
     def _person_shapes(
         self,
@@ -2081,7 +2191,8 @@ class SpacyActorExtractor:
         """
         text = doc.text
         out: list[tuple[bool, bool, bool]] = []
-        outer: str | None = None  # kind of the open quotation: "single" or "double"
+        # kind of the open quotation: "single", "guillemet" (‹…›) or "double"
+        outer: str | None = None
         for sent in sents:
             k = sent.char_start
             while k > 0 and text[k - 1] in " \t":
@@ -2094,7 +2205,13 @@ class SpacyActorExtractor:
                 outer = None
             closed = False
             for t in sent.span:
-                kind = "single" if t.text in {"‘", "’", "‚"} else "double"
+                kind = (
+                    "single"
+                    if t.text in {"‘", "’", "‚"}
+                    else "guillemet"
+                    if t.text in {"‹", "›"}
+                    else "double"
+                )
                 if outer is None:
                     if _opens_quote(t):
                         outer = kind
@@ -2346,9 +2463,12 @@ class SpacyActorExtractor:
         that is no government institution, or troops, militants, ...) acting on a place,
         on armed forces or civilians, or on something in a place ("Russia attacked
         Ukraine", "the Afghan military to defend key cities", "attacked Iranian interests
-        in Syria"), unless the verb has a verbal cue: a clause, or "over", "for", "as"
-        ("China slammed the US over its Taiwan policy"). A person attacking a person, a
-        decision or a policy stays speech ("Trump attacked Biden over trade").
+        in Syria"), or acting against or from armed forces or weapons on anything but a
+        common noun ("Ukraine defended Bakhmut against Russian troops", a town the NER tags
+        ORG; not "Israel defended the strike against Hamas militants"), unless the verb has
+        a verbal cue: a clause, or "over", "for", "as" ("China slammed the US over its Taiwan
+        policy"). A person attacking a person, a decision or a policy stays speech ("Trump
+        attacked Biden over trade").
         """
 
         def lemma(t: Token) -> str:
@@ -2406,6 +2526,20 @@ class SpacyActorExtractor:
                 break
         if not armed:
             return False
+        # fought off or attacked from an armed side ("defended Bakhmut from Russian forces",
+        # "against Iranian missiles"): fighting, whatever the NER made of the object. Not
+        # with a common noun as the object, which may be a stand taken in words ("defended
+        # the strike against Hamas militants"). The parser may hang the phrase on the object
+        # or on another phrase of the verb ("for months against Russian troops")
+        heads = [verb, *objs, *(p for c in preps for p in pobjs(c))]
+        if all(o.pos_ != "NOUN" for o in objs) and any(
+            lemma(p) in _MILITARY or lemma(p) in _WEAPONS
+            for h in heads
+            for c in h.children
+            if c.dep_ == "prep" and c.lower_ in {"against", "from"}
+            for p in pobjs(c)
+        ):
+            return True
         if any(place(o) or lemma(o) in _PLACE_NOUNS or lemma(o) in _MILITARY for o in objs):
             return True
         return any(

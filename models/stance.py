@@ -140,7 +140,8 @@ SUPPORTIVE_VERBS: frozenset[str] = _words(
 _NEG, _NEU, _POS = 0, 1, 2
 _CLASS_LABEL: dict[int, StanceLabel] = {_NEG: "critical", _NEU: "neutral", _POS: "supportive"}
 _ASCII_QUOTES = str.maketrans(
-    {"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "‚": "'", "«": '"', "»": '"'}
+    {"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "‚": "'", "«": '"', "»": '"',
+     "‹": "'", "›": "'"}
 )
 _CUE_VECTORS: dict[str, npt.NDArray[np.float64]] = {
     "critical": np.array([1.0, 0.0, 0.0]),

