@@ -27,10 +27,11 @@ the model glues words into junk entities ("Italy Puts in"), only such known name
 
 Alias resolution (within one story):
 
-* Names are compared on a key: casefolded, possessive and a leading "the" dropped, dots
-  removed ("U.S." -> "us"), and for people leading titles stripped (President, Mr., Mrs.,
-  Dr., Sen., Gov., Rep., Secretary, Minister, Chancellor, ...; at least one word always
-  stays, so the name is never lost).
+* Names are compared on a key: casefolded, possessive and a leading "the" (or a lowercase
+  "a"/"an" the NER took in: "a George W. Bush appointee") dropped, dots removed ("U.S." ->
+  "us"), and for people leading titles stripped (President, Mr., Mrs., Dr., Sen., Gov., Rep.,
+  Secretary, Minister, Chancellor, ...; at least one word always stays, so the name is never
+  lost).
 * Country aliases, from :data:`COUNTRY_ALIASES`: "US" = "U.S." = "USA" = "United States" =
   "America"; "UK" = "Britain"; "EU", "UN", "USSR", "Russian Federation", ...
 * Acronyms: an all-capitals name is merged with the multi-word name of the story whose
@@ -138,7 +139,13 @@ Putin said."), else to the speaker of the quoted sentence it runs on from. Prono
 resolve to the nearest preceding PERSON (current sentence before the pronoun, then up to two
 sentences back) of a compatible gender (from a gendered title, else a common first name):
 one candidate, or exactly one of them in subject position, else the statement is dropped as
-ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. ``quoted`` is true when the
+ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. A pronoun inside a quotation
+resolves only to a name inside the same quotation, and one outside only to a name outside
+any (a quotation is another voice: “He lied,” Ms X said is not Ms X lying, and “I never met
+X,” he said is not X speaking); the same holds where a he/she tells a person's gender. A
+statement whose content is not quoted and holds no noun, verb, adjective, adverb, number
+or interjection ("Torres said in a ruling Monday that", "what X proposed") is dropped: it
+reports nothing. ``quoted`` is true when the
 content contains or is enclosed by quotation marks, or lies inside a running quotation.
 Quotation marks are “ ” « » ", the British ‘ ’, the single guillemets ‹…› (alone or
 nested in «…») and the low „…“ (or „…”) and ‚…‘ (or ‚…’); ’ is also the apostrophe
@@ -427,6 +434,11 @@ _CLAIMED_THINGS = _words(
 )
 _CONTENT_DEPS = frozenset({"ccomp", "xcomp", "dobj", "obj", "attr", "oprd", "parataxis"})
 _CONTENT_PREPS = frozenset({"of", "for", "about", "against", "over", "on", "as"})
+#: parts of speech that say something: content made only of pronouns, auxiliaries and
+#: conjunctions ("said that", "told the country he was", "what X proposed") reports nothing,
+#: but "nothing", "everything" (pronouns the tagger also tags as nouns) do
+_CONTENT_POS = frozenset({"NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM", "INTJ", "X"})
+_CONTENT_TAGS = frozenset({"NN", "NNS"})
 #: verbs that are speech only with a clause or a quotation ("noted that", not "noted a rise")
 _CLAUSE_VERBS = frozenset(
     {"respond", "reply", "write", "tweet", "add", "note", "recall", "explain", "comment"}
@@ -531,6 +543,50 @@ def _quote_mark(t: Token) -> bool:
     return _opens_quote(t) or _closes_quote(t)
 
 
+def _quote_kind(t: Token) -> str:
+    """The kind of quotation a mark ``t`` opens or closes: "single" (‘ ’ ‚), "guillemet"
+    (‹ ›) or "double"; one of another kind inside an open quotation is nested in it."""
+    if t.text in {"‘", "’", "‚"}:
+        return "single"
+    return "guillemet" if t.text in {"‹", "›"} else "double"
+
+
+#: per doc, :func:`_quotation_ids` with the doc's length (weakly keyed as ``_OPEN_BEFORE``)
+_QUOTATIONS: weakref.WeakKeyDictionary[Doc, tuple[int, list[int]]] = weakref.WeakKeyDictionary()
+
+
+def _quotation_of(t: Token) -> int:
+    """The number of the quotation ``t`` lies inside (its marks not included), or -1."""
+    doc = t.doc
+    known = _QUOTATIONS.get(doc)
+    if known is None or known[0] != len(doc):
+        known = (len(doc), _quotation_ids(doc))
+        _QUOTATIONS[doc] = known
+    return known[1][t.i]
+
+
+def _quotation_ids(doc: Doc) -> list[int]:
+    # marks pair up as in ``_open_quotes``: a quotation of another kind inside an open one
+    # is nested in it, and none stays open past its paragraph
+    out: list[int] = []
+    outer: str | None = None
+    n = -1
+    for t in doc:
+        if t.is_space and ("\n" in t.text or "\r" in t.text):
+            outer = None
+        kind = _quote_kind(t)
+        if outer is None:
+            out.append(-1)
+            if _opens_quote(t):
+                outer, n = kind, n + 1
+        elif kind == outer and _closes_quote(t):
+            out.append(-1)
+            outer = None
+        else:
+            out.append(n)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Names
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +610,12 @@ def _clean_surface(text: str) -> str:
 
 
 def _drop_article(text: str) -> str:
-    return text[4:] if text[:4].casefold() == "the " else text
+    if text[:4].casefold() == "the ":
+        return text[4:]
+    # the NER sometimes takes in the indefinite article ("a George W. Bush appointee");
+    # lowercase, it never opens a name, while a capital "A" may
+    head, _, rest = text.partition(" ")
+    return rest if rest and head in {"a", "an"} else text
 
 
 def _key(text: str) -> str:
@@ -1947,7 +2008,8 @@ class SpacyActorExtractor:
         In order: a gendered title on a mention of the full name ("Mrs. Hillary Clinton");
         a common first name (:data:`_MALE_NAMES`, :data:`_FEMALE_NAMES`); a subject "he" /
         "she" whose nearest preceding person (same sentence, then up to two sentences back,
-        as for speakers) is that full name alone.
+        as for speakers) is that full name alone, counting only persons in the pronoun's
+        own voice: inside the same quotation as the pronoun, or outside any if it is.
         """
         full_roots = {c for cs in by_last.values() for c in cs}
         seen: dict[str, set[str]] = defaultdict(set)
@@ -1980,6 +2042,13 @@ class SpacyActorExtractor:
                         continue
                     windows = [[p for p in by_sent.get((d, st.index), []) if p.end <= tok.i]]
                     windows += [by_sent.get((d, st.index - b), []) for b in (1, 2)]
+                    # a quotation is another voice: its "he" is someone the quoted
+                    # speaker talks about, not the person named before it ("“What he did
+                    # to me was a crime,” Ms Commisso said"), and the narrative's "he"
+                    # is not someone named inside it ("“I never touched Ms Commisso,” he
+                    # said"), so a pronoun looks only at names in its own voice
+                    q, doc = _quotation_of(tok), tok.doc
+                    windows = [[p for p in w if _quotation_of(doc[p.start]) == q] for w in windows]
                     window = next((w for w in windows if w), [])
                     roots = {uf.find(p.key) for p in window}
                     if len(roots) == 1 and (root := next(iter(roots))) in full_roots:
@@ -2205,13 +2274,7 @@ class SpacyActorExtractor:
                 outer = None
             closed = False
             for t in sent.span:
-                kind = (
-                    "single"
-                    if t.text in {"‘", "’", "‚"}
-                    else "guillemet"
-                    if t.text in {"‹", "›"}
-                    else "double"
-                )
+                kind = _quote_kind(t)
                 if outer is None:
                     if _opens_quote(t):
                         outer = kind
@@ -2723,6 +2786,12 @@ class SpacyActorExtractor:
             if idx < 0:
                 break
             windows.append(story.in_sent(d, sents[idx]))
+        # a pronoun looks only at names in its own voice (as in ``_genders``): a quoted
+        # "he" is someone the quoted speaker talks about, most often not the nearest person
+        # outside (“He told me to keep quiet,” Ms Commisso said), and the "he" of “I never
+        # touched Ms Commisso,” he said is not Ms Commisso
+        q, doc = _quotation_of(pron), pron.doc
+        windows = [[m for m in w if _quotation_of(doc[m.start]) == q] for w in windows]
         for window in windows:
             cands = []
             for m in window:
@@ -2907,6 +2976,13 @@ class SpacyActorExtractor:
             or any(ch in _QUOTE_CHARS for ch in text)
             or any(_quote_mark(doc[i]) for i in inside)
         )
+        if not quoted and not any(
+            doc[i].pos_ in _CONTENT_POS or doc[i].tag_ in _CONTENT_TAGS for i in inside
+        ):
+            # most often a clause the article's excerpt cuts off ("Torres said in a ruling
+            # Monday that"), or a pronoun standing for what was said; a quotation's words
+            # are what was said even when they are few (“That was it,” he said)
+            return None
         targets: list[StatementTarget] = []
         seen: set[tuple[int, int]] = set()
         for m in story.in_sent(d, sent):

