@@ -2193,7 +2193,8 @@ class SpacyActorExtractor:
             for sent, (open_before, open_after, closes) in zip(
                 story.sents[d], self._open_quotes(doc, story.sents[d]), strict=True
             ):
-                found = self._sentence_statements(story, d, doc, sent, name_of)
+                voiced = self._sentence_statements(story, d, doc, sent, name_of)
+                found = [(g, st) for g, st, _ in voiced]
                 runs_on = (
                     prev_quote is not None
                     and prev_quote[1] == sent.index - 1
@@ -2210,9 +2211,11 @@ class SpacyActorExtractor:
                 if pending:
                     gid = carried
                     if open_before and found and closes:
-                        # the speaker the quotation closes with; a speech verb inside a
-                        # quotation that stays open is the quoted voice's own words
-                        gid = next((g for g, st in found if st.statement.quoted), carried)
+                        # the speaker the quotation closes with: a speech verb outside it
+                        # (one inside, “He lied. He said I was lying,” Ms X said, is the
+                        # quoted voice's own words, as in a quotation that stays open)
+                        gid = next((g for g, st, narrated in voiced
+                                    if narrated and st.statement.quoted), carried)
                     if gid is not None:
                         out.extend(self._run_on(story, d, pending, gid, name_of))
                     if not found and gid and (open_before or self._continues_quote(sent)):
@@ -2326,17 +2329,21 @@ class SpacyActorExtractor:
 
     def _sentence_statements(
         self, story: _Story, d: int, doc: Doc, sent: _Sent, name_of: _Naming
-    ) -> list[tuple[str, AttributedStatement]]:
-        found: list[tuple[str, AttributedStatement]] = []
+    ) -> list[tuple[str, AttributedStatement, bool]]:
+        """(speaker group id, statement, whether its speech verb lies outside any
+        quotation) for the sentence's statements, in text order."""
+        found: list[tuple[str, AttributedStatement, bool]] = []
         if len(sent.span) > MAX_STATEMENT_SENTENCE_TOKENS:
             return found  # run-on text, not a sentence (see the constant)
         for tok in sent.span:
             if tok.lower_ == "according" and any(c.lower_ == "to" for c in tok.children):
-                found.extend(self._according_to(story, d, doc, sent, tok, name_of))
+                made = self._according_to(story, d, doc, sent, tok, name_of)
+            elif tok.pos_ in {"VERB", "AUX"} and tok.lemma_.casefold() in SPEECH_VERBS:
+                made = self._speech_verb(story, d, doc, sent, tok, name_of)
+            else:
                 continue
-            if tok.pos_ not in {"VERB", "AUX"} or tok.lemma_.casefold() not in SPEECH_VERBS:
-                continue
-            found.extend(self._speech_verb(story, d, doc, sent, tok, name_of))
+            narrated = _quotation_of(tok) == -1
+            found.extend((g, st, narrated) for g, st in made)
         return found
 
     def _according_to(

@@ -139,3 +139,17 @@ def test_an_indefinite_article_is_no_part_of_a_name(ex: SpacyActorExtractor) -> 
     assert "George W. Bush" in names
     assert [n for n in names if "White House" in n] == ["the White House"]
     assert not [n for n in names if n.split()[0] in {"a", "an"}]
+
+
+def test_a_speech_verb_inside_the_quotation_is_not_the_one_it_closes_with(
+    ex: SpacyActorExtractor,
+) -> None:
+    # the quotation's first sentence went to Cuomo, the speaker of the nested "He said"
+    an = _analyse(
+        ex,
+        "Brittany Commisso spoke to reporters on Monday.\n\n"
+        '"Andrew Cuomo lied to all of us. He said that I was lying," Ms Commisso said.',
+    )
+    speakers = {st.statement.text: st.statement.speaker for st in an.statements}
+    assert speakers.get('"Andrew Cuomo lied to all of us.') == "Brittany Commisso"
+    assert speakers.get('He said that I was lying,"') == "Brittany Commisso"
