@@ -18,6 +18,10 @@ words tagged as a name ("State" in "Secretary of State Antony Blinken") are drop
 sentence in capitals, where the NER glues verbs into names ("THE UNITED STATES WOULD SEND"),
 an entity is cut to its first run of words without a verb. Control and zero-width
 characters never reach a name or an alias (mention offsets still index the raw text).
+A newsletter lead-in opening a paragraph ("Why it matters:", "The big picture:", "What
+they're saying:"; a short capitalised phrase and a colon naming no one and no clause of its
+own, see ``_lead_in_end``) is a sentence of its own, so it never joins a statement's content
+or gives it a speaker; "Trump said: “…”" is no lead-in.
 Patterns for "the West", "the Kremlin", "the White House", ... are applied after the NER and
 only fill gaps or widen an NER entity lying inside them, so they never cut or steer the
 NER's own entities ("West Virginia" stays whole). Names found
@@ -71,7 +75,11 @@ Alias resolution (within one story):
   PERSON when their last word is a surname tagged PERSON elsewhere in the story or their
   first word a common first name; a person glued to a title, an institution or an owner
   ("Defense Lloyd Austin", "the House Nancy Pelosi", "Fox's Tucker Carlson") is cut out
-  (see ``_person_shapes``).
+  (see ``_person_shapes``). People it tags WORK_OF_ART, PRODUCT or LAW ("“…,” Nancy
+  Pelosi said", "Menendez told") become PERSON on stricter evidence, since works and
+  products are often named after people: a common first name, the surname of another
+  person of the story, or, for one word, the surname of a full name the story tags PERSON
+  (see ``_dropped_people``).
 * The canonical name is the table's name where a table applies, else the longest full form.
 
 Metonyms stay actors of their own, with ``stands_for`` naming the government they stand for
@@ -139,21 +147,25 @@ Putin said."), else to the speaker of the quoted sentence it runs on from. Prono
 resolve to the nearest preceding PERSON (current sentence before the pronoun, then up to two
 sentences back) of a compatible gender (from a gendered title, else a common first name):
 one candidate, or exactly one of them in subject position, else the statement is dropped as
-ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. A pronoun inside a quotation
-resolves only to a name inside the same quotation, and one outside only to a name outside
-any (a quotation is another voice: “He lied,” Ms X said is not Ms X lying, and “I never met
-X,” he said is not X speaking); the same holds where a he/she tells a person's gender. A
-statement whose content is not quoted and holds no noun, verb, adjective, adverb, number
-or interjection ("Torres said in a ruling Monday that", "what X proposed") is dropped: it
-reports nothing. ``quoted`` is true when the
-content contains or is enclosed by quotation marks, or lies inside a running quotation.
-Quotation marks are “ ” « » ", the British ‘ ’, the single guillemets ‹…› (alone or
-nested in «…») and the low „…“ (or „…”) and ‚…‘ (or ‚…’); ’ is also the apostrophe
-("Putin’s", "the voters’ choice"), so it closes only a ‘ or ‚ opened before it in its
-paragraph, › likewise closes only a ‹ (else it is a separator: "Home › News"), and “ and ‘
-close a „ or ‚ opened so rather than open a quotation. A quotation nested in one of another
-kind does not close it. The pipeline splits ‹ and › off the words they touch and reads them
-as it reads “ and ” (see ``_read_single_guillemets``).
+ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. In a sentence before the
+pronoun's, subject position means the subject of the main clause (the root, a verb
+coordinated with it, a reporting verb after a quotation), found as a speaker is ("U.S.
+officials said only China can help. ... they said" is the United States, not China); in the
+pronoun's own sentence, the subject of any clause before it counts as well. A pronoun inside
+a quotation resolves only to a name inside the same quotation, and one outside only to a
+name outside any (a quotation is another voice: “He lied,” Ms X said is not Ms X lying, and
+“I never met X,” he said is not X speaking); the same holds where a he/she tells a person's
+gender. A statement whose content is not quoted and holds no noun, verb, adjective, adverb,
+number or interjection ("Torres said in a ruling Monday that", "what X proposed") is
+dropped: it reports nothing. ``quoted`` is true when the content contains or is enclosed by
+quotation marks, or lies inside a running quotation. Quotation marks are “ ” « » ", the
+British ‘ ’, the single guillemets ‹…› (alone or nested in «…») and the low „…“ (or „…”) and
+‚…‘ (or ‚…’); ’ is also the apostrophe ("Putin’s", "the voters’ choice"), so it closes only
+a ‘ or ‚ opened before it in its paragraph, › likewise closes only a ‹ (else it is a
+separator: "Home › News"), and “ and ‘ close a „ or ‚ opened so rather than open a
+quotation. A quotation nested in one of another kind does not close it. The pipeline splits
+‹ and › off the words they touch and reads them as it reads “ and ” (see
+``_read_single_guillemets``).
 Content in pieces (“A,” Putin said, “B.”) is joined with " … "; its offsets then run from
 the first piece to the last.
 """
@@ -465,6 +477,8 @@ _CLOSERS_OF = {
     "‹": frozenset("›"),
 }
 _KEEP_LABELS = frozenset({"PERSON", "ORG", "GPE", "NORP", "FAC", "EVENT", "LOC"})
+#: labels of no actor that the small model gives to some people (see ``_dropped_people``)
+_DROPPED_PERSON_LABELS = frozenset({"WORK_OF_ART", "PRODUCT", "LAW"})
 _FUNCTION_WORDS = frozenset({"of", "the", "and", "for", "on", "in", "de", "des", "du", "la", "&"})
 _AGENTIVE_DEPS = frozenset({"nsubj", "nsubjpass", "dobj", "obj", "dative", "iobj", "poss"})
 _AGENTIVE_PREPS = frozenset({"by", "with", "against", "between", "for"})
@@ -708,7 +722,7 @@ def _initials(key: str, skip_function_words: bool) -> str:
 # ---------------------------------------------------------------------------------------------
 
 #: revision of storyline's additions to the spaCy pipeline (part of the shared doc cache key)
-_PIPELINE_REV = "p3"
+_PIPELINE_REV = "p4"
 _NLP_LOCK = threading.Lock()
 _NLPS: dict[str, Language] = {}
 _RULER_PATTERNS: list[dict[str, Any]] = [
@@ -783,7 +797,48 @@ def _paragraph_boundaries(doc: Doc) -> Doc:
             first.is_sent_start = True
             if i + 2 < n and first.is_alpha and doc[i + 2].is_alpha:
                 doc[i + 2].is_sent_start = False
+            after = _lead_in_end(doc, i + 1)
+            if after is not None:
+                doc[after].is_sent_start = True
     return doc
+
+
+#: Penn tags of a finite verb, and of a word opening a question or a free relative
+_FINITE_TAGS = frozenset({"VBD", "VBZ", "VBP", "MD"})
+_WH_TAGS = frozenset({"WDT", "WP", "WP$", "WRB"})
+
+
+def _lead_in_end(doc: Doc, start: int) -> int | None:
+    """Where the sentence proper starts after a newsletter lead-in opening the paragraph
+    at ``start`` ("Why it matters: ...", "The big picture: ...", "What they're saying:
+    “...”"), else None.
+
+    A lead-in is a short capitalised phrase and a colon, with the sentence on the same
+    line; it names no one and is no clause of its own: a name or a finite verb, unless
+    after a wh-word, makes it a speaker ("Fauci: ...", "Trump said: “...”", "He said: ...").
+    Left in, the parser glued it into the sentence, and it ended up in statements' content
+    or gave them a speaker ("What they're saying" is no one saying). Only paragraphs after
+    a line break: the first is most often the headline, where "X: ..." is X's words."""
+    n = len(doc)
+    end = start
+    while end < n and end - start <= 6 and doc[end].text != ":":
+        t = doc[end]
+        if not (t.is_alpha or t.text == "," or t.text[:1] in {"'", "’"}):
+            return None
+        end += 1
+    if end == start or end >= n - 1 or doc[end].text != ":":
+        return None
+    phrase = doc[start:end]
+    if not phrase[0].is_title or any(t.tag_ in {"NNP", "NNPS"} for t in phrase):
+        return None
+    if phrase[0].tag_ not in _WH_TAGS and any(t.tag_ in _FINITE_TAGS for t in phrase):
+        return None
+    after = end + 1
+    while after < n and doc[after].is_space:
+        if "\n" in doc[after].text or "\r" in doc[after].text:
+            return None
+        after += 1
+    return after if after < n else None
 
 
 def _read_single_guillemets(nlp: Language) -> None:
@@ -1148,6 +1203,7 @@ class SpacyActorExtractor:
         mentions = self._headline_descriptors(docs, arts, sents, mentions)
         mentions.extend(self._propagate(docs, arts, sents, mentions))
         mentions = self._person_shapes(docs, arts, sents, mentions)
+        mentions.extend(self._dropped_people(docs, arts, sents, mentions))
         mentions = self._given_names(docs, arts, sents, mentions)
         mentions.sort(key=lambda m: (m.doc_idx, m.start))
         for n, m in enumerate(mentions):
@@ -1612,6 +1668,63 @@ class SpacyActorExtractor:
             if found is not None:
                 found.relabelled = True
                 out.append(found)
+        return out
+
+    def _dropped_people(
+        self,
+        docs: list[Doc],
+        arts: list[Article],
+        sents: list[list[_Sent]],
+        mentions: list[_Mention],
+    ) -> list[_Mention]:
+        """People the NER tagged with a label that is no actor (WORK_OF_ART, PRODUCT, LAW).
+
+        The small model reads some names as titles or products, most often right after a
+        quotation ("“…,” Nancy Pelosi said", "“…,” Menendez told Blinken") or in a story it
+        tags the same person PERSON elsewhere ("DeSantis signed"). Works and products are
+        often named after people ("The Joe Rogan Experience"), so the evidence is stricter
+        than for organisations (``_person_shapes``): a name of capitalised words whose first
+        word is a common first name or whose last word is the surname of another person of
+        the story, or one word that is the surname of a full name the story tags PERSON.
+        """
+        from spacy.tokens import Span
+
+        ending: dict[str, set[str]] = defaultdict(set)
+        others: set[str] = set()
+        for m in mentions:
+            if m.label == "PERSON":
+                ending[m.key.split()[-1]].add(m.key)
+            else:
+                others.add(m.key.removeprefix("norp:"))
+        first_names = (_MALE_NAMES | _FEMALE_NAMES) - _AMBIGUOUS_FIRST
+        blocked = TITLES | _ORG_HEADS | _GOV_BODIES | _PLACE_NOUNS | _NOT_PERSON_WORDS
+        blocked |= _FUNCTION_WORDS
+        out: list[_Mention] = []
+        for d, doc in enumerate(docs):
+            skip_to = self._title_case_headline_end(sents[d])
+            for ent in self._entities(doc):
+                if ent.label_ not in _DROPPED_PERSON_LABELS or ent.start < skip_to:
+                    continue
+                toks = list(ent)
+                words = [t.lower_ for t in toks]
+                # not ``is_title``: "DeSantis" is a name
+                capitalised = all(t.is_alpha and t.text[0].isupper() for t in toks)
+                if not capitalised or blocked & set(words):
+                    continue
+                key = " ".join(words)
+                if len(words) == 1:
+                    ok = any(len(k.split()) > 1 for k in ending.get(key, ()))
+                else:
+                    ok = words[0] not in others and (
+                        words[0] in first_names or bool(ending.get(words[-1], set()) - {key})
+                    )
+                if not ok or key in COUNTRY_ALIASES or key in METONYMS or key in BLOCS:
+                    continue
+                span = Span(doc, ent.start, ent.end, label="PERSON")
+                found = self._mention(arts[d], d, doc, span, "PERSON", sents[d], propagated=True)
+                if found is not None:
+                    found.relabelled = True
+                    out.append(found)
         return out
 
     def _given_names(
@@ -2815,11 +2928,42 @@ class SpacyActorExtractor:
             gids = {m.group for m in cands}
             if len(gids) == 1:
                 return cands[-1]
-            subj = {m.group for m in cands if m.role == "subj"}
+            # in a sentence before, the subject of an embedded clause is no more salient
+            # than an object: after "U.S. officials said only China can help", "they" is
+            # not China. In its own sentence the pronoun is most often the main subject
+            # itself, and a name that is the subject of a clause before it counts too
+            # ("Even as Democrats accepted ..., they said")
+            own = window[0].sent.index == sent.index
+            main = SpacyActorExtractor._main_subjects(story, d, window[0].sent)
+            subj = {m.group for m in cands if m.start in main or (own and m.role == "subj")}
             if len(subj) == 1:
                 return next(m for m in reversed(cands) if m.group in subj)
             return None  # ambiguous: leave it unattributed
         return None
+
+    @staticmethod
+    def _main_subjects(story: _Story, d: int, sent: _Sent) -> set[int]:
+        """Start tokens of the actors that the subjects (or passive agents) of ``sent``'s
+        main clause name, as a speaker is found (``_actor_in_phrase``: "U.S. officials" is
+        the United States): the clause of the root, of a verb coordinated with it, or of a
+        reporting verb after a quotation."""
+        out: set[int] = set()
+        for t in sent.span:
+            if t.dep_ in _SUBJECT_DEPS:
+                verb = t.head
+            elif t.dep_ == "pobj" and t.head.dep_ == "agent":
+                verb = t.head.head
+            else:
+                continue
+            while verb.dep_ == "conj" and verb.head is not verb:
+                verb = verb.head
+            if verb.dep_ != "ROOT" and not SpacyActorExtractor._hangs_off_quote(verb):
+                continue
+            for s in (t, *(c for c in t.children if c.dep_ == "conj")):
+                m = SpacyActorExtractor._actor_in_phrase(story, d, s, deep=False)
+                if m is not None:
+                    out.add(m.start)
+        return out
 
     @staticmethod
     def _group_gender(g: _Group) -> str | None:

