@@ -54,6 +54,7 @@ import multiprocessing.connection
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -270,6 +271,9 @@ class ModelProcess:
             lane: [None] * n for lane, n in self.workers.items()}
         #: calls sent to a pool and not finished yet, for picking the least busy worker
         self._in_flight: dict[ProcessPoolExecutor, int] = {}
+        #: finished calls already taken off ``_in_flight``: a call is settled by whichever
+        #: comes first, its waiter or its done-callback (see ``_done``), and only once
+        self._settled: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
         #: the built models as the first workers found them (``_models_fingerprint``);
         #: workers started later (after a crash) refuse calls unless they find the same
         self._models: str | None = None
@@ -327,9 +331,16 @@ class ModelProcess:
             self._in_flight[pool] = self._in_flight.get(pool, 0) + 1
             return pool
 
-    def _done(self, pool: ProcessPoolExecutor, _: object = None) -> None:
-        """A call sent to ``pool`` has finished (also a future's done callback)."""
+    def _done(self, pool: ProcessPoolExecutor, fut: Future[Any] | None = None) -> None:
+        """A call sent to ``pool`` has finished: called with its future by the future's
+        done-callback and by the waiter that saw it finish, whichever comes first counts
+        (a waiter wakes before the callbacks run, so a caller's next call could otherwise
+        find this worker still busy), or without one for a call that never started."""
         with self._lock:
+            if fut is not None:
+                if fut in self._settled:
+                    return
+                self._settled.add(fut)
             left = self._in_flight.get(pool, 0) - 1
             if left > 0:
                 self._in_flight[pool] = left
@@ -376,6 +387,7 @@ class ModelProcess:
             if not wait_futures([fut], timeout=max(0.0, begun + limit - time.monotonic())).done:
                 error = error or self._timed_out(lane, pool, limit)
                 continue
+            self._done(pool, fut)
             try:
                 out[lane] = fut.result()
             except BrokenProcessPool as exc:

@@ -251,3 +251,41 @@ def test_the_lifespan_stops_its_tasks_together() -> None:
 
     took = asyncio.run(run())
     assert 0.9 <= took < 1.7, f"stops took {took:.2f} s: one wait after another"
+
+
+def test_a_finished_call_is_not_counted_busy_until_its_callback_runs(
+    two_workers: ModelProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A future wakes its waiter before it runs its done-callbacks: the worker of a call
+    # that had answered was still counted busy in that window, so the caller's next call
+    # could queue behind a busy worker while this one sat idle. Here the callbacks run
+    # late on purpose.
+    from concurrent.futures import ProcessPoolExecutor
+
+    release = threading.Event()
+    submit = ProcessPoolExecutor.submit
+
+    def late_callbacks(self: ProcessPoolExecutor, fn: Any, *args: Any) -> Any:
+        fut = submit(self, fn, *args)
+        add = fut.add_done_callback
+        fut.add_done_callback = lambda cb: add(  # type: ignore[method-assign]
+            lambda f: (release.wait(10), cb(f)))
+        return fut
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", late_callbacks)
+    out: list[Any] = []
+    second = threading.Thread(target=lambda: out.append(two_workers._submit(_pid_after, 1.5)))
+    try:
+        two_workers._submit(_pid_after, 0.0)
+        assert not two_workers._in_flight
+        # the first call's late callback does not take a call off a second time: the
+        # call running now still counts after it
+        second.start()
+        time.sleep(0.3)
+        assert sum(two_workers._in_flight.values()) == 1
+    finally:
+        release.set()
+    time.sleep(0.3)
+    assert sum(two_workers._in_flight.values()) == 1
+    second.join(30)
+    assert out and not two_workers._in_flight
