@@ -457,8 +457,9 @@ _CONTENT_PREPS = frozenset({"of", "for", "about", "against", "over", "on", "as"}
 #: but "nothing", "everything" (pronouns the tagger also tags as nouns) do
 _CONTENT_POS = frozenset({"NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM", "INTJ", "X"})
 _CONTENT_TAGS = frozenset({"NN", "NNS"})
-#: verbs that are speech only with a clause or a quotation ("noted that", not "noted a rise";
-#: "declared that ...", not "declared a state of emergency", "declared war")
+#: verbs that are speech only with a clause or a quotation of what was said ("noted that",
+#: not "noted a rise" or "noted a rise in “gig work”"; "declared that ...", not "declared a
+#: state of emergency", "declared war"; see ``_quotes_content``)
 _CLAUSE_VERBS = frozenset(
     {
         "respond",
@@ -2597,6 +2598,8 @@ class SpacyActorExtractor:
                 # "It was announced by X that ...": "it" only stands in for the clause
                 elif not (c.lower_ == "it" and self._has_clause(verb)):
                     content |= {t.i for t in c.subtree}
+        # the content found is a quotation itself, not the verb's syntactic complement
+        from_quote = not content
         if not content and self._hangs_off_quote(verb):
             # “We are ready,” Putin said.  (the quote is the head, the verb hangs off it)
             content = {t.i for t in verb.head.subtree} - {t.i for t in verb.subtree}
@@ -2606,10 +2609,14 @@ class SpacyActorExtractor:
         if not content:
             content = self._quoted_tokens(sent, verb)
         if not content:
+            from_quote = False
             content = addressee  # "told reporters" and nothing else: still a statement
         if lemma in _CLAUSE_VERBS and not (
             self._has_clause(verb)
-            or any(_quote_mark(t) for t in sent.span)
+            or from_quote
+            or self._hangs_off_quote(verb)
+            or self._quotes_content(verb, content)
+            or self._misparsed_clause(verb)
             or (lemma in _PREDICATE_VERBS and self._object_predicate(verb))
         ):
             return []  # "responding to criticism", "added 10 troops": no speech
@@ -3073,6 +3080,33 @@ class SpacyActorExtractor:
             # “..., ” he added.  Not "Census Bureau announces ..., Texas will add two seats"
             and not any(c.dep_ in {"dobj", "obj"} for c in verb.children)
         )
+
+    @staticmethod
+    def _misparsed_clause(verb: Token) -> bool:
+        """A clause the parser labelled otherwise: "noted that ..." with the complementiser
+        "that" (IN, not the pronoun DT) as the object, or a finite verb as an open
+        complement ("employers, whom he noted often pay ...")."""
+        return any(
+            (c.dep_ in {"dobj", "obj"} and c.lower_ == "that" and c.tag_ == "IN")
+            or (c.dep_ == "xcomp" and c.tag_ in _FINITE)
+            for c in verb.children
+        )
+
+    @staticmethod
+    def _quotes_content(verb: Token, content: set[int]) -> bool:
+        """What the verb reports is a quotation: the head of a complement (through a
+        preposition: "wrote of “...”") lies inside a quotation that does not hold the verb.
+        A quoted phrase inside a noun-phrase object is a scare quote, not what was said
+        ("declared a state of “disaster emergency”", "noted a rise in “gig work”")."""
+        doc = verb.doc
+        own = _quotation_of(verb)
+        heads = [doc[i] for i in content if doc[i].head.i not in content]
+        heads = [
+            p
+            for h in heads
+            for p in ((c for c in h.children if c.dep_ == "pobj") if h.dep_ == "prep" else (h,))
+        ]
+        return any(_quotation_of(h) not in {-1, own} for h in heads)
 
     @staticmethod
     def _object_predicate(verb: Token) -> bool:

