@@ -184,9 +184,9 @@ import re
 import threading
 import weakref
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from storyline.models.errors import ModelUnavailable
 from storyline.models.types import Actor, ActorMention, Article, Statement
@@ -540,6 +540,9 @@ def _apostrophe(t: Token) -> bool:
     return t.text == "’" and (t.dep_ == "case" or t.tag_ == "POS")
 
 
+#: a per-doc value of each token (``_per_doc``)
+_T = TypeVar("_T")
+
 #: per doc, ``_innermost_open`` of every token, with the doc's length. Worked out once in
 #: one pass: a walk back to the paragraph start for each mark is quadratic, and a 200k-char
 #: article is often one paragraph. Weakly keyed, so an entry lives exactly as long as its
@@ -551,12 +554,21 @@ _OPEN_BEFORE: weakref.WeakKeyDictionary[Doc, tuple[int, list[str]]] = weakref.We
 def _innermost_open(t: Token) -> str:
     """The mark („, ‚, ‹ or ‘) of the innermost quotation of those kinds still open before
     ``t`` in its paragraph, or ""; a ‘ does not nest in a ‘."""
-    doc = t.doc
-    known = _OPEN_BEFORE.get(doc)
+    return _per_doc(_OPEN_BEFORE, t.doc, _open_before)[t.i]
+
+
+def _per_doc(
+    cache: weakref.WeakKeyDictionary[Doc, tuple[int, list[_T]]],
+    doc: Doc,
+    compute: Callable[[Doc], list[_T]],
+) -> list[_T]:
+    """``compute(doc)``, one value per token, kept in ``cache`` for as long as the doc
+    lives; recomputed for a doc retokenised since (its length differs)."""
+    known = cache.get(doc)
     if known is None or known[0] != len(doc):
-        known = (len(doc), _open_before(doc))
-        _OPEN_BEFORE[doc] = known
-    return known[1][t.i]
+        known = (len(doc), compute(doc))
+        cache[doc] = known
+    return known[1]
 
 
 def _open_before(doc: Doc) -> list[str]:
@@ -594,12 +606,7 @@ _QUOTATIONS: weakref.WeakKeyDictionary[Doc, tuple[int, list[int]]] = weakref.Wea
 
 def _quotation_of(t: Token) -> int:
     """The number of the quotation ``t`` lies inside (its marks not included), or -1."""
-    doc = t.doc
-    known = _QUOTATIONS.get(doc)
-    if known is None or known[0] != len(doc):
-        known = (len(doc), _quotation_ids(doc))
-        _QUOTATIONS[doc] = known
-    return known[1][t.i]
+    return _per_doc(_QUOTATIONS, t.doc, _quotation_ids)[t.i]
 
 
 def _quotation_ids(doc: Doc) -> list[int]:
