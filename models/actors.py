@@ -834,7 +834,7 @@ def _paragraph_boundaries(doc: Doc) -> Doc:
 
 
 #: Penn tags of a finite verb, and of a word opening a question or a free relative
-_FINITE_TAGS = frozenset({"VBD", "VBZ", "VBP", "MD"})
+_FINITE_TAGS = _FINITE | {"MD"}
 _WH_TAGS = frozenset({"WDT", "WP", "WP$", "WRB"})
 
 
