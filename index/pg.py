@@ -54,6 +54,7 @@ from storyline.index.store import (
     _check_items,
     _check_story,
     _kept_by_trigger,
+    _member_gone,
     _refuse_unstorable,
     _shown,
     _source_key,
@@ -880,12 +881,18 @@ class PostgresStore:
         )
         if s.status == "active" and s.article_ids:
             ins = pgd.insert(story_members)
-            db.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["article_id"], set_={"story_id": ins.excluded.story_id}
-                ),
-                [{"article_id": aid, "story_id": s.id} for aid in s.article_ids],
-            )
+            try:
+                db.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=["article_id"], set_={"story_id": ins.excluded.story_id}
+                    ),
+                    [{"article_id": aid, "story_id": s.id} for aid in s.article_ids],
+                )
+            except sa.exc.IntegrityError as exc:
+                # (foreign_key_violation; the transaction is aborted and rolls back)
+                if getattr(exc.orig, "sqlstate", None) != "23503":
+                    raise
+                raise _member_gone(s, exc.orig) from exc
         elif s.status != "active":  # merged, split or deleted: nothing reads its outputs
             db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id == s.id))
 

@@ -1075,12 +1075,15 @@ class SQLiteStore:
             ),
         )
         if s.status == "active":
-            for aid in s.article_ids:
-                db.execute(
-                    "INSERT INTO story_members(article_id, story_id) VALUES (?, ?)"
-                    " ON CONFLICT(article_id) DO UPDATE SET story_id=excluded.story_id",
-                    (aid, s.id),
-                )
+            try:
+                for aid in s.article_ids:
+                    db.execute(
+                        "INSERT INTO story_members(article_id, story_id) VALUES (?, ?)"
+                        " ON CONFLICT(article_id) DO UPDATE SET story_id=excluded.story_id",
+                        (aid, s.id),
+                    )
+            except sqlite3.IntegrityError as exc:
+                raise _member_gone(s, exc) from exc
         else:  # merged, split or deleted: nothing reads its outputs again
             db.execute("DELETE FROM story_outputs WHERE story_id=?", (s.id,))
 
@@ -1335,6 +1338,16 @@ def _drop_outputs_of(db: sqlite3.Connection, article_id: str) -> None:
         "DELETE FROM story_outputs WHERE story_id IN"
         " (SELECT story_id FROM story_members WHERE article_id=?)", (article_id,),
     )
+
+
+def _member_gone(story: Story, exc: BaseException) -> StoriesChanged:
+    """A story write named a member that is no longer stored: another writer deleted it
+    after this one loaded the stories, and its own story write (``remove``) has not come
+    yet. That is a change of the stories like any other: the writer reloads and redoes
+    its change (the write rolls back), rather than failing on the foreign key."""
+    return StoriesChanged(
+        f"a member of story '{_shown(story.id)}' was deleted by another writer since the "
+        f"stories were loaded ({exc}); retry")
 
 
 def _rekey(db: sqlite3.Connection, article_id: str, source: str | None) -> None:
