@@ -892,7 +892,7 @@ class PostgresStore:
                 # (foreign_key_violation; the transaction is aborted and rolls back)
                 if getattr(exc.orig, "sqlstate", None) != "23503":
                     raise
-                raise _member_gone(s, exc.orig) from exc
+                raise _member_gone(s, exc.orig or exc) from exc
         elif s.status != "active":  # merged, split or deleted: nothing reads its outputs
             db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id == s.id))
 
