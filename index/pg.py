@@ -890,11 +890,25 @@ class PostgresStore:
                 )
             except sa.exc.IntegrityError as exc:
                 # (foreign_key_violation; the transaction is aborted and rolls back)
-                if getattr(exc.orig, "sqlstate", None) != "23503":
+                if getattr(exc.orig, "sqlstate", None) != "23503" or not self._deleted_any(
+                    s.article_ids
+                ):
                     raise
                 raise _member_gone(s, exc.orig or exc) from exc
         elif s.status != "active":  # merged, split or deleted: nothing reads its outputs
             db.execute(sa.delete(story_outputs).where(story_outputs.c.story_id == s.id))
+
+    def _deleted_any(self, article_ids: Sequence[str]) -> bool:
+        """Whether the change feed records a delete of any of these ids: after a foreign-key
+        failure, a member deleted since is another writer's change (``_member_gone``), one
+        never stored a failed write. Read on a connection of its own, as the failure has
+        aborted the write's transaction (the delete was committed by its writer)."""
+        with self._engine.connect() as conn:
+            return conn.execute(
+                sa.select(changes.c.seq).where(
+                    changes.c.op == "delete", changes.c.article_id.in_(list(article_ids))
+                ).limit(1)
+            ).first() is not None
 
     def get_story(self, story_id: str) -> Story:
         ok = _storable(story_id)

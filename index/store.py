@@ -1083,6 +1083,13 @@ class SQLiteStore:
                         (aid, s.id),
                     )
             except sqlite3.IntegrityError as exc:
+                # a member deleted since (in the change feed) is another writer's change;
+                # one never stored stays a failed write (StoreError)
+                if db.execute(
+                    "SELECT 1 FROM changes WHERE op = 'delete' AND article_id IN"
+                    " (SELECT value FROM json_each(?)) LIMIT 1", (json.dumps(s.article_ids),),
+                ).fetchone() is None:
+                    raise
                 raise _member_gone(s, exc) from exc
         else:  # merged, split or deleted: nothing reads its outputs again
             db.execute("DELETE FROM story_outputs WHERE story_id=?", (s.id,))
