@@ -411,6 +411,11 @@ _GOV_BODIES = _words(
     """ministry government army navy military embassy parliament administration forces
     department cabinet"""
 )
+#: common first names, and those that cannot also open an organisation
+_FIRST_NAMES = _MALE_NAMES | _FEMALE_NAMES
+_PLAIN_FIRST_NAMES = _FIRST_NAMES - _AMBIGUOUS_FIRST
+#: words that make a capitalised phrase an organisation, a body or a place, not a person
+_NOT_NAME_WORDS = _ORG_HEADS | _GOV_BODIES | _PLACE_NOUNS | _NOT_PERSON_WORDS
 
 #: speech verbs (lemmas; British and American spellings)
 SPEECH_VERBS: frozenset[str] = _words(
@@ -1546,7 +1551,7 @@ class SpacyActorExtractor:
             if not m.sent.in_title and m.label == "PERSON":
                 body.add(m.key)
         nouns = self._nouns
-        first_names = _MALE_NAMES | _FEMALE_NAMES
+        first_names = _FIRST_NAMES
         out: list[_Mention] = []
         for m in mentions:
             words = m.key.split()
@@ -1624,8 +1629,8 @@ class SpacyActorExtractor:
                     people.add(m.key)
             else:
                 others.add(m.key.removeprefix("norp:"))
-        first_names = _MALE_NAMES | _FEMALE_NAMES
-        blocked = _ORG_HEADS | _GOV_BODIES | _PLACE_NOUNS | _NOT_PERSON_WORDS
+        first_names = _FIRST_NAMES
+        blocked = _NOT_NAME_WORDS
 
         def name_like(toks: Sequence[Token]) -> bool:
             words = [t.text.replace(".", "").casefold() for t in toks]
@@ -1726,8 +1731,8 @@ class SpacyActorExtractor:
                 ending[m.key.split()[-1]].add(m.key)
             else:
                 others.add(m.key.removeprefix("norp:"))
-        first_names = (_MALE_NAMES | _FEMALE_NAMES) - _AMBIGUOUS_FIRST
-        blocked = TITLES | _ORG_HEADS | _GOV_BODIES | _PLACE_NOUNS | _NOT_PERSON_WORDS
+        first_names = _PLAIN_FIRST_NAMES
+        blocked = TITLES | _NOT_NAME_WORDS
         blocked |= _FUNCTION_WORDS
         out: list[_Mention] = []
         for d, doc in enumerate(docs):
@@ -1779,9 +1784,9 @@ class SpacyActorExtractor:
 
         others = {m.key.removeprefix("norp:") for m in mentions if m.label != "PERSON"}
         people = {m.key for m in mentions if m.label == "PERSON"}
-        blocked = TITLES | _ORG_HEADS | _GOV_BODIES | _PLACE_NOUNS | _NOT_PERSON_WORDS
+        blocked = TITLES | _NOT_NAME_WORDS
         blocked |= _lower_words(docs)
-        first_names = (_MALE_NAMES | _FEMALE_NAMES) - _AMBIGUOUS_FIRST
+        first_names = _PLAIN_FIRST_NAMES
         covered: dict[int, set[int]] = defaultdict(set)
         for d, doc in enumerate(docs):
             covered[d] = {t.i for e in doc.ents for t in e}
